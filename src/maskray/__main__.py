@@ -1,0 +1,5 @@
+import sys
+
+from maskray.cli import main
+
+sys.exit(main())

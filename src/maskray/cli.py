@@ -1,0 +1,58 @@
+"""maskray's command line: ``maskray COMMAND --help``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from maskray import __version__
+from maskray.errors import MaskrayError
+
+# Order is the order shown by ``maskray --help``.
+COMMAND_MODULES = (
+    "phantom", "data", "train", "generate", "masks", "export", "evaluate", "downstream", "demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="maskray",
+        description="Learn from chest radiographs and their masks; generate new radiographs that follow a mask.",
+    )
+    parser.add_argument("--version", action="version", version=f"maskray {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f"maskray.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"maskray.commands.{name}":
+                raise
+            continue
+        mod.register(sub)
+    return parser
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML or TOML config; flags override it")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        result = args.func(args)
+    except MaskrayError as e:
+        print(f"maskray: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("maskray: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,2 @@
+"""CLI commands. Each module defines ``register(subparsers)``; the command itself only parses,
+builds a config and calls the library."""
