@@ -39,7 +39,7 @@ class Case:
     """One case: identifier, image file, label file (None when unlabelled) and the subset it lies in."""
 
     case_id: str
-    image_path: Path
+    image_path: Path | None  # None only in a mask-only dataset (labels{subset}/ without images{subset}/)
     label_path: Path | None
     subset: str  # "Tr" or "Ts"
 
@@ -245,6 +245,7 @@ class Dataset:
         for subset in ("Tr", "Ts"):
             img_dir = self.root / f"images{subset}"
             if not img_dir.is_dir():
+                self._add_mask_only_cases(subset, ending)
                 continue
             for p in sorted(img_dir.iterdir()):
                 name = p.name
@@ -254,8 +255,25 @@ class Dataset:
                 lab = label_path(self.root, cid, subset, ending)
                 self.cases[cid] = Case(cid, p, lab if lab.is_file() else None, subset)
         if not self.cases:
-            raise MaskrayError(f"{self.root}: no images found (expected imagesTr/CASE{CHANNEL_SUFFIX}{ending})")
+            raise MaskrayError(f"{self.root}: no images found (expected imagesTr/CASE{CHANNEL_SUFFIX}{ending}, "
+                               f"or labelsTr/CASE{ending} for a mask-only dataset)")
         self._splits: dict[str, list[str]] | None = None
+
+    def _add_mask_only_cases(self, subset: str, ending: str) -> None:
+        """A subset with label maps but no image folder (``maskray masks`` output): cases with ``image_path=None``."""
+        lab_dir = self.root / f"labels{subset}"
+        if not lab_dir.is_dir():
+            return
+        for p in sorted(lab_dir.iterdir()):
+            if p.name.startswith(".") or not p.name.endswith(ending):
+                continue
+            cid = p.name[: -len(ending)]
+            self.cases[cid] = Case(cid, None, p, subset)
+
+    @property
+    def has_images(self) -> bool:
+        """False for a mask-only dataset (label maps only, e.g. written by ``maskray masks``)."""
+        return any(c.image_path is not None for c in self.cases.values())
 
     # --- labels
     @property
@@ -300,6 +318,8 @@ class Dataset:
     # --- data contract
     def image(self, case_id: str) -> torch.Tensor:
         """float32 ``(1, H, W)`` in ``[-1, 1]``."""
+        if self.cases[case_id].image_path is None:
+            raise MaskrayError(f"{self.root}: case {case_id} has no image (mask-only dataset)")
         x = read_image_file(self.cases[case_id].image_path)
         return torch.from_numpy(x * 2.0 - 1.0).unsqueeze(0)
 
