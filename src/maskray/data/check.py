@@ -1,0 +1,218 @@
+"""``maskray data check``: everything a training run relies on, checked before it starts.
+
+Every problem is collected (not only the first): unreadable files, images without a label map of the same
+size, label values that ``dataset.json`` does not know, empty or constant images, duplicated cases (identical
+pixels, by SHA-256 of the decoded image), stray files, and an inconsistent ``splits.json`` (unknown cases,
+a case in two splits or in none, a patient spread over two splits). The summary gives counts, sizes, label
+frequencies and the nodule size distribution: connected components (8-connectivity, ``scipy.ndimage.label``)
+of the label named ``nodule``, each measured by its equivalent-circle diameter ``2 sqrt(area / pi)``, in mm
+where the dataset records pixel spacing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from tqdm import tqdm
+
+from maskray.data import layout
+from maskray.data.splits import CASES_FILE
+from maskray.errors import MaskrayError
+
+
+@dataclass
+class CheckReport:
+    """``problems``: one line each, naming the file; ``summary``: counts, sizes, label and nodule statistics."""
+
+    problems: list[str] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def format(self) -> str:
+        s = self.summary
+        lines = [f"dataset: {s.get('root')}"]
+        if "cases" in s:
+            lines.append(f"cases: {s['cases']} ({s['labelled']} labelled; Tr {s['subsets'].get('Tr', 0)}, "
+                         f"Ts {s['subsets'].get('Ts', 0)})")
+            lines.append("splits: " + ", ".join(f"{k} {v}" for k, v in s["splits"].items())
+                         + f" (from {s['splits_source']})")
+            lines.append("sizes: " + ", ".join(f"{k} x{v}" for k, v in s["sizes"].items()))
+            for name, f in s["labels"].items():
+                lines.append(f"label {name} ({f['value']}): in {f['cases']} cases, {100 * f['pixel_fraction']:.2f}% "
+                             f"of labelled pixels")
+            n = s.get("nodules")
+            if n:
+                if n["count"]:
+                    lines.append(f"nodules: {n['count']} in {n['cases_with_nodules']} cases; diameter ({n['unit']}) "
+                                 f"min {n['min']:.1f}, median {n['median']:.1f}, max {n['max']:.1f}; histogram "
+                                 + ", ".join(f"{k}: {v}" for k, v in n["histogram"].items()))
+                else:
+                    lines.append("nodules: none")
+        lines.append(f"problems: {len(self.problems)}")
+        lines += [f"  {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def _case_spacings(root: Path, default: tuple[float, float] | None) -> dict[str, tuple[float, float] | None]:
+    path = root / CASES_FILE
+    out: dict[str, tuple[float, float] | None] = {}
+    if path.is_file():
+        try:
+            rec = json.loads(path.read_text())
+            out = {c: tuple(r["spacing"]) if r.get("spacing") else None for c, r in rec.items()}
+        except (json.JSONDecodeError, AttributeError, TypeError, KeyError):
+            pass
+    return out if out else {"*": default}
+
+
+def _stray_files(root: Path, ds: layout.Dataset) -> list[str]:
+    problems = []
+    ending = ds.info.file_ending
+    for subset in ("Tr", "Ts"):
+        for kind in ("images", "labels"):
+            d = root / f"{kind}{subset}"
+            if not d.is_dir():
+                continue
+            for p in sorted(d.iterdir()):
+                if p.name.startswith("."):
+                    continue
+                if kind == "images":
+                    if not p.name.endswith(layout.CHANNEL_SUFFIX + ending):
+                        problems.append(f"{p}: not named CASE{layout.CHANNEL_SUFFIX}{ending}; ignored by every command")
+                else:
+                    cid = p.name[: -len(ending)] if p.name.endswith(ending) else None
+                    if cid is None or cid not in ds.cases:
+                        problems.append(f"{p}: label map without an image (expected "
+                                        f"images{subset}/{cid or p.stem}{layout.CHANNEL_SUFFIX}{ending})")
+    return problems
+
+
+def _check_splits(root: Path, ds: layout.Dataset, problems: list[str]) -> tuple[dict, str]:
+    path = root / layout.SPLITS_FILE
+    if not path.is_file():
+        return {k: len(v) for k, v in ds.splits.items()}, "imagesTr/imagesTs (no splits.json)"
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        problems.append(f"{path}: not valid JSON ({e})")
+        return {}, str(path)
+    where: dict[str, list[str]] = {}
+    for k in layout.SPLIT_NAMES:
+        for c in raw.get(k, []) or []:
+            where.setdefault(c, []).append(k)
+    for c, ks in sorted(where.items()):
+        if c not in ds.cases:
+            problems.append(f"{path}: case {c} in '{ks[0]}' is not in the dataset")
+        if len(ks) > 1:
+            problems.append(f"{path}: case {c} is in more than one split ({', '.join(ks)})")
+    for c in sorted(set(ds.cases) - set(where)):
+        problems.append(f"{path}: case {c} is in no split")
+    patients = raw.get("patients") or {}
+    by_patient: dict[str, set[str]] = {}
+    for c, ks in where.items():
+        if c in patients:
+            by_patient.setdefault(str(patients[c]), set()).update(ks)
+    for pid, ks in sorted(by_patient.items()):
+        if len(ks) > 1:
+            problems.append(f"{path}: patient {pid} has cases in several splits ({', '.join(sorted(ks))})")
+    return {k: len(raw.get(k, []) or []) for k in layout.SPLIT_NAMES}, str(path.name)
+
+
+def check_dataset(path: str | os.PathLike, progress: bool = True) -> CheckReport:
+    """Check a dataset in the native layout; never raises for a problem in the data, lists it instead."""
+    root = Path(path)
+    report = CheckReport(summary={"root": str(root)})
+    try:
+        ds = layout.Dataset(root)
+    except MaskrayError as e:
+        report.problems.append(str(e))
+        return report
+    problems = report.problems
+    problems += _stray_files(root, ds)
+    values = ds.info.labels
+    known = set(values.values())
+    spacing_of = _case_spacings(root, ds.info.spacing)
+    nodule_value = values.get("nodule")
+    sizes: Counter = Counter()
+    label_cases: Counter = Counter()
+    label_pixels: Counter = Counter()
+    labelled_pixels = 0
+    hashes: dict[str, str] = {}
+    diameters: list[float] = []
+    cases_with_nodules = 0
+    units = set()
+    for cid, case in tqdm(sorted(ds.cases.items()), desc="check", unit="case", disable=not progress):
+        img = lab = None
+        try:
+            img = layout.read_image_file(case.image_path)
+        except MaskrayError as e:
+            problems.append(str(e))
+        if img is not None:
+            sizes[f"{img.shape[0]}x{img.shape[1]}"] += 1
+            if float(img.max()) - float(img.min()) < 1e-6:
+                problems.append(f"{case.image_path}: image is empty or constant (every pixel is {float(img.min()):g})")
+            digest = hashlib.sha256(np.ascontiguousarray(img).tobytes() + str(img.shape).encode()).hexdigest()
+            if digest in hashes:
+                problems.append(f"{case.image_path}: same pixels as case {hashes[digest]} (duplicated case)")
+            else:
+                hashes[digest] = cid
+        if case.label_path is None:
+            continue
+        try:
+            lab = layout.read_label_file(case.label_path)
+        except MaskrayError as e:
+            problems.append(str(e))
+            continue
+        if img is not None and lab.shape != img.shape:
+            problems.append(f"{case.label_path}: label map {lab.shape[0]}x{lab.shape[1]} differs from its image "
+                            f"{img.shape[0]}x{img.shape[1]}")
+        present, counts = np.unique(lab, return_counts=True)
+        bad = sorted(set(present.tolist()) - known)
+        if bad:
+            problems.append(f"{case.label_path}: label values {bad} are not in dataset.json (known: {values})")
+        labelled_pixels += lab.size
+        for v, n in zip(present.tolist(), counts.tolist()):
+            label_cases[v] += 1
+            label_pixels[v] += n
+        if nodule_value is not None and nodule_value in present:
+            comp, n = ndimage.label(lab == nodule_value, structure=np.ones((3, 3), int))
+            areas = np.bincount(comp.ravel())[1:]
+            sp = spacing_of.get(cid, spacing_of.get("*"))
+            scale = float(np.sqrt(sp[0] * sp[1])) if sp else 1.0
+            units.add("mm" if sp else "px")
+            diameters += (2.0 * np.sqrt(areas / np.pi) * scale).tolist()
+            cases_with_nodules += n > 0
+    split_counts, split_source = _check_splits(root, ds, problems)
+    labelled = sum(1 for c in ds.cases.values() if c.label_path is not None)
+    report.summary.update({
+        "cases": len(ds.cases), "labelled": labelled,
+        "subsets": dict(Counter(c.subset for c in ds.cases.values())),
+        "splits": split_counts, "splits_source": split_source,
+        "sizes": dict(sizes.most_common()),
+        "labels": {name: {"value": v, "cases": label_cases.get(v, 0),
+                          "pixel_fraction": label_pixels.get(v, 0) / labelled_pixels if labelled_pixels else 0.0}
+                   for name, v in sorted(values.items(), key=lambda kv: kv[1])},
+    })
+    if nodule_value is not None:
+        d = np.asarray(diameters)
+        unit = "mm" if units == {"mm"} else "px" if units == {"px"} else ("mixed mm/px" if units else "mm")
+        nod = {"count": int(d.size), "cases_with_nodules": int(cases_with_nodules), "unit": unit}
+        if d.size:
+            edges = [0, 5, 10, 15, 20, 30, np.inf]
+            hist, _ = np.histogram(d, bins=edges)
+            nod.update({"min": float(d.min()), "median": float(np.median(d)), "mean": float(d.mean()),
+                        "max": float(d.max()),
+                        "histogram": {f"{a:g}-{b:g}" if np.isfinite(b) else f">{a:g}": int(h)
+                                      for a, b, h in zip(edges[:-1], edges[1:], hist)}})
+        report.summary["nodules"] = nod
+    return report
