@@ -1,0 +1,126 @@
+"""Loading real and synthetic datasets for evaluation, and pairing synthetic cases with their real source.
+
+A synthetic dataset is a native-layout dataset whose images were generated for masks. Its ``manifest.json``
+maps each synthetic case id to ``{"source_case": real case id, "seed": int, "sample": k}`` (``k`` numbers
+the samples drawn for one mask); the mapping may also sit under a top-level ``"cases"`` key. Without a
+manifest, a synthetic case is paired with the real case of the same identifier (sample 0).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from maskray.data.layout import Dataset
+from maskray.errors import MaskrayError
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class SyntheticCase:
+    case_id: str
+    source_case: str | None  # None when the source is unknown (no manifest, no real case of that id)
+    sample: int
+    seed: int | None
+
+
+def read_manifest(syn: Dataset, real: Dataset | None = None) -> dict[str, SyntheticCase]:
+    """Every synthetic case with its source case, sample index and seed (see the module docstring)."""
+    path = syn.root / MANIFEST
+    entries: dict = {}
+    if path.is_file():
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise MaskrayError(f"{path}: not valid JSON ({e})") from None
+        entries = raw.get("cases", raw) if isinstance(raw, dict) else None
+        if not isinstance(entries, dict):
+            raise MaskrayError(f"{path}: must map synthetic case id to {{'source_case', 'seed', 'sample'}}")
+    out: dict[str, SyntheticCase] = {}
+    for cid in syn.case_ids():
+        e = entries.get(cid)
+        if isinstance(e, dict):
+            src = e.get("source_case")
+            try:
+                sample = int(e.get("sample", 0) or 0)
+                seed = None if e.get("seed") is None else int(e["seed"])
+            except (TypeError, ValueError):
+                raise MaskrayError(f"{path}: case {cid} has a non-integer 'sample' or 'seed'") from None
+            out[cid] = SyntheticCase(cid, None if src is None else str(src), sample, seed)
+        else:
+            src = cid if (real is None or cid in real.cases) else None
+            out[cid] = SyntheticCase(cid, src, 0, None)
+    if real is not None:
+        missing = sorted({c.source_case for c in out.values() if c.source_case and c.source_case not in real.cases})
+        if missing:
+            raise MaskrayError(f"{path}: source cases {missing[:3]} are not in the real dataset {real.root}")
+    return out
+
+
+def groups_by_source(cases: dict[str, SyntheticCase]) -> dict[str, list[str]]:
+    """Source case -> its synthetic case ids, ordered by sample index."""
+    groups: dict[str, list[SyntheticCase]] = {}
+    for c in cases.values():
+        if c.source_case is not None:
+            groups.setdefault(c.source_case, []).append(c)
+    return {s: [c.case_id for c in sorted(v, key=lambda c: (c.sample, c.case_id))] for s, v in sorted(groups.items())}
+
+
+def check_same_labels(real: Dataset, syn: Dataset) -> None:
+    if real.labels != syn.labels:
+        raise MaskrayError(f"{syn.root}/dataset.json: labels {syn.labels} differ from the real dataset's "
+                           f"{real.labels}; both must use the same label names and values")
+
+
+def resize_images(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(N, 1, H, W)`` -> ``(N, 1, *size)``, antialiased bilinear (no-op at the same size)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
+
+
+def resize_labels(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(N, H, W)`` int64 -> ``(N, *size)`` by nearest neighbour (values are never interpolated)."""
+    if tuple(y.shape[-2:]) == tuple(size):
+        return y
+    return F.interpolate(y.unsqueeze(1).float(), size=size, mode="nearest-exact").squeeze(1).round().long()
+
+
+def load_images(ds: Dataset, ids: list[str], size: tuple[int, int]) -> torch.Tensor:
+    """float32 ``(N, 1, *size)`` in ``[-1, 1]``."""
+    if not ids:
+        return torch.empty(0, 1, *size)
+    return torch.cat([resize_images(ds.image(c).unsqueeze(0), size) for c in ids])
+
+
+def load_labels(ds: Dataset, ids: list[str], size: tuple[int, int]) -> torch.Tensor:
+    """int64 ``(N, *size)``."""
+    if not ids:
+        return torch.empty(0, *size, dtype=torch.int64)
+    return torch.cat([resize_labels(ds.label(c).unsqueeze(0), size) for c in ids])
+
+
+def working_size(syn: Dataset, size: int) -> tuple[int, int]:
+    """The resolution metrics and networks work at: ``(size, size)``, or the synthetic images' own size."""
+    if size:
+        hw = (int(size), int(size))
+    else:
+        first = next(iter(syn.cases))
+        hw = tuple(syn.image(first).shape[-2:])
+    if hw[0] % 16 or hw[1] % 16 or min(hw) < 16:
+        raise MaskrayError(f"--size: working size {hw[0]}x{hw[1]} must be a multiple of 16 (at least 16); "
+                           "pass --size, e.g. --size 64")
+    return hw
+
+
+def test_split(real: Dataset) -> list[str]:
+    ids = real.case_ids("test", labelled=True)
+    if not ids:
+        raise MaskrayError(f"{real.root}: the real dataset has no labelled test cases; run `maskray data split` "
+                           "on it first (or give it imagesTs/labelsTs)")
+    return ids

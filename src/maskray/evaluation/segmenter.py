@@ -1,0 +1,218 @@
+"""A small, seeded MONAI segmenter (and its regression twin) with a fixed training budget.
+
+One network class serves three jobs in evaluation: mask adherence (segment synthetic images), the
+downstream utility experiment (train on real / real+synthetic / synthetic, score on real test images) and
+the domain feature space for FID/KID (the global-average-pooled bottleneck of a segmenter trained on the
+real training split). The network is MONAI's ``BasicUNet`` and the loss MONAI's ``DiceCELoss``; the
+mask-to-image regression baseline is the same network trained with MSE from one-hot masks to images.
+
+Speed, measured on the 2-core CPU these tools target (64 px, batch 16, features (8, 16, 32, 64, 64, 8),
+best of 3 runs of 30 steps): fp32 NCHW 58.8 ms/step, bf16 autocast 47.9, channels_last 52.0, bf16 autocast
+with channels_last 41.0. The last is the default; the loss is always computed in fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+from monai.networks.nets import BasicUNet
+
+from maskray.config import option
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """Network size and training budget. Every run with the same config, data and seed gives the same model."""
+
+    features: tuple[int, ...] = option((8, 16, 32, 64, 64, 8), help="BasicUNet feature widths (6 values)")
+    steps: int = option(300, help="training steps (fixed budget)")
+    batch_size: int = option(16, help="images per step")
+    lr: float = option(3e-3, help="AdamW learning rate (cosine decay to 0)")
+    seed: int = option(0, help="seed for weights and batch order")
+    bf16: bool = option(True, help="bf16 autocast for the network (the loss stays fp32)")
+    channels_last: bool = option(True, help="channels_last memory format")
+    flip: bool = option(False, help="random left-right flips as augmentation")
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class _Net(torch.nn.Module):
+    """``BasicUNet`` plus access to its encoder output for features."""
+
+    def __init__(self, in_channels: int, out_channels: int, features: tuple[int, ...]):
+        super().__init__()
+        with contextlib.redirect_stdout(io.StringIO()):  # BasicUNet prints its widths
+            self.unet = BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels,
+                                  features=tuple(features),
+                                  act=("LeakyReLU", {"negative_slope": 0.1, "inplace": True}),
+                                  norm=("instance", {"affine": True}), dropout=0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.unet(x)
+
+    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` -> ``(N, F)``: the deepest encoder level, global-average pooled."""
+        u = self.unet
+        x0 = u.conv_0(x)
+        x4 = u.down_4(u.down_3(u.down_2(u.down_1(x0))))
+        return x4.mean(dim=(-2, -1))
+
+
+def _check_size(h: int, w: int) -> None:
+    if h % 16 or w % 16:
+        raise ValueError(f"image side must be a multiple of 16 for a 4-level UNet, got {h}x{w}")
+
+
+def _fit(net: _Net, inputs: torch.Tensor, targets: torch.Tensor, loss_fn, cfg: SegmenterConfig,
+         weights: torch.Tensor | None = None, desc: str = "train") -> list[float]:
+    """Shared fixed-budget loop. ``inputs`` ``(N, Cin, H, W)``, ``targets`` ``(N, ...)`` indexed alongside.
+    ``weights``: optional sampling probability per case. Returns the loss per step."""
+    from tqdm.auto import tqdm
+
+    dev = _device()
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    net.to(dev).train()
+    if cfg.channels_last:
+        net.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(cfg.steps, 1),
+                                                pct_start=0.1, anneal_strategy="cos")
+    n = inputs.shape[0]
+    bs = min(cfg.batch_size, n)
+    losses: list[float] = []
+    for _ in tqdm(range(cfg.steps), desc=desc, leave=False, disable=None):
+        if weights is None:
+            idx = torch.randint(0, n, (bs,), generator=gen)
+        else:
+            idx = torch.multinomial(weights, bs, replacement=True, generator=gen)
+        x, y = inputs[idx], targets[idx]
+        if cfg.flip:
+            flip = torch.rand(bs, generator=gen) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            y = torch.where(flip.view((-1,) + (1,) * (y.ndim - 1)), y.flip(-1), y)
+        x, y = x.to(dev), y.to(dev)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            out = net(x)
+        loss = loss_fn(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+    net.eval()
+    return losses
+
+
+@torch.no_grad()
+def _batched(fn, x: torch.Tensor, cfg: SegmenterConfig, batch: int = 64) -> torch.Tensor:
+    dev = _device()
+    outs = []
+    for i in range(0, x.shape[0], batch):
+        xb = x[i:i + batch].to(dev)
+        if cfg.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            outs.append(fn(xb).float().cpu())
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+class Segmenter:
+    """A trained segmenter over ``values`` (label values, background first).
+
+    Images are float32 ``(N, 1, H, W)`` in ``[-1, 1]``; label maps int64 ``(N, H, W)`` holding values of
+    ``values``; ``H`` and ``W`` multiples of 16.
+    """
+
+    def __init__(self, net: _Net, values: list[int], cfg: SegmenterConfig, losses: list[float]):
+        self.net, self.values, self.cfg, self.losses = net, list(values), cfg, losses
+
+    @classmethod
+    def train(cls, images: torch.Tensor, labels: torch.Tensor, values: list[int],
+              cfg: SegmenterConfig = SegmenterConfig(), weights: torch.Tensor | None = None,
+              desc: str = "segmenter") -> "Segmenter":
+        """Train from scratch for ``cfg.steps`` steps with DiceCE loss, seeded by ``cfg.seed``."""
+        if images.ndim != 4 or labels.ndim != 3 or images.shape[0] != labels.shape[0] or images.shape[0] == 0:
+            raise ValueError(f"expected images (N,1,H,W) and labels (N,H,W) with N>0, got {tuple(images.shape)}, "
+                             f"{tuple(labels.shape)}")
+        _check_size(*images.shape[-2:])
+        lut = torch.full((int(max(values)) + 1,), 0, dtype=torch.int64)
+        lut[torch.as_tensor(values)] = torch.arange(len(values))
+        idx_labels = lut[labels.clamp(0, len(lut) - 1)].unsqueeze(1)  # (N, 1, H, W) class indices
+        torch.manual_seed(cfg.seed)
+        net = _Net(1, len(values), cfg.features)
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)  # batch Dice: absent labels do not dominate
+        losses = _fit(net, images.float(), idx_labels, loss_fn, cfg, weights, desc)
+        return cls(net, values, cfg, losses)
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, H, W)`` in ``[-1, 1]`` -> int64 label maps ``(N, H, W)`` holding values of ``self.values``."""
+        logits = _batched(self.net, images.float(), self.cfg)
+        return torch.as_tensor(self.values)[logits.argmax(1)]
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, H, W)`` -> float32 ``(N, F)``: the encoder's bottleneck, global-average pooled."""
+        return _batched(self.net.bottleneck, images.float(), self.cfg)
+
+
+class Regressor:
+    """Mask-to-image regression: one-hot mask ``(N, C, H, W)`` -> image ``(N, 1, H, W)`` in ``[-1, 1]``.
+
+    Trained with MSE, it estimates the posterior mean E[x | mask]."""
+
+    def __init__(self, net: _Net, values: list[int], cfg: SegmenterConfig, losses: list[float]):
+        self.net, self.values, self.cfg, self.losses = net, list(values), cfg, losses
+
+    def _onehot(self, labels: torch.Tensor) -> torch.Tensor:
+        vals = torch.as_tensor(self.values).view(1, -1, 1, 1)
+        return (labels.unsqueeze(1) == vals).float() * 2.0 - 1.0
+
+    @classmethod
+    def train(cls, labels: torch.Tensor, images: torch.Tensor, values: list[int],
+              cfg: SegmenterConfig = SegmenterConfig()) -> "Regressor":
+        _check_size(*images.shape[-2:])
+        torch.manual_seed(cfg.seed)
+        net = _Net(len(values), 1, cfg.features)
+        self = cls(net, values, cfg, [])
+        self.losses = _fit(net, self._onehot(labels), images.float(), F.mse_loss, cfg, desc="regression")
+        return self
+
+    def predict(self, labels: torch.Tensor) -> torch.Tensor:
+        """int64 ``(N, H, W)`` -> float32 ``(N, 1, H, W)`` clipped to ``[-1, 1]``."""
+        return _batched(self.net, self._onehot(labels), self.cfg).clamp(-1, 1)
+
+
+def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected components of a boolean ``(H, W)`` mask (scipy.ndimage.label)."""
+    from scipy import ndimage
+
+    return ndimage.label(mask, structure=np.ones((3, 3), dtype=int))
+
+
+def lesion_detection(pred: torch.Tensor, target: torch.Tensor, value: int) -> dict[str, float]:
+    """Component-level detection of label ``value`` over ``(N, H, W)`` label maps.
+
+    A target component counts as found when any predicted pixel of ``value`` falls inside it; a predicted
+    component that touches no target component is a false positive. Returns totals and rates."""
+    found = total = fp = 0
+    for p, t in zip(pred.numpy() == value, target.numpy() == value):
+        tl, nt = connected_components(t)
+        total += nt
+        if nt:
+            found += len(set(np.unique(tl[p]).tolist()) - {0})
+        pl, npred = connected_components(p)
+        for k in range(1, npred + 1):
+            if not t[pl == k].any():
+                fp += 1
+    n = int(pred.shape[0])
+    return {"lesions": total, "found": found, "sensitivity": found / total if total else float("nan"),
+            "false_positives": fp, "fp_per_image": fp / n if n else float("nan"), "images": n}
