@@ -153,10 +153,11 @@ def check_dataset(path: str | os.PathLike, progress: bool = True) -> CheckReport
     units = set()
     for cid, case in tqdm(sorted(ds.cases.items()), desc="check", unit="case", disable=not progress):
         img = lab = None
-        try:
-            img = layout.read_image_file(case.image_path)
-        except MaskrayError as e:
-            problems.append(str(e))
+        if case.image_path is not None:  # None only in a mask-only dataset (``maskray masks`` output)
+            try:
+                img = layout.read_image_file(case.image_path)
+            except MaskrayError as e:
+                problems.append(str(e))
         if img is not None:
             sizes[f"{img.shape[0]}x{img.shape[1]}"] += 1
             if float(img.max()) - float(img.min()) < 1e-6:

@@ -192,7 +192,7 @@ def _import_case(job: _Job, plan: _Plan) -> dict:
     img, pad, crop = _fit(_resize(img, h, w, nearest=False), cfg.size, 0.0)
     if label is not None:
         label, _, _ = _fit(_resize(label, h, w, nearest=True), cfg.size, 0)
-        label = np.ascontiguousarray(label)
+        label = np.array(label, dtype=np.uint8)  # writable: nodules are drawn into it
     nodules = []
     if job.nodules:
         yy, xx = np.mgrid[0:cfg.size, 0:cfg.size]
