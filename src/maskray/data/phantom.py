@@ -485,8 +485,8 @@ def _detector(P: np.ndarray, a: Anatomy, s: float, rng: np.random.Generator, lun
     lo = float(np.median(est[lung])) if lung.any() else float(np.percentile(est, 30))
     hi = float(np.median(est[dense])) if dense.any() else float(np.percentile(est, 95))
     hi = max(hi, lo + 0.5)
-    centre = lo + (0.47 + a.window) * (hi - lo)
-    width = (hi - lo) / 2.6
+    centre = lo + (0.38 + a.window) * (hi - lo)
+    width = (hi - lo) / 2.3
     img = 1.0 / (1.0 + np.exp(-(est - centre) / width))
     # Unsharp masking (CR edge enhancement) makes ribs and vessels crisper.
     img = img + 0.6 * (img - ndimage.gaussian_filter(img, sigma=5.0 / s, mode="nearest"))
