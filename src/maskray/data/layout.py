@@ -178,20 +178,29 @@ def read_label_file(path: str | os.PathLike) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def _atomic_save_png(path: Path, arr: np.ndarray) -> None:
+def _atomic_save_png(path: Path, arr: np.ndarray, text: dict[str, str] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    Image.fromarray(arr).save(tmp, format="PNG")
+    info = None
+    if text:
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        for k, v in text.items():
+            info.add_text(k, v)
+    Image.fromarray(arr).save(tmp, format="PNG", pnginfo=info)
     os.replace(tmp, path)
 
 
-def write_image_file(path: str | os.PathLike, image01: np.ndarray, bit_depth: int = 8) -> None:
-    """Write a float ``(H, W)`` image in ``[0, 1]`` as an 8- or 16-bit PNG, atomically."""
+def write_image_file(path: str | os.PathLike, image01: np.ndarray, bit_depth: int = 8,
+                     text: dict[str, str] | None = None) -> None:
+    """Write a float ``(H, W)`` image in ``[0, 1]`` as an 8- or 16-bit PNG, atomically; ``text`` becomes
+    PNG text chunks (maskray marks synthetic images there)."""
     if bit_depth not in (8, 16):
         raise MaskrayError(f"bit depth {bit_depth} is not supported (allowed: 8, 16)")
     x = np.clip(np.asarray(image01, dtype=np.float64), 0.0, 1.0)
     arr = np.round(x * 255.0).astype(np.uint8) if bit_depth == 8 else np.round(x * 65535.0).astype(np.uint16)
-    _atomic_save_png(Path(path), arr)
+    _atomic_save_png(Path(path), arr, text)
 
 
 def write_label_file(path: str | os.PathLike, label: np.ndarray) -> None:
@@ -218,14 +227,14 @@ def write_case(root: str | os.PathLike, case_id: str, image01: np.ndarray, label
         write_label_file(label_path(root, case_id, subset), label)
 
 
-def prepare_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
+def prepare_output_dir(path: str | os.PathLike, overwrite: bool = False, hint: str = "--overwrite") -> Path:
     """Create an output folder; refuse one that already holds files unless ``overwrite``."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise MaskrayError(f"{path}: exists and is not a folder")
     if path.is_dir() and any(path.iterdir()):
         if not overwrite:
-            raise MaskrayError(f"{path}: folder already holds files; choose another or pass --overwrite")
+            raise MaskrayError(f"{path}: folder already holds files; choose another or pass {hint}")
         import shutil
 
         shutil.rmtree(path)

@@ -1,0 +1,86 @@
+"""Training data held in memory: a dataset split resized to the model's size.
+
+Images are held as integers 0..65535 (``(N, 1, S, S)``, exact for 8- and 16-bit files) and label maps as
+uint8 (``(N, S, S)``) to keep memory
+small; :meth:`TrainingArrays.batch` turns a batch into the data contract (float ``[-1, 1]``, int64).
+Batches are a pure function of ``(seed, step)``: each epoch is a fresh permutation drawn from a
+generator seeded with ``(seed, epoch)``, so a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from maskray.data.layout import Dataset, read_image_file, read_label_file
+from maskray.errors import MaskrayError
+
+
+def resize_image(x: torch.Tensor, size: int) -> torch.Tensor:
+    """float ``(N, C, H, W)`` -> ``(N, C, size, size)`` with antialiased bilinear resampling."""
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def resize_label(lab: torch.Tensor, size: int) -> torch.Tensor:
+    """int ``(N, H, W)`` -> ``(N, size, size)`` by nearest neighbour (labels are never interpolated)."""
+    if lab.shape[-2:] == (size, size):
+        return lab
+    return F.interpolate(lab[:, None].float(), size=(size, size), mode="nearest-exact")[:, 0].to(lab.dtype)
+
+
+@dataclass
+class TrainingArrays:
+    case_ids: list[str]
+    images: torch.Tensor  # int32 (N, 1, S, S), 0..65535
+    labels: torch.Tensor | None  # uint8 (N, S, S)
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def indices(self, step: int, batch_size: int, seed: int) -> torch.Tensor:
+        """The case indices of batch ``step``: consecutive slices of per-epoch permutations."""
+        n = len(self)
+        start = step * batch_size
+        out = []
+        while len(out) < batch_size:
+            epoch, offset = divmod(start + len(out), n)
+            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            perm = torch.randperm(n, generator=g)
+            out.extend(perm[offset: offset + batch_size - len(out)].tolist())
+        return torch.tensor(out)
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(x, label)``: float32 ``(B, 1, S, S)`` in ``[-1, 1]`` and int64 ``(B, S, S)`` (or ``None``)."""
+        x = self.images[idx].float() / 65535.0 * 2.0 - 1.0
+        lab = self.labels[idx].long() if self.labels is not None else None
+        return x, lab
+
+
+def load_arrays(ds: Dataset, size: int, split: str = "train", need_labels: bool = False,
+                progress: bool = True) -> TrainingArrays:
+    """Read one split of ``ds`` into memory at ``size`` x ``size``.
+
+    Falls back to every case when the split is empty and no splits file exists (an unsplit dataset).
+    """
+    ids = ds.case_ids(split, labelled=need_labels)
+    if not ids:
+        raise MaskrayError(f"{ds.root}: split '{split}' holds no {'labelled ' if need_labels else ''}cases")
+    imgs = torch.empty((len(ids), 1, size, size), dtype=torch.int32)
+    labs = torch.empty((len(ids), size, size), dtype=torch.uint8) if need_labels else None
+    for i, cid in enumerate(tqdm(ids, desc=f"loading {split}", unit="case", disable=not progress, leave=False)):
+        case = ds.cases[cid]
+        x = torch.from_numpy(read_image_file(case.image_path))[None, None]
+        imgs[i] = torch.round(resize_image(x, size).clamp(0, 1) * 65535.0).to(torch.int32)[0]
+        if need_labels:
+            lab = ds.label(cid)
+            if lab.shape != x.shape[-2:]:
+                raise MaskrayError(f"{case.label_path}: label map is {tuple(lab.shape)} but its image is "
+                                   f"{tuple(x.shape[-2:])}")
+            labs[i] = resize_label(lab[None], size)[0].to(torch.uint8)
+    return TrainingArrays(ids, imgs, labs)

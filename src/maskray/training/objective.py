@@ -1,0 +1,68 @@
+"""The denoising objective: forward noising with a diffusers ``DDPMScheduler`` and a weighted regression loss.
+
+Levers (measured in benchmarks/bench_learning.py):
+- ``prediction_type``: epsilon (Ho et al. 2020) or v (Salimans & Ho 2022);
+- min-SNR-gamma loss weighting (Hang et al. 2023): the per-timestep weight ``min(SNR, gamma) / SNR`` for
+  epsilon and ``min(SNR, gamma) / (SNR + 1)`` for v, which keeps low-noise steps from dominating;
+- ``timestep_bias``: timesteps drawn with density proportional to ``t ** bias``; ``bias > 0`` spends
+  more steps at high noise, where the coarse layout (what a mask decides) is formed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+from diffusers import DDPMScheduler
+
+from maskray.config import option
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    prediction_type: Literal["epsilon", "v_prediction"] = option("v_prediction", help="network target")
+    beta_schedule: Literal["squaredcos_cap_v2", "linear", "scaled_linear"] = option("squaredcos_cap_v2",
+                                                                                      help="noise schedule")
+    num_train_timesteps: int = option(1000, help="discrete diffusion steps")
+    min_snr_gamma: float = option(5.0, help="min-SNR loss weighting gamma; 0 disables")
+    timestep_bias: float = option(0.0, help="draw t with density ~ t**bias (0 = uniform)")
+
+
+def make_train_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                         prediction_type=cfg.prediction_type, clip_sample=False)
+
+
+def sample_timesteps(n: int, cfg: DiffusionConfig, generator: torch.Generator) -> torch.Tensor:
+    """int64 ``(n,)`` in ``[0, T)``; uniform, or with density ~ ``t ** bias``."""
+    u = torch.rand(n, generator=generator)
+    if cfg.timestep_bias > 0:
+        u = u ** (1.0 / (1.0 + cfg.timestep_bias))
+    return (u * cfg.num_train_timesteps).long().clamp_(0, cfg.num_train_timesteps - 1)
+
+
+def diffusion_loss(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,
+                   scheduler: DDPMScheduler, cfg: DiffusionConfig, generator: torch.Generator) -> torch.Tensor:
+    """Weighted denoising loss for clean samples ``x0`` (float ``(N, C, H, W)`` in ``[-1, 1]``).
+
+    ``model_fn(noisy, t)`` returns the network output. The noise and timesteps are drawn from ``generator``
+    so that a training step is a pure function of its seed (exact resume).
+    """
+    n = x0.shape[0]
+    t = sample_timesteps(n, cfg, generator).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    noisy = scheduler.add_noise(x0, noise, t)
+    if cfg.prediction_type == "epsilon":
+        target = noise
+    else:
+        target = scheduler.get_velocity(x0, noise, t)
+    pred = model_fn(noisy, t).float()
+    per = (pred - target).pow(2).mean(dim=(1, 2, 3))
+    if cfg.min_snr_gamma > 0:
+        ac = scheduler.alphas_cumprod.to(x0.device)[t]
+        snr = ac / (1 - ac)
+        clipped = torch.clamp(snr, max=cfg.min_snr_gamma)
+        weight = clipped / snr if cfg.prediction_type == "epsilon" else clipped / (snr + 1)
+        per = per * weight
+    return per.mean()
