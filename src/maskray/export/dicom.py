@@ -1,0 +1,169 @@
+"""DICOM export: one Secondary Capture image per case, flagged synthetic, with no attribute from any source.
+
+Each case becomes ``images/CASE.dcm``: SOP Class Secondary Capture Image Storage (1.2.840.10008.5.1.4.1.1.7),
+a new Study, Series and SOP Instance UID from :func:`pydicom.uid.generate_uid`, Synthetic Data (0008,001C)
+``YES`` when the images are synthetic, Conversion Type ``SYN`` (synthetic image), Burned In Annotation
+``NO``, MONOCHROME2 at the stored bit depth (8 or 16), Pixel Spacing and Nominal Scanned Pixel Spacing from
+``dataset.json`` ``spacing``. The patient module holds no person: Patient's Name ``SYNTHETIC`` (or
+``ANONYMOUS`` for real images), Patient ID the maskray case id, birth date and sex empty.
+
+Source DICOMs (``source_dicom_dir``) are read with ``specific_tags`` limited to geometry (Rows, Columns,
+Pixel Spacing, Imager Pixel Spacing), so patient, study and institution data are never even loaded. The
+label map goes alongside as ``labels/CASE.nii.gz`` (same geometry), with ``dataset.json`` naming its values.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from maskray import __version__
+from maskray.data.layout import Dataset, read_label_file
+from maskray.errors import MaskrayError
+from maskray.export.common import read_raw_image
+from maskray.export.native import NIFTI_ENDING, save_nifti
+
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+GEOMETRY_TAGS = ("Rows", "Columns", "PixelSpacing", "ImagerPixelSpacing")
+
+
+def source_spacing(path: Path, shape: tuple[int, int]) -> tuple[float, float] | None:
+    """Pixel spacing (mm) of a source DICOM, rescaled to ``shape``; reads geometry tags only."""
+    import pydicom
+
+    try:
+        src = pydicom.dcmread(str(path), specific_tags=list(GEOMETRY_TAGS), stop_before_pixels=True)
+    except Exception as e:
+        raise MaskrayError(f"{path}: unreadable DICOM ({e.__class__.__name__})") from None
+    ps = src.get("PixelSpacing") or src.get("ImagerPixelSpacing")
+    rows, cols = src.get("Rows"), src.get("Columns")
+    if not ps or len(ps) < 2:
+        return None
+    sy, sx = float(ps[0]), float(ps[1])
+    if rows and cols:  # the dataset may be resized from the source
+        sy, sx = sy * int(rows) / shape[0], sx * int(cols) / shape[1]
+    return (sy, sx)
+
+
+def build_dataset(pixels: np.ndarray, spacing: tuple[float, float] | None, case_id: str, synthetic: bool,
+                  derivation: str) -> "pydicom.Dataset":  # noqa: F821
+    """A Secondary Capture dataset for uint8/uint16 ``(H, W)`` pixels; every UID is new."""
+    from pydicom.dataset import Dataset as DicomDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    bits = 8 if pixels.dtype == np.uint8 else 16
+    sop_uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+
+    now = _dt.datetime.now(_dt.timezone.utc)
+    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds = DicomDataset()
+    ds.file_meta = meta
+    # SOP common
+    ds.SOPClassUID = SECONDARY_CAPTURE
+    ds.SOPInstanceUID = sop_uid
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
+    # patient: nobody
+    ds.PatientName = "SYNTHETIC" if synthetic else "ANONYMOUS"
+    ds.PatientID = case_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "maskray export: no attribute copied from any source DICOM"
+    # study / series: new each case
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.StudyDate, ds.StudyTime = date, time
+    ds.ContentDate, ds.ContentTime = date, time
+    ds.StudyID = ""
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.Modality = "OT"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.SeriesDescription = "maskray synthetic" if synthetic else "maskray export"
+    ds.PatientOrientation = ""
+    # equipment and image
+    ds.ConversionType = "SYN" if synthetic else "WSD"
+    ds.Manufacturer = "maskray"
+    ds.SoftwareVersions = __version__
+    ds.SyntheticData = "YES" if synthetic else "NO"
+    ds.BurnedInAnnotation = "NO"
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.DerivationDescription = derivation[:1024]
+    ds.ImageComments = f"maskray case {case_id}"[:10240]
+    if spacing is not None:
+        ps = [f"{spacing[0]:.6g}", f"{spacing[1]:.6g}"]
+        ds.PixelSpacing = ps
+        ds.NominalScannedPixelSpacing = ps
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
+    ds.BitsAllocated = bits
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(pixels.astype("<u1" if bits == 8 else "<u2")).tobytes()
+    ds["PixelData"].VR = "OB" if bits == 8 else "OW"
+    return ds
+
+
+def write_dicom(path: Path, ds) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.dcm")
+    try:
+        ds.save_as(str(tmp), enforce_file_format=True)  # pydicom >= 3
+    except TypeError:
+        ds.is_little_endian, ds.is_implicit_VR = True, False  # pydicom 2.x
+        ds.save_as(str(tmp), write_like_original=False)
+    os.replace(tmp, path)
+
+
+def export_dicom(ds: Dataset, out: Path, synthetic: bool, per_case: dict[str, dict],
+                 source_dicom_dir: Path | None = None, checkpoint: str | None = None) -> dict[str, str]:
+    """Write ``images/CASE.dcm`` and ``labels/CASE.nii.gz`` for every case with an image.
+
+    ``per_case`` (from the source's manifests) and ``checkpoint`` (the source run's) feed each image's
+    Derivation Description: the mask's source case, the checkpoint and the seed.
+    """
+    if not ds.has_images:
+        raise MaskrayError(f"{ds.root}: a mask-only dataset has no images for DICOM (run maskray generate first)")
+    if source_dicom_dir is not None and not Path(source_dicom_dir).is_dir():
+        raise MaskrayError(f"option --source-dicom-dir: {source_dicom_dir} is not a folder")
+    cases = {}
+    for cid in tqdm(ds.case_ids(), desc="export dicom", unit="case", disable=None):
+        case = ds.cases[cid]
+        if case.image_path is None:
+            continue
+        pixels = read_raw_image(case.image_path)
+        spacing = ds.info.spacing
+        rec = per_case.get(cid, {})
+        if source_dicom_dir is not None:
+            for name in (cid, rec.get("source_case")):
+                p = Path(source_dicom_dir) / f"{name}.dcm" if name else None
+                if p is not None and p.is_file():
+                    spacing = source_spacing(p, pixels.shape) or spacing
+                    break
+        parts = ["maskray synthetic image" if synthetic else "maskray export"]
+        if rec.get("source_case"):
+            parts.append(f"mask from case {rec['source_case']}")
+        if rec.get("checkpoint") or checkpoint:
+            parts.append(f"checkpoint {rec.get('checkpoint') or checkpoint}")
+        if rec.get("seed") is not None:
+            parts.append(f"seed {rec['seed']}")
+        write_dicom(out / "images" / f"{cid}.dcm", build_dataset(pixels, spacing, cid, synthetic, "; ".join(parts)))
+        if case.label_path is not None:
+            save_nifti(out / "labels" / f"{cid}{NIFTI_ENDING}", read_label_file(case.label_path).astype(np.uint8),
+                       spacing, "maskray label map")
+        cases[cid] = cid
+    shutil.copy2(ds.root / "dataset.json", out / "dataset.json")  # names the label values
+    return cases
