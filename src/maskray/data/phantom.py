@@ -545,7 +545,7 @@ def render_case(cfg: PhantomConfig, index: int) -> PhantomCase:
             "center_mm": [round(nod.y + cfg.fov_mm / 2, 2), round(nod.x + cfg.fov_mm / 2, 2)],
             "diameter_mm": round(nod.diameter, 2),
             "axes_mm": [round(2 * nod.a, 2), round(2 * nod.b, 2)],
-            "behind_rib": bool(np.any(nod_fp & scene.rib & _single(nod, g))),
+            "rib_overlap": round(float((scene.rib & _single(nod, g)).sum() / _single(nod, g).sum()), 3),
         } for nod in nodules],
         "anatomy": {"inspiration": round(a.insp, 3), "cardiothoracic_ratio": round(a.ctr, 3),
                     "rotation_deg": round(a.rot, 2), "tilt_deg": round(a.tilt, 2),
