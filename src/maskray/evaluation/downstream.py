@@ -1,0 +1,303 @@
+"""``maskray downstream``: do synthetic image/mask pairs help a segmenter on real held-out images?
+
+The same MONAI segmenter (:class:`maskray.evaluation.segmenter.Segmenter`: BasicUNet, DiceCE loss) is
+trained with one fixed step budget, once per seed, on
+
+- real labelled training cases at each fraction ``f`` (a seeded, nested subset: the 10% cases are among the
+  25% ones), without and with the synthetic pairs (``real`` / ``real+synthetic``; ``f = 1`` is "real only"
+  and "real + synthetic");
+- the synthetic pairs alone (``synthetic``).
+
+Every model is scored on the real test split: Dice per label (mean over test images; an image where a label
+is absent in both prediction and truth is skipped, MONAI's convention), lesion sensitivity (a lesion is found
+when a predicted component overlaps it) and false positives per image. Mean and spread are across seeds.
+
+Synthetic cases whose source mask belongs to the real test split are never trained on (they would leak the
+test labels). With ``synthetic_sources="fraction"`` only synthetic cases made from the masks of the chosen
+real fraction (or of no real case) are used, so the labelled-data budget is the same with and without them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from maskray.config import option
+from maskray.data.layout import Dataset, prepare_output_dir
+from maskray.errors import MaskrayError
+from maskray.evaluation.metrics import dice, summarize
+from maskray.evaluation.pairs import (check_same_labels, load_images, load_labels, read_manifest, test_split,
+                                      working_size)
+from maskray.evaluation.segmenter import Segmenter, SegmenterConfig, lesion_detection
+from maskray.provenance import atomic_write_text, to_jsonable, versions, write_run_info
+
+CONDITIONS = ("real", "real+synthetic", "synthetic")
+
+
+@dataclass(frozen=True)
+class DownstreamConfig:
+    """Options of ``maskray downstream``."""
+
+    seeds: int = option(3, help="training seeds per condition (>= 3 for a reported spread)")
+    seed: int = option(0, help="first seed; seeds are seed, seed+1, ...")
+    fractions: tuple[float, ...] = option((0.1, 0.25, 0.5, 1.0), help="fractions of the real labelled training cases")
+    steps: int = option(300, help="training steps of every segmenter (fixed budget)")
+    batch_size: int = option(16, help="images per step")
+    size: int = option(0, help="working resolution (multiple of 16); 0 = the synthetic images' size")
+    lesion_label: str = option("nodule", help="label name scored by component-level detection")
+    synthetic_sources: Literal["all", "fraction"] = option(
+        "all", help="synthetic cases used beside a real fraction: all (except test-derived) or only those made "
+                    "from that fraction's masks")
+    export_nnunet: bool = option(False, help="also write the datasets in nnU-Net v2 raw format with splits_final.json")
+    nnunet_id: int = option(900, help="first nnU-Net dataset id of the export (real, real+synthetic, synthetic)")
+    overwrite: bool = option(False, help="replace a non-empty output folder")
+
+
+def _fraction_subsets(ids: list[str], fractions: tuple[float, ...], seed: int) -> dict[float, list[str]]:
+    """Nested, seeded subsets: the first ``max(1, round(f * n))`` cases of one permutation."""
+    perm = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    return {f: sorted(perm[: max(1, int(round(f * len(ids))))]) for f in fractions}
+
+
+def score(seg: Segmenter, x: torch.Tensor, y: torch.Tensor, fg: dict[str, int], lesion: str) -> dict:
+    """Dice per label (mean over images) and, if ``lesion`` is a label, detection on ``(N, 1, H, W)`` images."""
+    pred = seg.predict(x)
+    d = dice(pred, y, list(fg.values()))
+    out = {"dice": {name: summarize(d[:, j])["mean"] for j, name in enumerate(fg)}}
+    if lesion in fg:
+        det = lesion_detection(pred, y, fg[lesion])
+        out["sensitivity"], out["fp_per_image"] = det["sensitivity"], det["fp_per_image"]
+    return out
+
+
+def run_downstream(real: Path, synthetic: Path, out: Path, cfg: DownstreamConfig = DownstreamConfig()) -> dict:
+    """Train and score every condition, write ``metrics.json``, ``metrics.csv``, ``runs.csv``, ``dice_vs_fraction.png``,
+    ``report.html`` and ``run.json`` (and ``nnunet/`` if asked). Returns the metrics dictionary."""
+    real_ds, syn_ds = Dataset(real), Dataset(synthetic)
+    check_same_labels(real_ds, syn_ds)
+    if not syn_ds.has_images:
+        raise MaskrayError(f"{synthetic}: holds label maps only; generate images for them first (maskray generate)")
+    if cfg.seeds < 1:
+        raise MaskrayError(f"--seeds {cfg.seeds}: must be at least 1")
+    if not cfg.fractions or any(not 0 < f <= 1 for f in cfg.fractions):
+        raise MaskrayError(f"--fractions {cfg.fractions}: each fraction must lie in (0, 1]")
+    if cfg.steps < 1:
+        raise MaskrayError(f"--steps {cfg.steps}: must be at least 1")
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
+        raise MaskrayError(f"{out}: folder already holds files; choose another or pass --overwrite")
+    test_ids = test_split(real_ds)
+    train_ids = real_ds.case_ids("train", labelled=True)
+    if not train_ids:
+        raise MaskrayError(f"{real}: no labelled cases in the training split")
+    cases = read_manifest(syn_ds, real_ds)
+    held_out = set(test_ids)
+    syn_ids = [c for c in sorted(cases) if cases[c].source_case not in held_out
+               and syn_ds.cases[c].label_path is not None]
+    n_leak = sum(1 for c in cases.values() if c.source_case in held_out)
+    if not syn_ids:
+        raise MaskrayError(f"{synthetic}: no labelled synthetic case is usable for training (those made from real "
+                           "test masks are excluded)")
+    fractions = tuple(sorted(set(cfg.fractions) | {1.0}))
+    fg = real_ds.info.foreground
+    values = sorted(real_ds.labels.values())
+
+    size = working_size(syn_ds, cfg.size)
+    xr, yr = load_images(real_ds, train_ids, size), load_labels(real_ds, train_ids, size)
+    xs, ys = load_images(syn_ds, syn_ids, size), load_labels(syn_ds, syn_ids, size)
+    xte, yte = load_images(real_ds, test_ids, size), load_labels(real_ds, test_ids, size)
+    r_index = {c: i for i, c in enumerate(train_ids)}
+
+    jobs = []
+    for s in range(cfg.seed, cfg.seed + cfg.seeds):
+        subsets = _fraction_subsets(train_ids, fractions, s)
+        for f in fractions:
+            jobs.append(("real", f, s, subsets[f]))
+            jobs.append(("real+synthetic", f, s, subsets[f]))
+        jobs.append(("synthetic", 0.0, s, []))
+    runs = []
+    for cond, f, s, subset in tqdm(jobs, desc="downstream", disable=None):
+        ri = torch.tensor([r_index[c] for c in subset], dtype=torch.long)
+        if cond == "real":
+            si = torch.empty(0, dtype=torch.long)
+        else:
+            keep = set(subset)
+            si = torch.tensor([i for i, c in enumerate(syn_ids) if cfg.synthetic_sources == "all" or cond == "synthetic"
+                               or cases[c].source_case is None or cases[c].source_case in keep], dtype=torch.long)
+        x, y = torch.cat([xr[ri], xs[si]]), torch.cat([yr[ri], ys[si]])
+        if x.shape[0] == 0:
+            continue
+        seg = Segmenter.train(x, y, values, SegmenterConfig(steps=cfg.steps, batch_size=cfg.batch_size, seed=s),
+                              desc=f"{cond} f={f:g} seed={s}")
+        runs.append({"condition": cond, "fraction": f, "seed": s, "n_real": int(len(ri)), "n_synthetic": int(len(si)),
+                     **score(seg, xte, yte, fg, cfg.lesion_label), "final_loss": seg.losses[-1]})
+
+    summary = summarize_runs(runs)
+    metrics = {"working_size": list(size), "n_real_train": len(train_ids), "n_real_test": len(test_ids),
+               "n_synthetic_used": len(syn_ids), "n_synthetic_excluded_test_sources": n_leak,
+               "labels": real_ds.labels, "fractions": list(fractions), "seeds": list(range(cfg.seed, cfg.seed + cfg.seeds)),
+               "steps": cfg.steps, "summary": summary, "runs": runs}
+
+    out = prepare_output_dir(out, cfg.overwrite)
+    atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
+    _write_rows(out / "metrics.csv", summary, ["condition", "fraction", "metric", "mean", "std", "n"])
+    flat_runs = [{k: v for k, v in r.items() if k != "dice"} | {f"dice_{k}": v for k, v in r["dice"].items()}
+                 for r in runs]
+    _write_rows(out / "runs.csv", flat_runs, list(flat_runs[0]))
+    plot = plot_dice_vs_fraction(out / "dice_vs_fraction.png", summary, list(fg), cfg.lesion_label)
+    if cfg.export_nnunet:
+        metrics["nnunet_export"] = export_nnunet(real_ds, syn_ds, syn_ids, train_ids, test_ids, out / "nnunet", cfg)
+        atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
+    _report(out / "report.html", cfg, metrics, plot)
+    write_run_info(out, "downstream", cfg, seed=cfg.seed, extra={"real": str(real), "synthetic": str(synthetic)})
+    return metrics
+
+
+def summarize_runs(runs: list[dict]) -> list[dict]:
+    """Mean and sample standard deviation across seeds of every score, per (condition, fraction)."""
+    keys = sorted({(r["condition"], r["fraction"]) for r in runs}, key=lambda k: (CONDITIONS.index(k[0]), k[1]))
+    rows = []
+    for cond, f in keys:
+        group = [r for r in runs if r["condition"] == cond and r["fraction"] == f]
+        scores: dict[str, list[float]] = {}
+        for r in group:
+            for lab, v in r["dice"].items():
+                scores.setdefault(f"dice_{lab}", []).append(v)
+            for k in ("sensitivity", "fp_per_image"):
+                if k in r:
+                    scores.setdefault(k, []).append(r[k])
+        for metric, vals in scores.items():
+            s = summarize(torch.tensor(vals, dtype=torch.float64))
+            rows.append({"condition": cond, "fraction": f, "metric": metric, **s})
+    return rows
+
+
+def _write_rows(path: Path, rows: list[dict], fields: list[str]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def plot_dice_vs_fraction(path: Path, summary: list[dict], labels: list[str], lesion: str) -> Path:
+    """One panel per label (and lesion sensitivity): Dice against the real fraction, with/without synthetic."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [f"dice_{lab}" for lab in labels] + (["sensitivity"] if any(r["metric"] == "sensitivity" for r in summary) else [])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.0), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for cond, style in (("real", "o-"), ("real+synthetic", "s-")):
+            pts = sorted((r["fraction"], r["mean"], r["std"]) for r in summary
+                         if r["condition"] == cond and r["metric"] == metric)
+            if pts:
+                f, m, s = map(np.array, zip(*pts))
+                ax.errorbar(f, m, yerr=np.nan_to_num(s), fmt=style, capsize=3, label=cond)
+        syn = [r for r in summary if r["condition"] == "synthetic" and r["metric"] == metric]
+        if syn and math.isfinite(syn[0]["mean"]):
+            ax.axhline(syn[0]["mean"], ls="--", color="gray", label="synthetic only")
+        ax.set_xscale("log")
+        ax.set_xlabel("fraction of real labelled cases")
+        ax.set_title(metric.replace("dice_", "Dice ").replace("sensitivity", f"{lesion} sensitivity"), fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def export_nnunet(real: Dataset, syn: Dataset, syn_ids: list[str], train_ids: list[str], test_ids: list[str],
+                  root: Path, cfg: DownstreamConfig) -> dict:
+    """Write real / real+synthetic / synthetic training sets in nnU-Net v2 raw format (real test cases in
+    imagesTs/labelsTs) with a one-fold ``splits_final.json`` whose validation cases are real only (the real
+    val split, or a seeded 20% of the real training cases). Copy that file into
+    ``nnUNet_preprocessed/DatasetXXX_NAME/`` before ``nnUNetv2_train DATASET 2d 0``."""
+    if real.info.file_ending != syn.info.file_ending:
+        raise MaskrayError(f"--export-nnunet: real ({real.info.file_ending}) and synthetic ({syn.info.file_ending}) "
+                           "file endings differ; nnU-Net needs one")
+    val = real.case_ids("val", labelled=True)
+    fit = list(train_ids)
+    if not val:
+        perm = np.random.default_rng(cfg.seed).permutation(len(train_ids))
+        n_val = max(1, len(train_ids) // 5) if len(train_ids) > 1 else 0
+        val = sorted(train_ids[i] for i in perm[:n_val])
+        fit = [c for c in train_ids if c not in set(val)]
+    else:
+        fit = list(train_ids)
+    ending = real.info.file_ending
+    written = {}
+    sets = {"real": (fit + val, []), "realsynthetic": (fit + val, syn_ids), "synthetic": ([], syn_ids)}
+    for k, (name, (real_cases, syn_cases)) in enumerate(sets.items()):
+        folder = root / f"Dataset{cfg.nnunet_id + k:03d}_maskray{name}"
+        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        tr = []
+        for ds, ids, prefix in ((real, real_cases, "real_"), (syn, syn_cases, "syn_")):
+            for c in ids:
+                shutil.copyfile(ds.cases[c].image_path, folder / "imagesTr" / f"{prefix}{c}_0000{ending}")
+                shutil.copyfile(ds.cases[c].label_path, folder / "labelsTr" / f"{prefix}{c}{ending}")
+                tr.append(f"{prefix}{c}")
+        for c in test_ids:
+            shutil.copyfile(real.cases[c].image_path, folder / "imagesTs" / f"real_{c}_0000{ending}")
+            shutil.copyfile(real.cases[c].label_path, folder / "labelsTs" / f"real_{c}{ending}")
+        meta = {"channel_names": real.info.channel_names, "labels": real.labels, "numTraining": len(tr),
+                "file_ending": ending, "maskray_note": "real_ = real cases, syn_ = synthetic; see splits_final.json"}
+        atomic_write_text(folder / "dataset.json", json.dumps(meta, indent=2))
+        val_names = [f"real_{c}" for c in val]
+        if name == "synthetic":  # no real training cases: validate on synthetic
+            val_names = tr[: max(1, len(tr) // 5)]
+        split = [{"train": sorted(set(tr) - set(val_names)), "val": sorted(val_names)}]
+        atomic_write_text(folder / "splits_final.json", json.dumps(split, indent=2))
+        written[name] = str(folder)
+    return written
+
+
+def _report(path: Path, cfg: DownstreamConfig, metrics: dict, plot: Path) -> None:
+    from maskray.evaluation.report import HtmlReport
+
+    rep = HtmlReport("maskray downstream")
+    rep.text(f"Segmenter: MONAI BasicUNet + DiceCE, {cfg.steps} steps, batch {cfg.batch_size}, seeds "
+             f"{metrics['seeds']}; working size {metrics['working_size'][0]}x{metrics['working_size'][1]}. "
+             f"Real training cases: {metrics['n_real_train']}; synthetic used: {metrics['n_synthetic_used']} "
+             f"({metrics['n_synthetic_excluded_test_sources']} made from real test masks excluded); scored on "
+             f"{metrics['n_real_test']} real test cases.")
+    rep.text("Caveat: if the generator was trained on all real labelled pairs, 'real+synthetic' at a fraction below "
+             "1 indirectly uses more labels than 'real' at that fraction.", cls="note")
+    rep.image(plot, "Dice (and lesion sensitivity) against the fraction of real labelled cases; bars: std across seeds")
+    metrics_names = sorted({r["metric"] for r in metrics["summary"]})
+    table = []
+    keys = sorted({(r["condition"], r["fraction"]) for r in metrics["summary"]},
+                  key=lambda k: (CONDITIONS.index(k[0]), k[1]))
+    for cond, f in keys:
+        row = [cond, f if cond != "synthetic" else "-"]
+        for m in metrics_names:
+            r = next((r for r in metrics["summary"] if r["condition"] == cond and r["fraction"] == f
+                      and r["metric"] == m), None)
+            row.append(f"{r['mean']:.3f} ± {r['std']:.3f}" if r else "")
+        table.append(row)
+    rep.table(["condition", "real fraction", *metrics_names], table, caption="mean ± std across seeds, real test split")
+    rep.heading("Every run")
+    rep.table(["condition", "fraction", "seed", "n real", "n synthetic", *[f"Dice {k}" for k in metrics["labels"] if k != "background"],
+               "sensitivity", "FP/image"],
+              [[r["condition"], r["fraction"], r["seed"], r["n_real"], r["n_synthetic"], *r["dice"].values(),
+                r.get("sensitivity", ""), r.get("fp_per_image", "")] for r in metrics["runs"]])
+    if "nnunet_export" in metrics:
+        rep.json_block("nnU-Net v2 export", metrics["nnunet_export"])
+    rep.heading("Provenance")
+    rep.json_block("downstream config", to_jsonable(cfg))
+    rep.json_block("versions", versions())
+    rep.save(path)

@@ -1,0 +1,62 @@
+"""maskray downstream: conditions, leakage guard, outputs, nnU-Net export, errors."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import make_toy_dataset
+from test_evaluate import make_real, make_synthetic
+
+from maskray.cli import main
+from maskray.evaluation.downstream import DownstreamConfig, _fraction_subsets, run_downstream
+
+
+def test_fraction_subsets_are_nested_and_seeded():
+    ids = [f"c{i}" for i in range(20)]
+    a = _fraction_subsets(ids, (0.1, 0.5, 1.0), seed=3)
+    assert len(a[0.1]) == 2 and len(a[0.5]) == 10 and a[1.0] == sorted(ids)
+    assert set(a[0.1]) <= set(a[0.5])
+    assert a == _fraction_subsets(ids, (0.1, 0.5, 1.0), seed=3) and a != _fraction_subsets(ids, (0.1, 0.5, 1.0), 4)
+
+
+def test_downstream_end_to_end(tmp_path):
+    real = make_real(tmp_path / "real")
+    syn = make_synthetic(real, tmp_path / "syn", samples=1)
+    cfg = DownstreamConfig(seeds=2, fractions=(0.5,), steps=4, batch_size=4, export_nnunet=True)
+    m = run_downstream(real, syn, tmp_path / "out", cfg)
+    # 4 of the 12 synthetic cases come from real test masks: never trained on
+    assert m["n_synthetic_excluded_test_sources"] == 4 and m["n_synthetic_used"] == 8
+    conds = {(r["condition"], r["fraction"]) for r in m["runs"]}
+    assert conds == {("real", 0.5), ("real", 1.0), ("real+synthetic", 0.5), ("real+synthetic", 1.0), ("synthetic", 0.0)}
+    assert len(m["runs"]) == 10
+    half = [r for r in m["runs"] if r["condition"] == "real" and r["fraction"] == 0.5]
+    assert all(r["n_real"] == 4 and r["n_synthetic"] == 0 for r in half)
+    assert all(r["n_synthetic"] == 8 for r in m["runs"] if r["condition"] == "real+synthetic")
+    s = [r for r in m["summary"] if r["condition"] == "real" and r["fraction"] == 1.0 and r["metric"] == "dice_lung"]
+    assert s and s[0]["n"] == 2 and 0.0 <= s[0]["mean"] <= 1.0
+    out = tmp_path / "out"
+    assert {"metrics.json", "metrics.csv", "runs.csv", "dice_vs_fraction.png", "report.html", "run.json"} <= {
+        p.name for p in out.iterdir()}
+    nn = out / "nnunet" / "Dataset901_maskrayrealsynthetic"
+    meta = json.loads((nn / "dataset.json").read_text())
+    split = json.loads((nn / "splits_final.json").read_text())[0]
+    assert meta["numTraining"] == 16 and len(list((nn / "imagesTr").iterdir())) == 16
+    assert len(list((nn / "imagesTs").iterdir())) == 4
+    assert all(c.startswith("real_") for c in split["val"]) and not set(split["val"]) & set(split["train"])
+
+
+def test_downstream_needs_test_split(tmp_path, capsys):
+    real = make_toy_dataset(tmp_path / "real", n=4, size=32)
+    syn = make_synthetic(real, tmp_path / "syn", samples=1)
+    rc = main(["downstream", "--real", str(real), "--synthetic", str(syn), "--out", str(tmp_path / "o"),
+               "--steps", "2", "--seeds", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "maskray data split" in err and not (tmp_path / "o").exists()
+
+
+def test_downstream_rejects_bad_fraction(tmp_path, capsys):
+    real = make_real(tmp_path / "real")
+    syn = make_synthetic(real, tmp_path / "syn", samples=1)
+    rc = main(["downstream", "--real", str(real), "--synthetic", str(syn), "--out", str(tmp_path / "o"),
+               "--fractions", "0,0.5"])
+    assert rc == 2 and "--fractions" in capsys.readouterr().err
