@@ -24,6 +24,7 @@ import io
 import json
 import math
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -137,10 +138,13 @@ def run_downstream(real: Path, synthetic: Path, out: Path, cfg: DownstreamConfig
         x, y = torch.cat([xr[ri], xs[si]]), torch.cat([yr[ri], ys[si]])
         if x.shape[0] == 0:
             continue
+        t = time.perf_counter()
         seg = Segmenter.train(x, y, values, SegmenterConfig(steps=cfg.steps, batch_size=cfg.batch_size, seed=s),
                               desc=f"{cond} f={f:g} seed={s}")
+        t_train, t = time.perf_counter() - t, time.perf_counter()
+        scores = score(seg, xte, yte, fg, cfg.lesion_label)
         runs.append({"condition": cond, "fraction": f, "seed": s, "n_real": int(len(ri)), "n_synthetic": int(len(si)),
-                     **score(seg, xte, yte, fg, cfg.lesion_label), "final_loss": seg.losses[-1]})
+                     **scores, "final_loss": seg.losses[-1], "train_s": t_train, "score_s": time.perf_counter() - t})
 
     summary = summarize_runs(runs)
     metrics = {"working_size": list(size), "n_real_train": len(train_ids), "n_real_test": len(test_ids),

@@ -29,6 +29,7 @@ import itertools
 import json
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +133,7 @@ def evaluate(real: Path, synthetic: Path, out: Path, cfg: EvaluateConfig = Evalu
     syn_ids = sorted(cases)
 
     # --- data at the working size
+    t0 = time.perf_counter()
     xtr, ytr = load_images(real_ds, train_ids, size), load_labels(real_ds, train_ids, size)
     xte, yte = load_images(real_ds, test_ids, size), load_labels(real_ds, test_ids, size)
     xs = load_images(syn_ds, syn_ids, size)
@@ -144,20 +146,31 @@ def evaluate(real: Path, synthetic: Path, out: Path, cfg: EvaluateConfig = Evalu
     # --- networks trained on the real training split
     seg_cfg = SegmenterConfig(steps=cfg.seg_steps, batch_size=cfg.batch_size, seed=cfg.seed)
     reg_cfg = SegmenterConfig(steps=cfg.reg_steps, batch_size=cfg.batch_size, seed=cfg.seed)
+    timing: dict[str, float] = {"load": time.perf_counter() - t0}
+    t = time.perf_counter()
     segmenter = Segmenter.train(xtr, ytr, values, seg_cfg, desc="segmenter (real train)")
+    timing["train_segmenter"], t = time.perf_counter() - t, time.perf_counter()
     regressor = Regressor.train(ytr, xtr, values, reg_cfg)
+    timing["train_regression"] = time.perf_counter() - t
 
     metrics: dict = {"working_size": list(size), "n_real_train": len(train_ids), "n_real_test": len(test_ids),
                      "n_synthetic": len(syn_ids), "n_masks": len(groups), "labels": real_ds.labels}
-    metrics["fidelity"] = _fidelity(cfg, groups, test_index, syn_index, xtr, ytr, xte, yte, xs, regressor, values)
-    metrics["realism"] = _realism(cfg, segmenter, xtr, xte, xs)
-    metrics["adherence"] = _adherence(cfg, segmenter, xs, ys, xte, yte, fg)
-    metrics["diversity"] = _diversity(cfg, groups, syn_index, xs, xte)
-    memo, memo_pairs = _memorisation(cfg, xs, xtr, xte, syn_ids, train_ids)
-    metrics["memorisation"] = memo
+    parts = {
+        "fidelity": lambda: _fidelity(cfg, groups, test_index, syn_index, xtr, ytr, xte, yte, xs, regressor, values),
+        "realism": lambda: _realism(cfg, segmenter, xtr, xte, xs),
+        "adherence": lambda: _adherence(cfg, segmenter, xs, ys, xte, yte, fg),
+        "diversity": lambda: _diversity(cfg, groups, syn_index, xs, xte),
+        "memorisation": lambda: _memorisation(cfg, xs, xtr, xte, syn_ids, train_ids),
+    }
+    for name, fn in parts.items():
+        t = time.perf_counter()
+        metrics[name] = fn()
+        timing[name] = time.perf_counter() - t
+    metrics["memorisation"], memo_pairs = metrics["memorisation"]
     provenance = _provenance(syn_ds)
 
     # --- write everything, only now that all numbers exist
+    t = time.perf_counter()
     out = prepare_output_dir(out, cfg.overwrite)
     rows = flatten(metrics)
     atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
@@ -168,6 +181,9 @@ def evaluate(real: Path, synthetic: Path, out: Path, cfg: EvaluateConfig = Evalu
         "losses": _figure_losses(out / "losses.png", segmenter.losses, regressor.losses),
     }
     _report(out / "report.html", cfg, metrics, rows, figs, provenance, syn_ds)
+    timing["figures_and_report"] = time.perf_counter() - t
+    metrics["timing_s"] = timing
+    atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
     write_run_info(out, "evaluate", cfg, seed=cfg.seed, checkpoint=provenance.get("checkpoint"),
                    extra={"real": str(real), "synthetic": str(synthetic)})
     return metrics
