@@ -13,6 +13,8 @@ exactly zero outside the region, so every pixel there keeps its input value.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
                        UniPCMultistepScheduler)
@@ -72,6 +74,9 @@ def sample(model: ControlledUNet, scheduler, shape: tuple[int, ...], generators:
     if known is not None:
         known, keep = known.to(device), keep.to(device)
     timesteps = scheduler.timesteps
+    step_kw = {}
+    if "generator" in inspect.signature(scheduler.step).parameters:  # stochastic samplers draw per-sample noise
+        step_kw["generator"] = generators if len(generators) > 1 else generators[0]
     for i, t in enumerate(timesteps):
         inp = scheduler.scale_model_input(x, t)
         tt = t.expand(x.shape[0]) if t.ndim == 0 else t
@@ -83,7 +88,7 @@ def sample(model: ControlledUNet, scheduler, shape: tuple[int, ...], generators:
                 out = out_u + guidance_scale * (out_c - out_u)
             else:
                 out = model(inp, tt, cond, conditioning_scale).float()
-        x = scheduler.step(out, t, x, generator=generators if len(generators) > 1 else generators[0]).prev_sample
+        x = scheduler.step(out, t, x, **step_kw).prev_sample
         if known is not None and i + 1 < len(timesteps):
             noise = torch.stack([torch.randn(shape[1:], generator=g) for g in generators]).to(device)
             t_next = timesteps[i + 1]

@@ -22,6 +22,7 @@ from typing import Literal
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
@@ -121,6 +122,16 @@ def _step_generator(seed: int, micro: int) -> torch.Generator:
 
 def train(cfg: TrainConfig, stage: Stage, progress: bool = True) -> Path:
     """Run (or resume) one training stage; returns the run folder."""
+    try:
+        return _train(cfg, stage, progress)
+    finally:
+        # accelerate keeps its settings in process-wide singletons; clear them so that a later run in the
+        # same process (the demo, the tests) may choose another precision
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+
+
+def _train(cfg: TrainConfig, stage: Stage, progress: bool) -> Path:
     _validate(cfg, stage)
     ds = Dataset(cfg.data)
     out = Path(cfg.out)
