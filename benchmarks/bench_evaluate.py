@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--fractions", default="0.1,0.25,0.5,1.0")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared CPU)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_evaluate_"))
     t = time.perf_counter()
@@ -84,17 +85,17 @@ def main() -> None:
 
     t = time.perf_counter()
     m = evaluate(tmp / "real", tmp / "syn", tmp / "eval",
-                 EvaluateConfig(seg_steps=args.steps, reg_steps=args.steps, ks=(1, args.samples)))
+                 EvaluateConfig(seg_steps=args.steps, reg_steps=args.steps, ks=(1, args.samples), threads=args.threads))
     t_eval = time.perf_counter() - t
     t = time.perf_counter()
     fr = tuple(float(f) for f in args.fractions.split(","))
     d = run_downstream(tmp / "real", tmp / "syn", tmp / "down",
-                       DownstreamConfig(seeds=args.seeds, steps=args.steps, fractions=fr))
+                       DownstreamConfig(seeds=args.seeds, steps=args.steps, fractions=fr, threads=args.threads))
     t_down = time.perf_counter() - t
 
     train_s = [r["train_s"] for r in d["runs"]]
     result = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads,
                     "torch": torch.__version__, "load_avg_1min_at_end": os.getloadavg()[0]},
         "data": {"real": source, "n": args.n, "size": args.size, "synthetic": f"blur+noise, {args.samples} per mask",
                  "n_real_train": m["n_real_train"], "n_real_test": m["n_real_test"], "n_synthetic": m["n_synthetic"]},

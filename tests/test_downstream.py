@@ -22,7 +22,7 @@ def test_fraction_subsets_are_nested_and_seeded():
 def test_downstream_end_to_end(tmp_path):
     real = make_real(tmp_path / "real")
     syn = make_synthetic(real, tmp_path / "syn", samples=1)
-    cfg = DownstreamConfig(seeds=2, fractions=(0.5,), steps=4, batch_size=4, export_nnunet=True)
+    cfg = DownstreamConfig(seeds=2, fractions=(0.5,), steps=4, batch_size=4, export_nnunet=True, threads=1)
     m = run_downstream(real, syn, tmp_path / "out", cfg)
     # 4 of the 12 synthetic cases come from real test masks: never trained on
     assert m["n_synthetic_excluded_test_sources"] == 4 and m["n_synthetic_used"] == 8

@@ -40,7 +40,7 @@ def make_synthetic(real_root, root, samples=2, noise=0.05, seed=1):
     return root
 
 
-FAST = EvaluateConfig(seg_steps=15, reg_steps=15, batch_size=8, ks=(1, 2))
+FAST = EvaluateConfig(seg_steps=15, reg_steps=15, batch_size=8, ks=(1, 2), threads=1)
 
 
 def test_baselines_are_exact():
@@ -123,3 +123,12 @@ def test_feature_weights_torchscript(tmp_path):
     ext = feat.TorchScriptExtractor(path, size=16)
     f = ext.features(torch.zeros(3, 1, 32, 32))
     assert f.shape == (3, 2) and torch.allclose(f[:, 0], torch.full((3,), 0.5))
+
+
+def test_torch_threads_restores():
+    from maskray.evaluation.segmenter import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

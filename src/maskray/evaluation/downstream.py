@@ -39,7 +39,7 @@ from maskray.errors import MaskrayError
 from maskray.evaluation.metrics import dice, summarize
 from maskray.evaluation.pairs import (check_same_labels, load_images, load_labels, read_manifest, test_split,
                                       working_size)
-from maskray.evaluation.segmenter import Segmenter, SegmenterConfig, lesion_detection
+from maskray.evaluation.segmenter import Segmenter, SegmenterConfig, lesion_detection, torch_threads
 from maskray.provenance import atomic_write_text, to_jsonable, versions, write_run_info
 
 CONDITIONS = ("real", "real+synthetic", "synthetic")
@@ -61,6 +61,8 @@ class DownstreamConfig:
                     "from that fraction's masks")
     export_nnunet: bool = option(False, help="also write the datasets in nnU-Net v2 raw format with splits_final.json")
     nnunet_id: int = option(900, help="first nnU-Net dataset id of the export (real, real+synthetic, synthetic)")
+    threads: int = option(0, help="CPU threads for torch (0 = torch's default); 1 is far faster when other "
+                                  "processes share the CPU (see docs/evaluate.md)")
     overwrite: bool = option(False, help="replace a non-empty output folder")
 
 
@@ -84,6 +86,11 @@ def score(seg: Segmenter, x: torch.Tensor, y: torch.Tensor, fg: dict[str, int], 
 def run_downstream(real: Path, synthetic: Path, out: Path, cfg: DownstreamConfig = DownstreamConfig()) -> dict:
     """Train and score every condition, write ``metrics.json``, ``metrics.csv``, ``runs.csv``, ``dice_vs_fraction.png``,
     ``report.html`` and ``run.json`` (and ``nnunet/`` if asked). Returns the metrics dictionary."""
+    with torch_threads(cfg.threads):
+        return _run_downstream(Path(real), Path(synthetic), Path(out), cfg)
+
+
+def _run_downstream(real: Path, synthetic: Path, out: Path, cfg: DownstreamConfig) -> dict:
     real_ds, syn_ds = Dataset(real), Dataset(synthetic)
     check_same_labels(real_ds, syn_ds)
     if not syn_ds.has_images:

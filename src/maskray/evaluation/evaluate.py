@@ -43,7 +43,7 @@ from maskray.evaluation import features as feat
 from maskray.evaluation.metrics import SSIM_DESCRIPTION, dice, ms_ssim, psnr, ssim, summarize
 from maskray.evaluation.pairs import (check_same_labels, groups_by_source, load_images, load_labels,
                                       read_manifest, test_split, working_size)
-from maskray.evaluation.segmenter import Regressor, Segmenter, SegmenterConfig, lesion_detection
+from maskray.evaluation.segmenter import Regressor, Segmenter, SegmenterConfig, lesion_detection, torch_threads
 from maskray.provenance import atomic_write_text, file_sha256, to_jsonable, versions, write_run_info
 
 PERFECT_SAMPLER_GAP_DB = 10 * math.log10(2.0)
@@ -66,6 +66,8 @@ class EvaluateConfig:
                                                       "(N,D)) used instead of the domain feature space")
     feature_size: int = option(299, help="input side S of --feature-weights")
     grid_rows: int = option(6, help="cases shown in the figure grid")
+    threads: int = option(0, help="CPU threads for torch (0 = torch's default); 1 is far faster when other "
+                                  "processes share the CPU (see docs/evaluate.md)")
     overwrite: bool = option(False, help="replace a non-empty output folder")
 
 
@@ -108,6 +110,11 @@ def derangement(n: int, seed: int) -> list[int]:
 def evaluate(real: Path, synthetic: Path, out: Path, cfg: EvaluateConfig = EvaluateConfig()) -> dict:
     """Run every evaluation and write ``metrics.json``, ``metrics.csv``, ``report.html`` and ``run.json``
     into ``out``. Returns the metrics dictionary."""
+    with torch_threads(cfg.threads):
+        return _evaluate(Path(real), Path(synthetic), Path(out), cfg)
+
+
+def _evaluate(real: Path, synthetic: Path, out: Path, cfg: EvaluateConfig) -> dict:
     real_ds, syn_ds = Dataset(real), Dataset(synthetic)
     check_same_labels(real_ds, syn_ds)
     if not syn_ds.has_images:

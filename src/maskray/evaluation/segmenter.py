@@ -9,6 +9,11 @@ mask-to-image regression baseline is the same network trained with MSE from one-
 Speed, measured on the 2-core CPU these tools target (64 px, batch 16, features (8, 16, 32, 64, 64, 8),
 best of 3 runs of 30 steps): fp32 NCHW 58.8 ms/step, bf16 autocast 47.9, channels_last 52.0, bf16 autocast
 with channels_last 41.0. The last is the default; the loss is always computed in fp32.
+
+Threads: when other processes keep the CPU busy, torch's OpenMP workers wait on each other. Measured on the
+2-core machine with one other busy process (64 px, batch 16, 4 labels): 2 threads 5,100 ms/step, 2 threads with
+OMP_WAIT_POLICY=PASSIVE 900 ms/step, 1 thread 62 to 100 ms/step. Hence the ``threads`` option of the evaluation
+commands (:func:`torch_threads`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,20 @@ class SegmenterConfig:
     bf16: bool = option(True, help="bf16 autocast for the network (the loss stays fp32)")
     channels_last: bool = option(True, help="channels_last memory format")
     flip: bool = option(False, help="random left-right flips as augmentation")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run a block with ``n`` intra-op threads (0: leave torch's setting), restoring the previous count."""
+    if n <= 0:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _device() -> torch.device:
