@@ -349,6 +349,7 @@ def _figure_grid(path, cfg, groups, test_ids, test_index, syn_index, xte, yte, x
         return None
     nsamp = min(3, max(len(groups[s]) for s in sources))
     cols = ["real", *[f"synthetic {k}" for k in range(nsamp)], "mask", "regression (posterior mean)"]
+    vmax = max(int(yte.max()), 1)  # one colour per label value across rows
     fig, axes = plt.subplots(len(sources), len(cols), figsize=(1.6 * len(cols), 1.6 * len(sources)), squeeze=False)
     for r, s in enumerate(sources):
         label = yte[test_index[s]] if s in test_index else None
@@ -359,7 +360,7 @@ def _figure_grid(path, cfg, groups, test_ids, test_index, syn_index, xte, yte, x
                 axes[r, c].imshow(img, cmap="gray", vmin=0, vmax=1)
         if label is None:
             label = torch.zeros(xs.shape[-2:], dtype=torch.long)
-        axes[r, len(cols) - 2].imshow(label.numpy(), cmap="viridis", interpolation="nearest")
+        axes[r, len(cols) - 2].imshow(label.numpy(), cmap="viridis", interpolation="nearest", vmin=0, vmax=vmax)
         axes[r, len(cols) - 1].imshow(_to01(regressor.predict(label.unsqueeze(0))[0]), cmap="gray", vmin=0, vmax=1)
         axes[r, 0].set_ylabel(s, fontsize=6)
     for c, name in enumerate(cols):
