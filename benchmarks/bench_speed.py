@@ -1,0 +1,133 @@
+"""Speed of maskray's networks on this machine: training and sampling throughput in fp32 / bf16, with and
+without channels_last, GFLOPs per denoising step, the fraction of measured matmul peak, and peak memory (RSS)
+of training and generation.
+
+    python benchmarks/bench_speed.py [--size 128] [--threads 2]
+
+Each configuration runs in its own subprocess (clean RSS, no cross-talk). Prints a table and writes
+benchmarks/results/speed.json. Run it on an otherwise idle machine: on 2 cores a second busy process
+slows PyTorch's OpenMP threads many times over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WORKER = r'''
+import json, sys, time, resource, torch
+from torch.utils.flop_counter import FlopCounterMode
+from maskray.models.networks import UNetConfig, build_unet, build_controlnet, ControlledUNet
+args = json.loads(sys.argv[1])
+torch.set_num_threads(args["threads"])
+torch.manual_seed(0)
+S, B, mode, prec, cl = args["size"], args["batch"], args["mode"], args["precision"], args["channels_last"]
+unet = build_unet(UNetConfig(), S)
+cn = build_controlnet(unet, 3)
+model = ControlledUNet(unet, cn)
+if cl:
+    model = model.to(memory_format=torch.channels_last)
+x = torch.randn(B, 1, S, S); c = torch.rand(B, 3, S, S); t = torch.randint(0, 1000, (B,))
+if cl:
+    x = x.contiguous(memory_format=torch.channels_last); c = c.contiguous(memory_format=torch.channels_last)
+ac = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=(prec == "bf16"))
+out = {}
+if mode == "flops":
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(x[:1], t[:1], c[:1])
+    out["gflop_per_image_step"] = fc.get_total_flops() / 1e9
+    # matmul peak
+    for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(2048, 2048, dtype=dt); b = torch.randn(2048, 2048, dtype=dt)
+        for _ in range(2): a @ b
+        t0 = time.perf_counter(); n = 10
+        for _ in range(n): a @ b
+        out[f"matmul_peak_gflops_{name}"] = 2 * 2048 ** 3 * n / (time.perf_counter() - t0) / 1e9
+elif mode == "train":
+    # stage 2: the ControlNet trains, the base is frozen but back-propagated through
+    unet.requires_grad_(False)
+    opt = torch.optim.AdamW(cn.parameters(), 1e-4)
+    def step():
+        with ac():
+            y = model(x, t, c)
+        loss = (y.float() - x).pow(2).mean(); loss.backward(); opt.step(); opt.zero_grad()
+    step(); step()
+    t0 = time.perf_counter(); n = args["iters"]
+    for _ in range(n): step()
+    out["images_per_s"] = n * B / (time.perf_counter() - t0)
+else:
+    model.eval()
+    with torch.no_grad():
+        def step():
+            with ac():
+                model(x, t, c)
+        step()
+        t0 = time.perf_counter(); n = args["iters"]
+        for _ in range(n): step()
+    out["image_steps_per_s"] = n * B / (time.perf_counter() - t0)
+out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
+'''
+
+
+def run(args: dict) -> dict:
+    r = subprocess.run([sys.executable, "-c", WORKER, json.dumps(args)], capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(r.stderr[-2000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--sampler-steps", type=int, default=25)
+    a = p.parse_args()
+    base = dict(size=a.size, threads=a.threads, channels_last=False, precision="fp32")
+    fl = run({**base, "mode": "flops", "batch": 1, "iters": 0})
+    gflop = fl["gflop_per_image_step"]
+    rows = []
+    for prec in ("fp32", "bf16"):
+        for cl in (False, True):
+            cfg = {**base, "precision": prec, "channels_last": cl}
+            tr = run({**cfg, "mode": "train", "batch": 16, "iters": 5})
+            sm = run({**cfg, "mode": "sample", "batch": 16, "iters": 8})
+            peak = fl[f"matmul_peak_gflops_{prec}"]
+            train_gflops = tr["images_per_s"] * gflop * 3  # forward + backward ~ 3x forward
+            sample_gflops = sm["image_steps_per_s"] * gflop
+            rows.append({"precision": prec, "channels_last": cl, "train_images_per_s": tr["images_per_s"],
+                         "sample_images_per_s": sm["image_steps_per_s"] / a.sampler_steps,
+                         "sample_image_steps_per_s": sm["image_steps_per_s"],
+                         "train_fraction_of_peak": train_gflops / peak, "sample_fraction_of_peak": sample_gflops / peak})
+    mem = {}
+    for size in (128, 256):
+        mem[f"train_peak_rss_mib_{size}px_batch32"] = run({**base, "size": size, "precision": "bf16", "mode": "train",
+                                                            "batch": 32, "iters": 1})["peak_rss_mib"]
+        mem[f"sample_peak_rss_mib_{size}px_batch16"] = run({**base, "size": size, "precision": "bf16", "mode": "sample",
+                                                             "batch": 16, "iters": 1})["peak_rss_mib"]
+    res = {"size": a.size, "threads": a.threads, "gflop_per_image_per_denoising_step": gflop,
+           "matmul_peak_gflops": {k[-4:]: v for k, v in fl.items() if k.startswith("matmul")}, "configs": rows,
+           "memory": mem, "note": f"sampling images/s assumes {a.sampler_steps} sampler steps; training is stage 2 "
+                                  "(ControlNet trained, base frozen), FLOPs of training taken as 3x forward"}
+    print(f"GFLOP per image per denoising step (UNet + ControlNet, {a.size} px): {gflop:.3f}")
+    print(f"matmul peak GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in res["matmul_peak_gflops"].items()))
+    print(f"{'precision':9} {'NHWC':5} {'train img/s':>11} {'sample img/s':>12} {'train %peak':>11} {'sample %peak':>12}")
+    for r in rows:
+        print(f"{r['precision']:9} {str(r['channels_last']):5} {r['train_images_per_s']:11.1f} "
+              f"{r['sample_images_per_s']:12.2f} {100 * r['train_fraction_of_peak']:10.1f}% "
+              f"{100 * r['sample_fraction_of_peak']:11.1f}%")
+    for k, v in mem.items():
+        print(f"{k}: {v:.0f} MiB")
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "speed.json").write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
