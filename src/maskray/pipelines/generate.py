@@ -161,10 +161,10 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
         bar.update(len(chunk))
     bar.close()
 
-    manifest = {out_id: {"source_case": src, "sample": k, "seed": case_seed(cfg.seed, src, k),
+    manifest = {"cases": {out_id: {"source_case": src, "sample": k, "seed": case_seed(cfg.seed, src, k),
                          "checkpoint": str(Path(cfg.model).resolve()),
                          "mode": "region-preserving" if real is not None else "full"}
-                for out_id, src, k in plan}
+                for out_id, src, k in plan}}
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
     write_dataset_info(out, info, len(plan))
     write_run_info(out, "generate", cfg, seed=cfg.seed, checkpoint=str(Path(cfg.model).resolve()),
@@ -197,9 +197,8 @@ def _inpaint_inputs(real: Dataset, masks: Dataset, case_id: str, lab: torch.Tens
     source = case_id
     manifest = masks.root / "masks.json"
     if manifest.is_file():
-        entry = json.loads(manifest.read_text()).get("cases", {}).get(case_id) or \
-            json.loads(manifest.read_text()).get(case_id, {})
-        source = entry.get("source_case", case_id) if isinstance(entry, dict) else case_id
+        entry = json.loads(manifest.read_text()).get("cases", {}).get(case_id, {})
+        source = entry.get("source_case", case_id)
     if source not in real.cases:
         raise MaskrayError(f"{real.root}: has no case '{source}' to regenerate a region of (mask case {case_id})")
     x = real.image(source)
@@ -208,5 +207,10 @@ def _inpaint_inputs(real: Dataset, masks: Dataset, case_id: str, lab: torch.Tens
                            f"{size} px; region-preserving mode keeps pixels as they are, so resize the dataset "
                            f"first (maskray data import --size {size})")
     old = real.label(source)
-    keep, blend = _region(lab.numpy(), old.numpy(), margin)
+    # compare by label name: the edited masks may number labels differently from the real dataset
+    translated = torch.zeros_like(old)
+    for name, value in real.info.labels.items():
+        if name in masks.info.labels:
+            translated[old == value] = masks.info.labels[name]
+    keep, blend = _region(lab.numpy(), translated.numpy(), margin)
     return x, torch.from_numpy(keep), torch.from_numpy(blend)
