@@ -106,6 +106,12 @@ def _validate(cfg: TrainConfig, stage: Stage) -> None:
             raise MaskrayError(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= cfg.cond_drop < 1:
         raise MaskrayError("--cond-drop must lie in [0, 1)")
+    if cfg.log == "tensorboard":
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise MaskrayError("--log tensorboard needs the tensorboard package (pip install tensorboard); "
+                               "the CSV log is always written")
     if stage == "controlnet" and not cfg.base:
         raise MaskrayError("stage 2 needs --base RUN (a finished 'maskray train base' run)")
 
