@@ -45,6 +45,8 @@ class GenerateConfig:
     batch_size: int = option(16, help="images per batch")
     seed: int = option(0, help="run seed; each case's seed derives from it and the case id")
     precision: Literal["no", "bf16", "fp16"] = option("bf16", help="autocast precision")
+    channels_last: bool = option(True, help="NHWC memory format (1.3x faster sampling in bf16 on this CPU, "
+                                            "benchmarks/bench_speed.py)")
     bit_depth: int = option(8, help="PNG bit depth (8 or 16)")
     inpaint_from: str | None = option(None, help="real dataset: regenerate only the changed region of its images")
     inpaint_margin: int = option(4, help="pixels the changed region is dilated by (region-preserving mode)")
@@ -129,6 +131,8 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     scheduler = make_scheduler(cfg.scheduler, meta["scheduler_config"])
     bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="generate", unit="img", disable=not progress,
                dynamic_ncols=True)
@@ -153,7 +157,8 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
             kw = dict(known=torch.stack(knowns), keep=torch.stack(keeps)[:, None], blend=torch.stack(blends)[:, None])
         imgs = sample(model, scheduler, (len(chunk), 1, size, size), gens, cond=torch.stack(conds),
                       num_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                      conditioning_scale=cfg.conditioning_scale, precision=cfg.precision, device=device, **kw)
+                      conditioning_scale=cfg.conditioning_scale, precision=cfg.precision, device=device,
+                      channels_last=cfg.channels_last, **kw)
         for (out_id, _, _), img, lab in zip(chunk, imgs, labs):
             # label first: a case counts as done only once its image (written last) exists
             write_label_file(label_path(out, out_id), lab.numpy())

@@ -52,8 +52,8 @@ def _autocast(device: torch.device, precision: str):
 def sample(model: ControlledUNet, scheduler, shape: tuple[int, ...], generators: list[torch.Generator],
            cond: torch.Tensor | None = None, num_steps: int = 25, guidance_scale: float = 1.0,
            conditioning_scale: float = 1.0, known: torch.Tensor | None = None, keep: torch.Tensor | None = None,
-           blend: torch.Tensor | None = None, precision: str = "bf16", device: torch.device | str = "cpu"
-           ) -> torch.Tensor:
+           blend: torch.Tensor | None = None, precision: str = "bf16", device: torch.device | str = "cpu",
+           channels_last: bool = False) -> torch.Tensor:
     """Draw ``shape[0]`` samples; returns float32 ``(N, C, H, W)`` clipped to ``[-1, 1]``.
 
     ``generators``: one per sample, so each sample depends on its own seed alone. ``cond``: one-hot mask
@@ -77,8 +77,11 @@ def sample(model: ControlledUNet, scheduler, shape: tuple[int, ...], generators:
     step_kw = {}
     if "generator" in inspect.signature(scheduler.step).parameters:  # stochastic samplers draw per-sample noise
         step_kw["generator"] = generators if len(generators) > 1 else generators[0]
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if cond is not None:
+        cond = cond.contiguous(memory_format=fmt)
     for i, t in enumerate(timesteps):
-        inp = scheduler.scale_model_input(x, t)
+        inp = scheduler.scale_model_input(x, t).contiguous(memory_format=fmt)
         tt = t.expand(x.shape[0]) if t.ndim == 0 else t
         with _autocast(device, precision):
             if guided:
