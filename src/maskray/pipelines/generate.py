@@ -166,16 +166,26 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
         bar.update(len(chunk))
     bar.close()
 
-    manifest = {"cases": {out_id: {"source_case": src, "sample": k, "seed": case_seed(cfg.seed, src, k),
-                         "checkpoint": str(Path(cfg.model).resolve()),
-                         "mode": "region-preserving" if real is not None else "full"}
-                for out_id, src, k in plan}}
+    origin = _mask_origins(masks)
+    manifest = {"cases": {out_id: {"source_case": origin.get(src, src), "mask_case": src, "sample": k,
+                                   "seed": case_seed(cfg.seed, src, k), "checkpoint": str(Path(cfg.model).resolve()),
+                                   "mode": "region-preserving" if real is not None else "full"}
+                          for out_id, src, k in plan}}
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
     write_dataset_info(out, info, len(plan))
     write_run_info(out, "generate", cfg, seed=cfg.seed, checkpoint=str(Path(cfg.model).resolve()),
                    extra={"model_meta": {k: meta.get(k) for k in ("stage", "image_size", "labels", "diffusion",
                                                                   "unet_sha256", "controlnet_sha256", "base")}})
     return out
+
+
+def _mask_origins(masks: Dataset) -> dict[str, str]:
+    """Mask case -> the real case it was made from, when the masks come from ``maskray masks``."""
+    path = masks.root / "masks.json"
+    if not path.is_file():
+        return {}
+    cases = json.loads(path.read_text()).get("cases", {})
+    return {cid: e["source_case"] for cid, e in cases.items() if isinstance(e, dict) and "source_case" in e}
 
 
 def _scaled_spacing(ds: Dataset, size: int):
@@ -199,11 +209,7 @@ def _read_mask(masks: Dataset, case_id: str, mapping: list[int | None]) -> torch
 
 
 def _inpaint_inputs(real: Dataset, masks: Dataset, case_id: str, lab: torch.Tensor, size: int, margin: int):
-    source = case_id
-    manifest = masks.root / "masks.json"
-    if manifest.is_file():
-        entry = json.loads(manifest.read_text()).get("cases", {}).get(case_id, {})
-        source = entry.get("source_case", case_id)
+    source = _mask_origins(masks).get(case_id, case_id)
     if source not in real.cases:
         raise MaskrayError(f"{real.root}: has no case '{source}' to regenerate a region of (mask case {case_id})")
     x = real.image(source)
