@@ -40,6 +40,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("demo", type=Path)
     p.add_argument("--margin", type=int, default=4)
+    p.add_argument("--guidance", type=float, default=1.0, help="mask guidance scale")
     a = p.parse_args()
     work = a.demo / "inpaint"
     shutil.rmtree(work, ignore_errors=True)
@@ -47,7 +48,8 @@ def main() -> int:
     masks = synthesize_masks(real.root, work / "masks", MaskSynthConfig(mode="add", source_split="test", seed=3,
                                                                        min_nodules=1, max_nodules=1))
     out = generate(GenerateConfig(model=str(a.demo / "controlnet"), masks=str(masks), out=str(work / "images"),
-                                  inpaint_from=str(real.root), inpaint_margin=a.margin))
+                                  inpaint_from=str(real.root), inpaint_margin=a.margin,
+                                  guidance_scale=a.guidance))
     new, m = Dataset(out), Dataset(masks)
     manifest = json.loads((masks / "masks.json").read_text())["cases"]
     outside_psnr, seam_out, seam_real, contrast, rows = [], [], [], [], []
@@ -64,8 +66,8 @@ def main() -> int:
         seam_out.append(grad_energy(y, edge))
         seam_real.append(grad_energy(x, edge))
         added = (lab_new == nod) & (lab_old != nod)
-        c = nodule_contrast(torch.from_numpy(y)[None, None], torch.from_numpy(np.where(added, nod, lab_new))[None],
-                            nod, lung)
+        only_added = np.where(added, nod, np.where(lab_new == nod, lung, lab_new))  # old nodules count as lung here
+        c = nodule_contrast(torch.from_numpy(y)[None, None], torch.from_numpy(only_added)[None], nod, lung)
         contrast.extend(c.tolist())
         if len(rows) < 6:
             rows.append((x, y, lab_new))
@@ -84,10 +86,13 @@ def main() -> int:
                                                         (real.label(manifest[c]["source_case"]).numpy() != nod),
                                                         nod, 0)) for c in ids])
     det_new = lesion_detection(pred, added_only, nod)
+    # false positives against every nodule of the new mask (a found pre-existing nodule is no false positive)
+    det_all = lesion_detection(pred, torch.stack([m.label(c) for c in ids]), nod)
+    det_new["false_positives"], det_new["fp_per_image"] = det_all["false_positives"], det_all["fp_per_image"]
     test = real.case_ids("test")
     det_real = lesion_detection(seg.predict(torch.stack([real.image(c) for c in test])),
                                 torch.stack([real.label(c) for c in test]), real.labels["nodule"])
-    res = {"inserted_nodule_detection": det_new, "real_test_nodule_detection": det_real, "cases": len(outside_psnr), "margin_px": a.margin,
+    res = {"guidance_scale": a.guidance, "inserted_nodule_detection": det_new, "real_test_nodule_detection": det_real, "cases": len(outside_psnr), "margin_px": a.margin,
            "outside_bit_exact_fraction": float(np.mean([np.isinf(v) for v in outside_psnr])),
            "outside_psnr_min_db": float(min(outside_psnr)),
            "new_nodule_contrast_mean": float(np.mean(contrast)), "new_nodule_brighter_rate": float(np.mean(np.array(contrast) > 0)),
