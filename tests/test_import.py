@@ -162,6 +162,23 @@ def test_nifti_image_and_mask(tmp_path):
     assert lab.shape == (30, 30) and (lab[:, 10:15] == 1).all() and lab[:, :10].max() == 0 and lab[:, 15:].max() == 0
 
 
+def test_mha_image_and_mask(tmp_path):
+    import SimpleITK as sitk
+
+    arr = (np.random.default_rng(1).random((24, 16)) * 1000).astype(np.int16)  # (rows, columns)
+    m = np.zeros((24, 16), np.uint8)
+    m[4:20, 2:7] = 1
+    for folder, data in (("img", arr), ("msk", m)):
+        (tmp_path / folder).mkdir()
+        im = sitk.GetImageFromArray(data)
+        im.SetSpacing((0.5, 0.5))
+        sitk.WriteImage(im, str(tmp_path / folder / "c.mha"))
+    _import(out=tmp_path / "out", images=tmp_path / "img", masks=tmp_path / "msk", labels="lung=1", size=24)
+    lab = read_label_file(tmp_path / "out" / "labelsTr" / "c.png")
+    # 16 columns padded by 4 each side: columns 2..6 become 6..10, rows unchanged
+    assert lab.shape == (24, 24) and (lab[4:20, 6:11] == 1).all() and lab.sum() == 16 * 5
+
+
 def test_rgb_image_converted_with_warning(tmp_path):
     rgb = np.stack([_noise(16, 16, 0)] * 2 + [_noise(16, 16, 1)], -1)
     _png(tmp_path / "img" / "a.png", rgb)
