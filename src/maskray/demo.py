@@ -31,6 +31,7 @@ from maskray.evaluation.metrics import SSIM_DESCRIPTION, psnr, ssim, summarize
 from maskray.evaluation.report import HtmlReport
 from maskray.pipelines.generate import GenerateConfig, generate
 from maskray.provenance import atomic_write_text, versions, write_run_info
+from maskray.training.data import resize_image, resize_label
 from maskray.training.trainer import TrainConfig, train
 from maskray.training.validation import colorize, grid_image, to_uint8
 
@@ -122,20 +123,10 @@ def score(real: Dataset, syn: Dataset, out: Path, seed: int) -> dict:
     ids = real.case_ids("test")
     if not ids:
         raise MaskrayError(f"{real.root}: no test split to score against")
-    labels = real.labels
-    x = torch.stack([real.image(c) for c in ids])
-    y = torch.stack([real.label(c) for c in ids])
     g = torch.stack([syn.image(c) for c in ids])
     size = g.shape[-1]
-    if x.shape[-1] != size:
-        from maskray.training.data import resize_image, resize_label
-        x, y = resize_image(x, size), resize_label(y, size)
-    tr = real.case_ids("train", labelled=True)
-    xtr = torch.stack([real.image(c) for c in tr])
-    ytr = torch.stack([real.label(c) for c in tr])
-    if xtr.shape[-1] != size:
-        from maskray.training.data import resize_image, resize_label
-        xtr, ytr = resize_image(xtr, size), resize_label(ytr, size)
+    x, y = _load(real, ids, size)
+    xtr, ytr = _load(real, real.case_ids("train", labelled=True), size)
     perm = torch.tensor(derangement(len(ids), seed))
     fg = real.info.foreground
     candidates = {
@@ -168,6 +159,13 @@ def score(real: Dataset, syn: Dataset, out: Path, seed: int) -> dict:
     return {"ssim_definition": SSIM_DESCRIPTION, "test_cases": len(ids), "image_size": size, "scores": rows,
             "real_test_images": real_entry, "ssim_true_minus_shuffled": margin,
             "lung_darker_target": 0.95}
+
+
+def _load(ds: Dataset, ids: list[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``(N, 1, size, size)`` in ``[-1, 1]`` and label maps ``(N, size, size)`` of ``ids``."""
+    x = torch.stack([ds.image(c) for c in ids])
+    y = torch.stack([ds.label(c) for c in ids])
+    return resize_image(x, size), resize_label(y, size)
 
 
 def _figure(path: Path, x, g, y, n: int) -> None:
