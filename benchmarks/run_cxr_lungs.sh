@@ -20,6 +20,6 @@ t generate maskray generate --model "$WORK/cn" --masks "$WORK/data" --split test
 t evaluate maskray evaluate --real "$WORK/data" --synthetic "$WORK/gen-test" --out "$WORK/eval" --threads 1 --overwrite
 if [ "${DOWNSTREAM:-0}" = 1 ]; then
   t generate_train maskray generate --model "$WORK/cn" --masks "$WORK/data" --split train --out "$WORK/gen-train" --overwrite
-  t downstream maskray downstream --real "$WORK/data" --synthetic "$WORK/gen-train" --out "$WORK/downstream" \
+  t downstream maskray downstream --real "$WORK/data" --synthetic "$WORK/gen-train" --out "$WORK/downstream" --steps 400 \
       --fractions 0.1,1.0 --seeds 3 --threads 1 --overwrite
 fi
