@@ -9,7 +9,6 @@ Prints the figures and appends them to benchmarks/results/learning.jsonl.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -45,7 +44,6 @@ def main() -> int:
         make_phantom(PhantomConfig(out=data, n=a.cases, size=a.size, seed=0, workers=2))
 
     def overrides(pairs):
-        hints = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
         out = {}
         for kv in pairs:
             k, v = kv.split("=", 1)

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 WORKER = r'''
@@ -115,7 +113,7 @@ def main() -> int:
            "memory": mem, "note": f"sampling images/s assumes {a.sampler_steps} sampler steps; training is stage 2 "
                                   "(ControlNet trained, base frozen), FLOPs of training taken as 3x forward"}
     print(f"GFLOP per image per denoising step (UNet + ControlNet, {a.size} px): {gflop:.3f}")
-    print(f"matmul peak GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in res["matmul_peak_gflops"].items()))
+    print("matmul peak GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in res["matmul_peak_gflops"].items()))
     print(f"{'precision':9} {'NHWC':5} {'train img/s':>11} {'sample img/s':>12} {'train %peak':>11} {'sample %peak':>12}")
     for r in rows:
         print(f"{r['precision']:9} {str(r['channels_last']):5} {r['train_images_per_s']:11.1f} "

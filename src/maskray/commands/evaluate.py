@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from maskray.cli import add_config_argument
 from maskray.config import add_arguments, from_args
 from maskray.evaluation.evaluate import EvaluateConfig, evaluate
 
@@ -19,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--real", required=True, metavar="DATASET", help="real dataset (native layout, with a test split)")
     p.add_argument("--synthetic", required=True, metavar="DATASET", help="synthetic dataset (native layout)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (must be empty unless --overwrite)")
-    p.add_argument("--config", metavar="FILE", help="YAML or TOML config; flags override it")
+    add_config_argument(p)
     add_arguments(p, EvaluateConfig)
     p.set_defaults(func=run)
 

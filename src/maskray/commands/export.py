@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from maskray.cli import add_config_argument
 from maskray.config import add_arguments, from_args
 from maskray.export import ExportConfig, export_dataset
 
@@ -17,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "the format allows. For --format nnunet, --out is the nnUNet_raw folder.")
     p.add_argument("dataset", metavar="DATASET", help="source dataset (native layout)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (must be empty unless --overwrite)")
-    p.add_argument("--config", metavar="FILE", help="YAML or TOML config; flags override it")
+    add_config_argument(p)
     add_arguments(p, ExportConfig)
     p.set_defaults(func=run)
 

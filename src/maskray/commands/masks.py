@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from maskray.cli import add_config_argument
 from maskray.config import add_arguments, from_args
 from maskray.data.masks import MaskSynthConfig, synthesize_masks
 
@@ -17,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "dataset.json, masks.json recording each case's source and changes, run.json).")
     p.add_argument("--from", dest="source", required=True, metavar="DATASET", help="source dataset (native layout)")
     p.add_argument("--out", required=True, metavar="DATASET2", help="output folder (must be empty unless --overwrite)")
-    p.add_argument("--config", metavar="FILE", help="YAML or TOML config; flags override it")
+    add_config_argument(p)
     add_arguments(p, MaskSynthConfig)
     p.set_defaults(func=run)
 

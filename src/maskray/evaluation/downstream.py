@@ -37,7 +37,7 @@ from maskray.config import option
 from maskray.data.layout import Dataset, prepare_output_dir
 from maskray.errors import MaskrayError
 from maskray.evaluation.metrics import dice, summarize
-from maskray.evaluation.pairs import (check_same_labels, load_images, load_labels, read_manifest, test_split,
+from maskray.evaluation.pairs import (load_images, open_pair, load_labels, read_manifest, test_split,
                                       working_size)
 from maskray.evaluation.segmenter import Segmenter, SegmenterConfig, lesion_detection, torch_threads
 from maskray.provenance import atomic_write_text, to_jsonable, versions, write_run_info
@@ -91,10 +91,7 @@ def run_downstream(real: Path, synthetic: Path, out: Path, cfg: DownstreamConfig
 
 
 def _run_downstream(real: Path, synthetic: Path, out: Path, cfg: DownstreamConfig) -> dict:
-    real_ds, syn_ds = Dataset(real), Dataset(synthetic)
-    check_same_labels(real_ds, syn_ds)
-    if not syn_ds.has_images:
-        raise MaskrayError(f"{synthetic}: holds label maps only; generate images for them first (maskray generate)")
+    real_ds, syn_ds = open_pair(real, synthetic)
     if cfg.seeds < 1:
         raise MaskrayError(f"--seeds {cfg.seeds}: must be at least 1")
     if not cfg.fractions or any(not 0 < f <= 1 for f in cfg.fractions):

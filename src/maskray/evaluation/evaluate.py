@@ -28,7 +28,6 @@ import io
 import itertools
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ from maskray.data.layout import Dataset, prepare_output_dir
 from maskray.errors import MaskrayError
 from maskray.evaluation import features as feat
 from maskray.evaluation.metrics import SSIM_DESCRIPTION, dice, ms_ssim, psnr, ssim, summarize
-from maskray.evaluation.pairs import (check_same_labels, groups_by_source, load_images, load_labels,
+from maskray.evaluation.pairs import (groups_by_source, open_pair, load_images, load_labels,
                                       read_manifest, test_split, working_size)
 from maskray.evaluation.segmenter import Regressor, Segmenter, SegmenterConfig, lesion_detection, torch_threads
 from maskray.provenance import atomic_write_text, file_sha256, to_jsonable, versions, write_run_info
@@ -115,10 +114,7 @@ def evaluate(real: Path, synthetic: Path, out: Path, cfg: EvaluateConfig = Evalu
 
 
 def _evaluate(real: Path, synthetic: Path, out: Path, cfg: EvaluateConfig) -> dict:
-    real_ds, syn_ds = Dataset(real), Dataset(synthetic)
-    check_same_labels(real_ds, syn_ds)
-    if not syn_ds.has_images:
-        raise MaskrayError(f"{synthetic}: holds label maps only; generate images for them first (maskray generate)")
+    real_ds, syn_ds = open_pair(real, synthetic)
     if not real_ds.has_labels:
         raise MaskrayError(f"{real}: the real dataset has no label maps; evaluation needs masks")
     if cfg.feature_weights is not None and not Path(cfg.feature_weights).is_file():

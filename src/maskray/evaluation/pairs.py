@@ -71,6 +71,15 @@ def groups_by_source(cases: dict[str, SyntheticCase]) -> dict[str, list[str]]:
     return {s: [c.case_id for c in sorted(v, key=lambda c: (c.sample, c.case_id))] for s, v in sorted(groups.items())}
 
 
+def open_pair(real: Path, synthetic: Path) -> tuple[Dataset, Dataset]:
+    """Open the real and synthetic datasets; refuse differing labels or a synthetic set without images."""
+    real_ds, syn_ds = Dataset(real), Dataset(synthetic)
+    check_same_labels(real_ds, syn_ds)
+    if not syn_ds.has_images:
+        raise MaskrayError(f"{synthetic}: holds label maps only; generate images for them first (maskray generate)")
+    return real_ds, syn_ds
+
+
 def check_same_labels(real: Dataset, syn: Dataset) -> None:
     if real.labels != syn.labels:
         raise MaskrayError(f"{syn.root}/dataset.json: labels {syn.labels} differ from the real dataset's "

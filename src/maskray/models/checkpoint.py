@@ -14,7 +14,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
 from maskray.errors import MaskrayError

@@ -25,7 +25,7 @@ from maskray.errors import MaskrayError
 from maskray.models.checkpoint import load_model
 from maskray.pipelines.sampling import SCHEDULERS, make_scheduler, sample
 from maskray.provenance import atomic_write_text, to_jsonable, write_run_info
-from maskray.training.data import resize_image, resize_label
+from maskray.training.data import resize_label
 
 SYNTHETIC_TEXT = {"Comment": "maskray synthetic image (not a real patient)", "Software": "maskray"}
 
@@ -109,6 +109,7 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     real = Dataset(cfg.inpaint_from) if cfg.inpaint_from else None
     size = int(meta["image_size"])
     plan = _plan(cfg, masks)
+    origin = _mask_origins(masks)
 
     out = Path(cfg.out)
     if cfg.resume and out.is_dir():
@@ -143,14 +144,11 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
             lab = _read_mask(masks, src_id, mapping)
             lab = resize_label(lab[None], size)[0]
             labs.append(lab)
-            c = torch.zeros((len(mapping), size, size))
-            for ch, value in enumerate(mapping):
-                if value is not None:
-                    c[ch] = (lab == value).float()
-            conds.append(c)
+            conds.append(one_hot(lab, [-1 if v is None else v for v in mapping]))  # absent label: empty channel
             gens.append(torch.Generator().manual_seed(case_seed(cfg.seed, src_id, k)))
             if real is not None:
-                x, keep, blend = _inpaint_inputs(real, masks, src_id, lab, size, cfg.inpaint_margin)
+                x, keep, blend = _inpaint_inputs(real, masks, origin.get(src_id, src_id), src_id, lab, size,
+                                                 cfg.inpaint_margin)
                 knowns.append(x), keeps.append(keep), blends.append(blend)
         kw = {}
         if real is not None:
@@ -166,7 +164,6 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
         bar.update(len(chunk))
     bar.close()
 
-    origin = _mask_origins(masks)
     manifest = {"cases": {out_id: {"source_case": origin.get(src, src), "mask_case": src, "sample": k,
                                    "seed": case_seed(cfg.seed, src, k), "checkpoint": str(Path(cfg.model).resolve()),
                                    "mode": "region-preserving" if real is not None else "full"}
@@ -208,8 +205,8 @@ def _read_mask(masks: Dataset, case_id: str, mapping: list[int | None]) -> torch
     return lab
 
 
-def _inpaint_inputs(real: Dataset, masks: Dataset, case_id: str, lab: torch.Tensor, size: int, margin: int):
-    source = _mask_origins(masks).get(case_id, case_id)
+def _inpaint_inputs(real: Dataset, masks: Dataset, source: str, case_id: str, lab: torch.Tensor, size: int,
+                    margin: int):
     if source not in real.cases:
         raise MaskrayError(f"{real.root}: has no case '{source}' to regenerate a region of (mask case {case_id})")
     x = real.image(source)

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from maskray.data.layout import Dataset, read_image_file, read_label_file
+from maskray.data.layout import Dataset, read_image_file
 from maskray.errors import MaskrayError
 
 

@@ -11,7 +11,6 @@ of ``(seed, step)``, and the optimizer, LR schedule and EMA come back from the c
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import shutil
