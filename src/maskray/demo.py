@@ -30,7 +30,7 @@ from maskray.evaluation.metrics import SSIM_DESCRIPTION, psnr, ssim, summarize
 from maskray.evaluation.report import HtmlReport
 from maskray.pipelines.generate import GenerateConfig, generate
 from maskray.provenance import atomic_write_text, versions, write_run_info
-from maskray.training.data import resize_image, resize_label
+from maskray.data.resize import resize_image, resize_label
 from maskray.training.trainer import TrainConfig, train
 from maskray.training.validation import colorize, grid_image, to_uint8
 

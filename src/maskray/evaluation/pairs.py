@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from maskray.data.layout import Dataset
+from maskray.data.resize import resize_image, resize_label
 from maskray.errors import MaskrayError
 
 MANIFEST = "manifest.json"
@@ -86,32 +86,18 @@ def check_same_labels(real: Dataset, syn: Dataset) -> None:
                            f"{real.labels}; both must use the same label names and values")
 
 
-def resize_images(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``(N, 1, H, W)`` -> ``(N, 1, *size)``, antialiased bilinear (no-op at the same size)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
-
-
-def resize_labels(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``(N, H, W)`` int64 -> ``(N, *size)`` by nearest neighbour (values are never interpolated)."""
-    if tuple(y.shape[-2:]) == tuple(size):
-        return y
-    return F.interpolate(y.unsqueeze(1).float(), size=size, mode="nearest-exact").squeeze(1).round().long()
-
-
 def load_images(ds: Dataset, ids: list[str], size: tuple[int, int]) -> torch.Tensor:
     """float32 ``(N, 1, *size)`` in ``[-1, 1]``."""
     if not ids:
         return torch.empty(0, 1, *size)
-    return torch.cat([resize_images(ds.image(c).unsqueeze(0), size) for c in ids])
+    return torch.cat([resize_image(ds.image(c).unsqueeze(0), size) for c in ids])
 
 
 def load_labels(ds: Dataset, ids: list[str], size: tuple[int, int]) -> torch.Tensor:
     """int64 ``(N, *size)``."""
     if not ids:
         return torch.empty(0, *size, dtype=torch.int64)
-    return torch.cat([resize_labels(ds.label(c).unsqueeze(0), size) for c in ids])
+    return torch.cat([resize_label(ds.label(c).unsqueeze(0), size) for c in ids])
 
 
 def working_size(syn: Dataset, size: int) -> tuple[int, int]:

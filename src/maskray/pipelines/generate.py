@@ -25,7 +25,7 @@ from maskray.errors import MaskrayError
 from maskray.models.checkpoint import load_model
 from maskray.pipelines.sampling import SCHEDULERS, make_scheduler, sample
 from maskray.provenance import atomic_write_text, to_jsonable, write_run_info
-from maskray.training.data import resize_label
+from maskray.data.resize import resize_label
 
 SYNTHETIC_TEXT = {"Comment": "maskray synthetic image (not a real patient)", "Software": "maskray"}
 

@@ -12,25 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from maskray.data.layout import Dataset, read_image_file
+from maskray.data.resize import resize_image, resize_label
 from maskray.errors import MaskrayError
-
-
-def resize_image(x: torch.Tensor, size: int) -> torch.Tensor:
-    """float ``(N, C, H, W)`` -> ``(N, C, size, size)`` with antialiased bilinear resampling."""
-    if x.shape[-2:] == (size, size):
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-
-
-def resize_label(lab: torch.Tensor, size: int) -> torch.Tensor:
-    """int ``(N, H, W)`` -> ``(N, size, size)`` by nearest neighbour (labels are never interpolated)."""
-    if lab.shape[-2:] == (size, size):
-        return lab
-    return F.interpolate(lab[:, None].float(), size=(size, size), mode="nearest-exact")[:, 0].to(lab.dtype)
 
 
 @dataclass
