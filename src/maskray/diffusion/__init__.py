@@ -1,0 +1,1 @@
+"""The diffusion model: networks, objective, sampler, conditioning, model card, and the latent autoencoder."""
