@@ -173,14 +173,13 @@ def _nodule_case(contrast: float) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_nodule_survival_known_answers():
     real, lab = _nodule_case(0.4)
-    half, _ = _nodule_case(0.2)
-    gone, _ = _nodule_case(0.0)
-    r_half = nodule_survival(real, half, lab, nodule=2, lung=1)
-    r_gone = nodule_survival(real, gone, lab, nodule=2, lung=1)
-    r_same = nodule_survival(real, real, lab, nodule=2, lung=1)
-    assert r_half["n_nodules"] == 1 and abs(r_half["mean_ratio"] - 0.5) < 1e-6 and r_half["fraction_surviving"] == 1
-    assert abs(r_gone["mean_ratio"]) < 1e-6 and r_gone["fraction_surviving"] == 0
-    assert abs(r_same["mean_ratio"] - 1) < 1e-6
+    r = {c: nodule_survival(real, _nodule_case(c)[0], lab, nodule=2, lung=1) for c in (0.4, 0.24, 0.16, 0.0)}
+    assert all(v["n_nodules"] == v["n_scored"] == 1 for v in r.values())
+    for contrast, v in r.items():
+        assert abs(v["mean_ratio"] - contrast / 0.4) < 1e-6
+        assert v["fraction_surviving"] == (1.0 if contrast / 0.4 >= 0.5 else 0.0)
+    faint, _ = _nodule_case(0.01)  # below min_contrast in the original: counted, not scored
+    assert nodule_survival(faint, faint, lab, nodule=2, lung=1)["n_scored"] == 0
 
 
 def test_reconstruction_picture_depends_on_input(tmp_path):
