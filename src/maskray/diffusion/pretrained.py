@@ -87,9 +87,10 @@ def verify_parts(root: Path, expected: dict[str, str], parts: tuple[str, ...]) -
 
 
 def _from_pretrained(cls, root: Path, part: str, **kw):
-    """``cls.from_pretrained`` of one part, safetensors only; any failure as one line naming the part."""
+    """``cls.from_pretrained`` of one part, safetensors only, held in float32 whatever the files store (the
+    networks run under autocast; the VAE overflows in fp16); any failure as one line naming the part."""
     try:
-        return cls.from_pretrained(root / part, **kw)
+        return cls.from_pretrained(root / part, **kw).float()
     except (OSError, ValueError, RuntimeError, TypeError, KeyError, EnvironmentError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MaskrayError(f"{root / part}: cannot load the '{part}' part ({first})") from None

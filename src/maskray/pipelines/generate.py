@@ -102,7 +102,7 @@ def _region(new: np.ndarray, old: np.ndarray, margin: int) -> tuple[np.ndarray, 
 
 
 # settings that change no pixel: everything else must match for --resume to continue a run
-_NOT_PIXELS = ("resume", "overwrite", "out")
+_NOT_PIXELS = ("resume", "overwrite", "out", "pretrained")  # a moved SD folder is checked by its hashes
 
 
 def _check_config(cfg: GenerateConfig) -> None:

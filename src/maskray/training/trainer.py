@@ -74,6 +74,7 @@ def _train(cfg: TrainConfig, stage: Stage, progress: bool) -> Path:
                               log_with="tensorboard" if cfg.log == "tensorboard" else None, project_dir=str(out))
     arrays = load_arrays(ds, cfg.image_size, cfg.split, need_labels=setup.needs_labels, progress=progress)
     if setup.codec is not None:
+        setup.codec.vae.to(accelerator.device)  # encode (and decode validation images) where the networks run
         arrays.latents = cached_latents(arrays, setup.codec, out / "cache", progress=progress)
     trainable = setup.trainable.train()
     if cfg.channels_last:
