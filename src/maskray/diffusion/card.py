@@ -4,7 +4,8 @@ Written beside the ``save_pretrained`` folders of a model (``unet/``, ``controln
 ``train controlnet --base``, validation and ``serve``. It holds what the networks' own ``config.json`` files do
 not: the stage, the working resolution, the condition labels in channel order, the diffusion settings and the
 sampling schedule, the weight hashes and the step. It holds no path, file name or date, so that it can travel
-with exported data. Unknown, missing or ill-typed keys are one-line errors naming the file.
+with exported data (a ControlNet on a Stable Diffusion folder records that folder's part hashes and its prompt;
+where the folder lies is kept beside the card, in ``pretrained.json``). Unknown, missing or ill-typed keys are one-line errors naming the file.
 """
 
 from __future__ import annotations
