@@ -12,7 +12,6 @@ where the dataset records pixel spacing.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from maskray.data import layout
-from maskray.data.splits import CASES_FILE
+from maskray.data.schema import read_cases_file, read_splits_file
 from maskray.errors import MaskrayError
 
 
@@ -63,15 +62,15 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def _case_spacings(root: Path, default: tuple[float, float] | None) -> dict[str, tuple[float, float] | None]:
-    path = root / CASES_FILE
-    out: dict[str, tuple[float, float] | None] = {}
-    if path.is_file():
-        try:
-            rec = json.loads(path.read_text())
-            out = {c: tuple(r["spacing"]) if r.get("spacing") else None for c, r in rec.items()}
-        except (json.JSONDecodeError, AttributeError, TypeError, KeyError):
-            pass
+def _case_spacings(root: Path, default: tuple[float, float] | None,
+                   problems: list[str]) -> dict[str, tuple[float, float] | None]:
+    """Per-case spacing from ``cases.json``; a corrupt or ill-shaped record is a problem, not an empty default."""
+    try:
+        rec = read_cases_file(root)
+    except MaskrayError as e:
+        problems.append(str(e))
+        rec = {}
+    out = {c: tuple(r["spacing"]) if r.get("spacing") else None for c, r in rec.items()}
     return out if out else {"*": default}
 
 
@@ -102,13 +101,13 @@ def _check_splits(root: Path, ds: layout.Dataset, problems: list[str]) -> tuple[
     if not path.is_file():
         return {k: len(v) for k, v in ds.splits.items()}, "imagesTr/imagesTs (no splits.json)"
     try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        problems.append(f"{path}: not valid JSON ({e})")
+        raw = read_splits_file(path)
+    except MaskrayError as e:
+        problems.append(str(e))
         return {}, str(path)
     where: dict[str, list[str]] = {}
     for k in layout.SPLIT_NAMES:
-        for c in raw.get(k, []) or []:
+        for c in raw[k]:
             where.setdefault(c, []).append(k)
     for c, ks in sorted(where.items()):
         if c not in ds.cases:
@@ -117,7 +116,7 @@ def _check_splits(root: Path, ds: layout.Dataset, problems: list[str]) -> tuple[
             problems.append(f"{path}: case {c} is in more than one split ({', '.join(ks)})")
     for c in sorted(set(ds.cases) - set(where)):
         problems.append(f"{path}: case {c} is in no split")
-    patients = raw.get("patients") or {}
+    patients = raw["patients"]
     by_patient: dict[str, set[str]] = {}
     for c, ks in where.items():
         if c in patients:
@@ -125,15 +124,15 @@ def _check_splits(root: Path, ds: layout.Dataset, problems: list[str]) -> tuple[
     for pid, ks in sorted(by_patient.items()):
         if len(ks) > 1:
             problems.append(f"{path}: patient {pid} has cases in several splits ({', '.join(sorted(ks))})")
-    return {k: len(raw.get(k, []) or []) for k in layout.SPLIT_NAMES}, str(path.name)
+    return {k: len(raw[k]) for k in layout.SPLIT_NAMES}, str(path.name)
 
 
-def check_dataset(path: str | os.PathLike, progress: bool = True) -> CheckReport:
+def check_dataset(path: str | os.PathLike, progress: bool = True, max_pixels: int | None = None) -> CheckReport:
     """Check a dataset in the native layout; never raises for a problem in the data, lists it instead."""
     root = Path(path)
     report = CheckReport(summary={"root": str(root)})
     try:
-        ds = layout.Dataset(root)
+        ds = layout.Dataset(root, max_pixels=max_pixels)
     except MaskrayError as e:
         report.problems.append(str(e))
         return report
@@ -141,7 +140,7 @@ def check_dataset(path: str | os.PathLike, progress: bool = True) -> CheckReport
     problems += _stray_files(root, ds)
     values = ds.info.labels
     known = set(values.values())
-    spacing_of = _case_spacings(root, ds.info.spacing)
+    spacing_of = _case_spacings(root, ds.info.spacing, problems)
     nodule_value = values.get("nodule")
     sizes: Counter = Counter()
     label_cases: Counter = Counter()
@@ -155,7 +154,7 @@ def check_dataset(path: str | os.PathLike, progress: bool = True) -> CheckReport
         img = lab = None
         if case.image_path is not None:  # None only in a mask-only dataset (``maskray masks`` output)
             try:
-                img = layout.read_image_file(case.image_path)
+                img = layout.read_image_file(case.image_path, max_pixels)
             except MaskrayError as e:
                 problems.append(str(e))
         if img is not None:
@@ -170,7 +169,7 @@ def check_dataset(path: str | os.PathLike, progress: bool = True) -> CheckReport
         if case.label_path is None:
             continue
         try:
-            lab = layout.read_label_file(case.label_path)
+            lab = layout.read_label_file(case.label_path, max_pixels)
         except MaskrayError as e:
             problems.append(str(e))
             continue
