@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from maskray.data.layout import one_hot
-from maskray.pipelines.sampling import make_scheduler, sample
+from maskray.diffusion.conditioning import one_hot
+from maskray.diffusion.sampling import make_scheduler, sample
 
 PALETTE = np.array([[0, 0, 0], [70, 130, 255], [255, 80, 80], [80, 220, 120], [255, 200, 40], [200, 90, 255],
                     [40, 220, 220], [255, 140, 0]], dtype=np.uint8)

@@ -20,7 +20,7 @@ from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
                        UniPCMultistepScheduler)
 
 from maskray.errors import MaskrayError
-from maskray.models.networks import ControlledUNet
+from maskray.diffusion.networks import ControlledUNet
 
 SCHEDULERS = {
     "ddpm": (DDPMScheduler, {}),
