@@ -11,7 +11,7 @@ from pathlib import Path
 from maskray.data.dataset import Dataset
 from maskray.errors import MaskrayError
 from maskray.export.common import (Anonymiser, ExportConfig, export_dataset_info, export_splits, is_synthetic,
-                                   write_provenance)
+                                   model_card, write_provenance)
 from maskray.files import checked_folder_arg, read_json, staged_output, write_json
 
 FORMATS = ("png", "nifti", "dicom", "nnunet")
@@ -29,8 +29,8 @@ def _target(out: Path, cfg: ExportConfig) -> Path:
 
 def _weights_hash(src: Path) -> str | None:
     run = read_json(src / "run.json", what="record") if (src / "run.json").exists() else {}
-    meta = run.get("model_meta") if isinstance(run.get("model_meta"), dict) else {}
-    value = meta.get("controlnet_sha256") or meta.get("unet_sha256")
+    card = model_card(run)
+    value = card.get("controlnet_sha256") or card.get("unet_sha256")
     return value if isinstance(value, str) else None
 
 

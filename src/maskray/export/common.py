@@ -37,7 +37,6 @@ from maskray.provenance import versions
 Format = Literal["png", "nifti", "dicom", "nnunet"]
 PROVENANCE_DIR = "provenance"
 SYNTHETIC_COMMANDS = ("generate", "phantom")  # commands whose images are synthetic
-_CARD_KEYS = ("stage", "image_size", "labels", "diffusion", "unet_sha256", "controlnet_sha256")
 _GEN_KEYS = ("scheduler", "steps", "guidance_scale", "conditioning_scale", "samples_per_mask", "seed", "precision",
              "channels_last", "bit_depth", "inpaint_margin", "split")
 
@@ -114,6 +113,14 @@ def source_cases(src: Path) -> dict[str, dict]:
     return out
 
 
+def model_card(run: dict) -> dict:
+    """The model card that a generation's ``run.json`` records (``{}`` for data no model made)."""
+    for key in ("model_card", "model_meta"):  # model_meta: runs of maskray 0.1
+        if isinstance(run.get(key), dict):
+            return run[key]
+    return {}
+
+
 def _no_paths(obj: Any) -> Any:
     """Drop every string that could be a path (holds a slash) from a JSON value, recursively."""
     if isinstance(obj, dict):
@@ -128,8 +135,7 @@ def write_provenance(ds: Dataset, out: Path, ids: dict[str, str], anon: Anonymis
     """``provenance/`` (model card, generation config, opaque manifest) and the export's ``run.json``."""
     dest = out / PROVENANCE_DIR
     run = _read_optional(ds.root / "run.json")
-    card = run.get("model_meta") if isinstance(run.get("model_meta"), dict) else {}
-    write_json(dest / "model_card.json", _no_paths({k: card[k] for k in _CARD_KEYS if k in card}))
+    write_json(dest / "model_card.json", _no_paths(model_card(run)))
     gen = _read_optional(ds.root / "generate_config.json")
     gen_out = {k: gen[k] for k in _GEN_KEYS if k in gen}
     if gen:

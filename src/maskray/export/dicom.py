@@ -74,7 +74,7 @@ def build_dataset(pixels: np.ndarray, spacing: tuple[float, float] | None, case_
     ds.PatientBirthDate = ""
     ds.PatientSex = ""
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = "maskray export: no attribute copied from any source DICOM; salted ids, no dates"
+    ds.DeidentificationMethod = "maskray: nothing copied from sources; salted ids; no dates"
     # study / series: one each per case; dates and times are type 2 and left empty
     ds.StudyInstanceUID = uid("study")
     ds.SeriesInstanceUID = uid("series")
