@@ -126,8 +126,11 @@ class PillowFormat(ImageFormat):
 
     def read(self, path: Path, what: str, max_pixels: int) -> SourceImage:
         warnings: list[str] = []
+        pillow_limit = Image.MAX_IMAGE_PIXELS
         try:
+            Image.MAX_IMAGE_PIXELS = None  # our limit, checked just below, replaces Pillow's fixed one
             with Image.open(path) as im:  # lazy: only the header is parsed here
+                Image.MAX_IMAGE_PIXELS = pillow_limit
                 check_pixels(path, (im.size[1], im.size[0], getattr(im, "n_frames", 1)), max_pixels)
                 arr, dmax = self._decode(path, im, what, warnings)
         except MaskrayError:
@@ -136,6 +139,8 @@ class PillowFormat(ImageFormat):
             raise MaskrayError(f"{path}: file not found") from None
         except Exception as e:  # Pillow raises many types for corrupt or truncated files
             raise MaskrayError(f"{path}: corrupt or unreadable image ({e.__class__.__name__}: {e})") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = pillow_limit
         arr = _to_2d(path, arr, what)
         if what == "image":
             arr = _finite(path, arr.astype(np.float32))
