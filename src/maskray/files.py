@@ -191,6 +191,7 @@ def staged_output(out: str | os.PathLike, overwrite: bool = False, resume: bool 
             return
         if not overwrite:
             raise MaskrayError(f"{out}: folder already holds files; choose another or pass {hint}")
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.staging-{_tag()}")
     tmp.mkdir()
@@ -205,4 +206,7 @@ def staged_output(out: str | os.PathLike, overwrite: bool = False, resume: bool 
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for p in made:  # folders made for the output, innermost first: a failed run leaves none behind
+            with contextlib.suppress(OSError):
+                p.rmdir()
         raise

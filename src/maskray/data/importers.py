@@ -265,8 +265,7 @@ def _plan(cfg: ImportConfig, root: Path) -> tuple[list[_Job], _Plan, dict[str, i
         plan = _Plan(root, cfg, lut, cfg.threshold, nodule_value, spacing,
                      cfg.normalise if cfg.normalise != "auto" else "percentile", "--labels")
     if problems:
-        raise MaskrayError(f"{len(problems)} problem(s) pairing the source files; nothing was written:\n  "
-                           + "\n  ".join(problems))
+        raise MaskrayError(one_line_first(problems, f"{len(problems)} problems pairing the source files"))
     if max(labels.values()) > 255:
         raise MaskrayError("more than 255 labels; label maps are 8-bit")
     return jobs, plan, labels, names, sources
@@ -297,8 +296,7 @@ def import_folder(cfg: ImportConfig, progress: bool = True) -> ImportResult:
         results = _run_jobs(jobs, replace(plan, root=tmp), cfg.workers, progress)
         errors = [r for r in results.values() if isinstance(r, str)]
         if errors:
-            raise MaskrayError(f"{len(errors)} of {len(jobs)} case(s) could not be imported; nothing was written:\n  "
-                               + "\n  ".join(errors))
+            raise MaskrayError(one_line_first(errors, f"{len(errors)} of {len(jobs)} cases could not be imported"))
         records: dict[str, dict] = {c: dict(r, patient=patients.get(c, c)) for c, r in sorted(results.items())}
         warnings = [w for r in records.values() for w in r["warnings"]]
         spacings = {tuple(r["spacing"]) if r["spacing"] else None for r in records.values()}
@@ -319,6 +317,13 @@ def import_folder(cfg: ImportConfig, progress: bool = True) -> ImportResult:
     for w in warnings:
         print(f"maskray: warning: {w}", file=sys.stderr)
     return ImportResult(out, records, labels, warnings)
+
+
+def one_line_first(problems: list[str], summary: str) -> str:
+    """One problem: that line alone. Several: the first on the first line, then every one, one per line."""
+    if len(problems) == 1:
+        return f"{problems[0]} (nothing was written)"
+    return f"{problems[0]} ({summary}; nothing was written):\n  " + "\n  ".join(problems)
 
 
 def _run_jobs(jobs: list[_Job], plan: _Plan, workers: int, progress: bool) -> dict[str, str | dict]:
