@@ -127,6 +127,82 @@ def _check_splits(root: Path, ds: layout.Dataset, problems: list[str]) -> tuple[
     return {k: len(raw[k]) for k in layout.SPLIT_NAMES}, str(path.name)
 
 
+@dataclass
+class _Tally:
+    """What the per-case pass collects: sizes, duplicate hashes, label frequencies, nodule diameters."""
+
+    values: dict[str, int]
+    spacing_of: dict[str, tuple[float, float] | None]
+    problems: list[str]
+    sizes: Counter = field(default_factory=Counter)
+    label_cases: Counter = field(default_factory=Counter)
+    label_pixels: Counter = field(default_factory=Counter)
+    labelled_pixels: int = 0
+    hashes: dict[str, str] = field(default_factory=dict)
+    diameters: list[float] = field(default_factory=list)
+    cases_with_nodules: int = 0
+    units: set = field(default_factory=set)
+
+    def image(self, cid: str, path: Path, img: np.ndarray) -> None:
+        self.sizes[f"{img.shape[0]}x{img.shape[1]}"] += 1
+        if float(img.max()) - float(img.min()) < 1e-6:
+            self.problems.append(f"{path}: image is empty or constant (every pixel is {float(img.min()):g})")
+        digest = hashlib.sha256(np.ascontiguousarray(img).tobytes() + str(img.shape).encode()).hexdigest()
+        if digest in self.hashes:
+            self.problems.append(f"{path}: same pixels as case {self.hashes[digest]} (duplicated case)")
+        else:
+            self.hashes[digest] = cid
+
+    def label(self, cid: str, path: Path, lab: np.ndarray, img: np.ndarray | None) -> None:
+        if img is not None and lab.shape != img.shape:
+            self.problems.append(f"{path}: label map {lab.shape[0]}x{lab.shape[1]} differs from its image "
+                                 f"{img.shape[0]}x{img.shape[1]}")
+        present, counts = np.unique(lab, return_counts=True)
+        bad = sorted(set(present.tolist()) - set(self.values.values()))
+        if bad:
+            self.problems.append(f"{path}: label values {bad} are not in dataset.json (known: {self.values})")
+        self.labelled_pixels += lab.size
+        for v, n in zip(present.tolist(), counts.tolist()):
+            self.label_cases[v] += 1
+            self.label_pixels[v] += n
+        nodule = self.values.get("nodule")
+        if nodule is not None and nodule in present:
+            comp, n = ndimage.label(lab == nodule, structure=np.ones((3, 3), int))
+            areas = np.bincount(comp.ravel())[1:]
+            sp = self.spacing_of.get(cid, self.spacing_of.get("*"))
+            self.units.add("mm" if sp else "px")
+            self.diameters += (2.0 * np.sqrt(areas / np.pi) * (float(np.sqrt(sp[0] * sp[1])) if sp else 1.0)).tolist()
+            self.cases_with_nodules += n > 0
+
+    def label_summary(self) -> dict:
+        total = self.labelled_pixels
+        return {name: {"value": v, "cases": self.label_cases.get(v, 0),
+                       "pixel_fraction": self.label_pixels.get(v, 0) / total if total else 0.0}
+                for name, v in sorted(self.values.items(), key=lambda kv: kv[1])}
+
+    def nodule_summary(self) -> dict:
+        d = np.asarray(self.diameters)
+        units = self.units
+        unit = "mm" if units == {"mm"} else "px" if units == {"px"} else ("mixed mm/px" if units else "mm")
+        nod = {"count": int(d.size), "cases_with_nodules": int(self.cases_with_nodules), "unit": unit}
+        if d.size:
+            edges = [0, 5, 10, 15, 20, 30, np.inf]
+            hist, _ = np.histogram(d, bins=edges)
+            nod.update({"min": float(d.min()), "median": float(np.median(d)), "mean": float(d.mean()),
+                        "max": float(d.max()),
+                        "histogram": {f"{a:g}-{b:g}" if np.isfinite(b) else f">{a:g}": int(h)
+                                      for a, b, h in zip(edges[:-1], edges[1:], hist)}})
+        return nod
+
+
+def _read(reader, path: Path, max_pixels: int | None, problems: list[str]) -> np.ndarray | None:
+    try:
+        return reader(path, max_pixels)
+    except MaskrayError as e:
+        problems.append(str(e))
+        return None
+
+
 def check_dataset(path: str | os.PathLike, progress: bool = True, max_pixels: int | None = None) -> CheckReport:
     """Check a dataset in the native layout; never raises for a problem in the data, lists it instead."""
     root = Path(path)
@@ -138,81 +214,24 @@ def check_dataset(path: str | os.PathLike, progress: bool = True, max_pixels: in
         return report
     problems = report.problems
     problems += _stray_files(root, ds)
-    values = ds.info.labels
-    known = set(values.values())
-    spacing_of = _case_spacings(root, ds.info.spacing, problems)
-    nodule_value = values.get("nodule")
-    sizes: Counter = Counter()
-    label_cases: Counter = Counter()
-    label_pixels: Counter = Counter()
-    labelled_pixels = 0
-    hashes: dict[str, str] = {}
-    diameters: list[float] = []
-    cases_with_nodules = 0
-    units = set()
+    tally = _Tally(ds.info.labels, _case_spacings(root, ds.info.spacing, problems), problems)
     for cid, case in tqdm(sorted(ds.cases.items()), desc="check", unit="case", disable=not progress):
-        img = lab = None
+        img = None
         if case.image_path is not None:  # None only in a mask-only dataset (``maskray masks`` output)
-            try:
-                img = layout.read_image_file(case.image_path, max_pixels)
-            except MaskrayError as e:
-                problems.append(str(e))
-        if img is not None:
-            sizes[f"{img.shape[0]}x{img.shape[1]}"] += 1
-            if float(img.max()) - float(img.min()) < 1e-6:
-                problems.append(f"{case.image_path}: image is empty or constant (every pixel is {float(img.min()):g})")
-            digest = hashlib.sha256(np.ascontiguousarray(img).tobytes() + str(img.shape).encode()).hexdigest()
-            if digest in hashes:
-                problems.append(f"{case.image_path}: same pixels as case {hashes[digest]} (duplicated case)")
-            else:
-                hashes[digest] = cid
-        if case.label_path is None:
-            continue
-        try:
-            lab = layout.read_label_file(case.label_path, max_pixels)
-        except MaskrayError as e:
-            problems.append(str(e))
-            continue
-        if img is not None and lab.shape != img.shape:
-            problems.append(f"{case.label_path}: label map {lab.shape[0]}x{lab.shape[1]} differs from its image "
-                            f"{img.shape[0]}x{img.shape[1]}")
-        present, counts = np.unique(lab, return_counts=True)
-        bad = sorted(set(present.tolist()) - known)
-        if bad:
-            problems.append(f"{case.label_path}: label values {bad} are not in dataset.json (known: {values})")
-        labelled_pixels += lab.size
-        for v, n in zip(present.tolist(), counts.tolist()):
-            label_cases[v] += 1
-            label_pixels[v] += n
-        if nodule_value is not None and nodule_value in present:
-            comp, n = ndimage.label(lab == nodule_value, structure=np.ones((3, 3), int))
-            areas = np.bincount(comp.ravel())[1:]
-            sp = spacing_of.get(cid, spacing_of.get("*"))
-            scale = float(np.sqrt(sp[0] * sp[1])) if sp else 1.0
-            units.add("mm" if sp else "px")
-            diameters += (2.0 * np.sqrt(areas / np.pi) * scale).tolist()
-            cases_with_nodules += n > 0
+            img = _read(layout.read_image_file, case.image_path, max_pixels, problems)
+            if img is not None:
+                tally.image(cid, case.image_path, img)
+        if case.label_path is not None:
+            lab = _read(layout.read_label_file, case.label_path, max_pixels, problems)
+            if lab is not None:
+                tally.label(cid, case.label_path, lab, img)
     split_counts, split_source = _check_splits(root, ds, problems)
-    labelled = sum(1 for c in ds.cases.values() if c.label_path is not None)
     report.summary.update({
-        "cases": len(ds.cases), "labelled": labelled,
+        "cases": len(ds.cases), "labelled": sum(1 for c in ds.cases.values() if c.label_path is not None),
         "subsets": dict(Counter(c.subset for c in ds.cases.values())),
         "splits": split_counts, "splits_source": split_source,
-        "sizes": dict(sizes.most_common()),
-        "labels": {name: {"value": v, "cases": label_cases.get(v, 0),
-                          "pixel_fraction": label_pixels.get(v, 0) / labelled_pixels if labelled_pixels else 0.0}
-                   for name, v in sorted(values.items(), key=lambda kv: kv[1])},
+        "sizes": dict(tally.sizes.most_common()), "labels": tally.label_summary(),
     })
-    if nodule_value is not None:
-        d = np.asarray(diameters)
-        unit = "mm" if units == {"mm"} else "px" if units == {"px"} else ("mixed mm/px" if units else "mm")
-        nod = {"count": int(d.size), "cases_with_nodules": int(cases_with_nodules), "unit": unit}
-        if d.size:
-            edges = [0, 5, 10, 15, 20, 30, np.inf]
-            hist, _ = np.histogram(d, bins=edges)
-            nod.update({"min": float(d.min()), "median": float(np.median(d)), "mean": float(d.mean()),
-                        "max": float(d.max()),
-                        "histogram": {f"{a:g}-{b:g}" if np.isfinite(b) else f">{a:g}": int(h)
-                                      for a, b, h in zip(edges[:-1], edges[1:], hist)}})
-        report.summary["nodules"] = nod
+    if "nodule" in ds.info.labels:
+        report.summary["nodules"] = tally.nodule_summary()
     return report

@@ -2,8 +2,9 @@
 model): :func:`maskray.data.io.io_for` picks the class, every command reads and writes through it.
 
 Every reader checks the image's size from the file's header before decoding any pixel (a pixel-count
-limit, :data:`maskray.data.io.DEFAULT_MAX_PIXELS`, guards against decompression bombs), returns a 2D ``(H, W)`` array in (row, column) order and raises :class:`MaskrayError` with a
-one-line message naming the file for anything it cannot read. Supported:
+limit, :data:`maskray.data.io.DEFAULT_MAX_PIXELS`, guards against decompression bombs), returns a 2D
+``(H, W)`` array in (row, column) order and raises :class:`MaskrayError` with a one-line message naming the
+file for anything it cannot read. Supported:
 
 - PNG, JPEG, TIFF, BMP (8 or 16 bit, or 32-bit float TIFF) through Pillow;
 - DICOM through pydicom: the Modality LUT (Rescale Slope / Intercept) is applied by pydicom, then the
@@ -12,8 +13,9 @@ one-line message naming the file for anything it cannot read. Supported:
 - NIfTI (``.nii``, ``.nii.gz``) through nibabel; MetaImage (``.mha``, ``.mhd``) through SimpleITK when it
   is installed, else a clear error naming the package.
 
-Writers write atomically (:func:`maskray.files.atomic_path`). RGB(A) images are converted to grey (ITU-R 601 luma, as Pillow's ``convert("L")``) with a warning; RGB masks
-are refused unless the three channels are equal (then the first channel is used, with a warning).
+Writers write atomically (:func:`maskray.files.atomic_path`). RGB(A) images are converted to grey (ITU-R 601
+luma, as Pillow's ``convert("L")``) with a warning; RGB masks are refused unless the three channels are equal
+(then the first channel is used, with a warning).
 """
 
 from __future__ import annotations

@@ -180,95 +180,102 @@ def _check_paths(cfg: ImportConfig, sources: list[Path]) -> Path:
     return out
 
 
-def _plan(cfg: ImportConfig, root: Path) -> tuple[list[_Job], _Plan, dict[str, int], dict[str, str], list[Path]]:
-    """Pair the source files and decide the label table; raises listing every pairing problem."""
+_Planned = tuple[list[_Job], _Plan, dict[str, int], dict[str, str]]
+
+
+def _plan(cfg: ImportConfig, root: Path) -> _Planned:
+    """Pair the source files and decide the label table; raises listing every pairing problem.
+
+    Returns the jobs, the plan, the labels (name -> output value) and each case's source stem."""
     if (cfg.images is None) == (cfg.nnunet is None):
         raise MaskrayError("give exactly one source: --images DIR [--masks DIR] [--nodules CSV], or --nnunet DIR")
     if cfg.threshold is not None and cfg.labels:
         raise MaskrayError("give either --labels or --threshold, not both")
     problems: list[str] = []
-    jobs: list[_Job] = []
-    names: dict[str, str] = {}  # case -> source stem
-    sources: list[Path] = []
-    spacing = (cfg.pixel_spacing, cfg.pixel_spacing) if cfg.pixel_spacing else None
-    if cfg.nnunet is not None:
-        if cfg.masks or cfg.nodules or cfg.labels or cfg.threshold is not None:
-            raise MaskrayError("--nnunet takes labels from its dataset.json; drop --masks/--nodules/--labels/--threshold")
-        src_root = Path(cfg.nnunet)
-        sources.append(src_root)
-        info = layout.read_dataset_info(src_root)
-        labels = dict(info.labels)
-        lut = {v: v for v in labels.values() if v != 0}
-        spacing = spacing or info.spacing
-        ending = info.file_ending
-        for subset in ("Tr", "Ts"):
-            d = src_root / f"images{subset}"
-            if not d.is_dir():
-                continue
-            for p in sorted(d.iterdir()):
-                if p.name.startswith(".") or not p.name.endswith(ending):
-                    continue
-                base = p.name[: -len(ending)]
-                if not base.endswith(layout.CHANNEL_SUFFIX):
-                    problems.append(f"{p}: only single-channel datasets are supported (expected CASE_0000{ending})")
-                    continue
-                cid = base[: -len(layout.CHANNEL_SUFFIX)]
-                lab = layout.label_path(src_root, cid, subset, ending)
-                jobs.append(_Job(cid, p, lab if lab.is_file() else None, subset))
-                names[cid] = cid
-        if not jobs and not problems:
-            raise MaskrayError(f"{src_root}: no images found (expected imagesTr/CASE_0000{ending})")
-        plan = _Plan(root, cfg, lut, None, None, spacing,
-                     "range" if cfg.normalise == "auto" else cfg.normalise, f"{src_root / 'dataset.json'}")
-    else:
-        sources.append(Path(cfg.images))
-        images = _list_images(Path(cfg.images), "image")
-        masks: dict[str, Path] = {}
-        if cfg.masks is not None:
-            sources.append(Path(cfg.masks))
-            for stem, p in _list_images(Path(cfg.masks), "mask").items():
-                key = stem[: -len(cfg.mask_suffix)] if cfg.mask_suffix and stem.endswith(cfg.mask_suffix) else stem
-                masks[key] = p
-            for stem in sorted(set(images) - set(masks)):
-                problems.append(f"{images[stem]}: no mask named {stem}{cfg.mask_suffix}.* in {cfg.masks}")
-            for stem in sorted(set(masks) - set(images)):
-                problems.append(f"{masks[stem]}: mask without an image named {stem}.* in {cfg.images}")
-            if cfg.labels:
-                lut, labels = parse_label_map(cfg.labels)
-            elif cfg.threshold is not None:
-                lut, labels = None, {"background": 0, cfg.label_name: 1}
-            else:
-                raise MaskrayError("masks need --labels NAME=VALUE,... (e.g. lung=1,nodule=2) or --threshold T "
-                                   "(e.g. 127 for anti-aliased 8-bit binary masks)")
-        else:
-            if cfg.labels or cfg.threshold is not None:
-                raise MaskrayError("--labels/--threshold need --masks DIR")
-            lut, labels = {}, {"background": 0}
-        nodule_rows: dict[str, list] = {}
-        nodule_value = None
-        if cfg.nodules is not None:
-            nodule_rows = _nodule_rows(cfg)
-            for stem in sorted(set(nodule_rows) - set(images)):
-                problems.append(f"{cfg.nodules}: row(s) {[r[3] for r in nodule_rows[stem]]} name {stem!r}, "
-                                f"which is not in {cfg.images}")
-            nodule_value = labels.setdefault(cfg.nodule_label, max(labels.values()) + 1)
-        ids: dict[str, str] = {}
-        for stem, p in images.items():
-            cid = _case_id(stem)
-            if cid in ids:
-                problems.append(f"{p}: case id {cid!r} clashes with {ids[cid]}")
-                continue
-            ids[cid] = p.name
-            names[cid] = stem
-            jobs.append(_Job(cid, p, masks.get(stem), "Tr", tuple(nodule_rows.get(stem, ())),
-                             draw_empty=cfg.nodules is not None and stem not in masks))
-        plan = _Plan(root, cfg, lut, cfg.threshold, nodule_value, spacing,
-                     cfg.normalise if cfg.normalise != "auto" else "percentile", "--labels")
+    planned = _plan_nnunet(cfg, root, problems) if cfg.nnunet is not None else _plan_folder(cfg, root, problems)
     if problems:
         raise MaskrayError(one_line_first(problems, f"{len(problems)} problems pairing the source files"))
-    if max(labels.values()) > 255:
+    if max(planned[2].values()) > 255:
         raise MaskrayError("more than 255 labels; label maps are 8-bit")
-    return jobs, plan, labels, names, sources
+    return planned
+
+
+def _plan_nnunet(cfg: ImportConfig, root: Path, problems: list[str]) -> _Planned:
+    """An nnU-Net v2 raw source: cases and labels as its dataset.json says, Tr and Ts kept."""
+    if cfg.masks or cfg.nodules or cfg.labels or cfg.threshold is not None:
+        raise MaskrayError("--nnunet takes labels from its dataset.json; drop --masks/--nodules/--labels/--threshold")
+    src_root = Path(cfg.nnunet)
+    info = layout.read_dataset_info(src_root)
+    labels = dict(info.labels)
+    ending = info.file_ending
+    jobs: list[_Job] = []
+    for subset in ("Tr", "Ts"):
+        d = src_root / f"images{subset}"
+        for p in sorted(d.iterdir()) if d.is_dir() else []:
+            if p.name.startswith(".") or not p.name.endswith(ending):
+                continue
+            base = p.name[: -len(ending)]
+            if not base.endswith(layout.CHANNEL_SUFFIX):
+                problems.append(f"{p}: only single-channel datasets are supported (expected CASE_0000{ending})")
+                continue
+            cid = base[: -len(layout.CHANNEL_SUFFIX)]
+            lab = layout.label_path(src_root, cid, subset, ending)
+            jobs.append(_Job(cid, p, lab if lab.is_file() else None, subset))
+    if not jobs and not problems:
+        raise MaskrayError(f"{src_root}: no images found (expected imagesTr/CASE_0000{ending})")
+    spacing = (cfg.pixel_spacing, cfg.pixel_spacing) if cfg.pixel_spacing else info.spacing
+    plan = _Plan(root, cfg, {v: v for v in labels.values() if v != 0}, None, None, spacing,
+                 "range" if cfg.normalise == "auto" else cfg.normalise, f"{src_root / 'dataset.json'}")
+    return jobs, plan, labels, {j.case_id: j.case_id for j in jobs}
+
+
+def _mask_labels(cfg: ImportConfig) -> tuple[dict[int, int] | None, dict[str, int]]:
+    if cfg.masks is None:
+        if cfg.labels or cfg.threshold is not None:
+            raise MaskrayError("--labels/--threshold need --masks DIR")
+        return {}, {"background": 0}
+    if cfg.labels:
+        return parse_label_map(cfg.labels)
+    if cfg.threshold is not None:
+        return None, {"background": 0, cfg.label_name: 1}
+    raise MaskrayError("masks need --labels NAME=VALUE,... (e.g. lung=1,nodule=2) or --threshold T "
+                       "(e.g. 127 for anti-aliased 8-bit binary masks)")
+
+
+def _plan_folder(cfg: ImportConfig, root: Path, problems: list[str]) -> _Planned:
+    """A folder of images, optionally masks (paired by stem) and a nodule CSV."""
+    images = _list_images(Path(cfg.images), "image")
+    masks: dict[str, Path] = {}
+    if cfg.masks is not None:
+        for stem, p in _list_images(Path(cfg.masks), "mask").items():
+            masks[stem[: -len(cfg.mask_suffix)] if cfg.mask_suffix and stem.endswith(cfg.mask_suffix) else stem] = p
+        problems += [f"{images[s]}: no mask named {s}{cfg.mask_suffix}.* in {cfg.masks}"
+                     for s in sorted(set(images) - set(masks))]
+        problems += [f"{masks[s]}: mask without an image named {s}.* in {cfg.images}"
+                     for s in sorted(set(masks) - set(images))]
+    lut, labels = _mask_labels(cfg)
+    nodule_rows: dict[str, list] = {}
+    nodule_value = None
+    if cfg.nodules is not None:
+        nodule_rows = _nodule_rows(cfg)
+        for stem in sorted(set(nodule_rows) - set(images)):
+            problems.append(f"{cfg.nodules}: row(s) {[r[3] for r in nodule_rows[stem]]} name {stem!r}, "
+                            f"which is not in {cfg.images}")
+        nodule_value = labels.setdefault(cfg.nodule_label, max(labels.values()) + 1)
+    jobs: list[_Job] = []
+    names: dict[str, str] = {}  # case -> source stem
+    for stem, p in images.items():
+        cid = _case_id(stem)
+        if cid in names:
+            problems.append(f"{p}: case id {cid!r} clashes with {images[names[cid]].name}")
+            continue
+        names[cid] = stem
+        jobs.append(_Job(cid, p, masks.get(stem), "Tr", tuple(nodule_rows.get(stem, ())),
+                         draw_empty=cfg.nodules is not None and stem not in masks))
+    spacing = (cfg.pixel_spacing, cfg.pixel_spacing) if cfg.pixel_spacing else None
+    plan = _Plan(root, cfg, lut, cfg.threshold, nodule_value, spacing,
+                 cfg.normalise if cfg.normalise != "auto" else "percentile", "--labels")
+    return jobs, plan, labels, names
 
 
 def _patients(cfg: ImportConfig, names: dict[str, str]) -> dict[str, str]:
@@ -290,7 +297,7 @@ def import_folder(cfg: ImportConfig, progress: bool = True) -> ImportResult:
     (per-case record), ``run.json`` and, when a val or test fraction is given, ``splits.json``.
     """
     out = _check_paths(cfg, [p for p in (cfg.images, cfg.masks, cfg.nnunet) if p is not None])
-    jobs, plan, labels, names, _ = _plan(cfg, out)
+    jobs, plan, labels, names = _plan(cfg, out)
     patients = _patients(cfg, names)  # before any work: a bad pattern fails fast
     with staged_output(out, cfg.overwrite) as tmp:
         results = _run_jobs(jobs, replace(plan, root=tmp), cfg.workers, progress)

@@ -50,11 +50,13 @@ def source_spacing(path: Path, shape: tuple[int, int]) -> tuple[float, float] | 
 
 
 def build_dataset(pixels: np.ndarray, spacing: tuple[float, float] | None, case_id: str, synthetic: bool,
-                  derivation: str, uid) -> "pydicom.Dataset":  # noqa: F821
-    """A Secondary Capture dataset for uint8/uint16 ``(H, W)`` pixels; ``uid(role)`` gives each UID."""
+                  derivation: str, uid=None) -> "pydicom.Dataset":  # noqa: F821
+    """A Secondary Capture dataset for uint8/uint16 ``(H, W)`` pixels; ``uid(role)`` gives each UID
+    (``role`` is "sop", "study" or "series"; default: a new random UID each)."""
     from pydicom.dataset import Dataset as DicomDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+    uid = uid or (lambda role: generate_uid())
     bits = 8 if pixels.dtype == np.uint8 else 16
     sop_uid = uid("sop")
     meta = FileMetaDataset()
@@ -113,6 +115,11 @@ def build_dataset(pixels: np.ndarray, spacing: tuple[float, float] | None, case_
     return ds
 
 
+def write_dicom(path: Path, dataset) -> None:
+    """Write a pydicom dataset atomically (the I/O registry's DICOM writer)."""
+    io_for(path).write(Path(path), dataset=dataset)
+
+
 def export_dicom(ds: Dataset, out: Path, synthetic: bool, ids: dict[str, str], anon: Anonymiser,
                  source_dicom_dir: Path | None = None, weights: str | None = None) -> None:
     """Write ``images/ID.dcm`` and ``labels/ID.nii.gz`` for every case of ``ids`` with an image.
@@ -125,7 +132,6 @@ def export_dicom(ds: Dataset, out: Path, synthetic: bool, ids: dict[str, str], a
     if source_dicom_dir is not None and not Path(source_dicom_dir).is_dir():
         raise MaskrayError(f"option --source-dicom-dir: {source_dicom_dir} is not a folder")
     per_case = source_cases(ds.root)
-    dcm = io_for("x.dcm")
     for new_id, cid in tqdm(sorted(ids.items()), desc="export dicom", unit="case", disable=None):
         case = ds.cases[cid]
         if case.image_path is None:
@@ -145,7 +151,7 @@ def export_dicom(ds: Dataset, out: Path, synthetic: bool, ids: dict[str, str], a
             parts.append(f"weights sha256 {weights[:16]}")
         dataset = build_dataset(pixels, spacing, new_id, synthetic, "; ".join(parts),
                                 lambda role, _id=new_id: anon.uid(_id, role))
-        dcm.write(out / "images" / f"{new_id}.dcm", dataset=dataset)
+        write_dicom(out / "images" / f"{new_id}.dcm", dataset)
         if case.label_path is not None:
             save_nifti(out / "labels" / f"{new_id}{NIFTI_ENDING}", read_label_file(case.label_path).astype(np.uint8),
                        spacing, "maskray label map")

@@ -110,9 +110,11 @@ def write_splits_final(folder: Path, folds: list[dict[str, list[str]]]) -> Path:
     return write_json(folder / "splits_final.json", [{k: sorted(f[k]) for k in ("train", "val")} for f in folds])
 
 
-def export_nnunet(ds: Dataset, out: Path, synthetic: bool, ids: dict[str, str]) -> dict:
-    """Write the dataset ``ds`` (cases ``ids``: ``{output id: dataset case}``) into ``out``, the
-    DatasetXXX_Name folder itself. Unlabelled training cases are left out (counted in the record)."""
+def export_nnunet(ds: Dataset, out: Path, synthetic: bool, ids: dict[str, str] | None = None) -> dict:
+    """Write the dataset ``ds`` (cases ``ids``: ``{output id: dataset case}``, default every case under its
+    own id) into ``out``, the DatasetXXX_Name folder itself. Test-split cases go to ``imagesTs``; unlabelled
+    training cases are left out (counted in the record)."""
+    ids = ids if ids is not None else {c: c for c in ds.case_ids()}
     if not ds.has_images:
         raise MaskrayError(f"{ds.root}: a mask-only dataset has no images for nnU-Net (run maskray generate first)")
     if not ds.info.foreground:
