@@ -3,11 +3,9 @@
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,51 +20,7 @@ from maskray.data.splits import split_dataset
 from maskray.errors import MaskrayError
 from maskray.export import export_dataset
 from maskray.files import read_json, staged_output
-
-
-# ------------------------------------------------------------------------------------------- crafted files
-def bomb_png(path: Path, side: int = 20000) -> Path:
-    """A tiny PNG whose header claims ``side x side`` pixels (what a decompression bomb looks like)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
-    return path
-
-
-def bomb_nifti(path: Path, side: int = 16000) -> Path:
-    import nibabel as nib
-
-    hdr = nib.Nifti1Header()
-    hdr.set_data_shape((side, side))
-    hdr.set_data_dtype(np.uint8)
-    hdr["vox_offset"] = 352
-    path.write_bytes(hdr.binaryblock + b"\0" * 4 + b"\0" * 1000)
-    return path
-
-
-def bomb_dicom(path: Path, side: int = 20000) -> Path:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.Rows = ds.Columns = side
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = b"\0" * 64
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def bomb_mha(path: Path, side: int = 20000) -> Path:
-    path.write_bytes(f"ObjectType = Image\nNDims = 2\nDimSize = {side} {side}\nElementType = MET_UCHAR\n"
-                     f"ElementDataFile = LOCAL\n".encode() + b"\0" * 64)
-    return path
+from hostile_files import bomb_dicom, bomb_mha, bomb_nifti, bomb_png
 
 
 @pytest.mark.parametrize("make", [bomb_png, bomb_nifti, bomb_dicom, bomb_mha])
@@ -199,10 +153,10 @@ def test_killed_import_leaves_no_worker_and_the_next_run_cleans_up(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(48):
-        Image.fromarray(rng.integers(0, 255, (256, 256), dtype=np.uint8)).save(src / f"img{i:03d}.png")
+    for i in range(32):
+        Image.fromarray(rng.integers(0, 255, (128, 128), dtype=np.uint8)).save(src / f"img{i:03d}.png")
     cmd = [sys.executable, "-m", "maskray", "data", "import", "--images", str(src), "--out", str(tmp_path / "o"),
-           "--workers", "2", "--size", "256", "--no-progress"]
+           "--workers", "2", "--size", "128", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers: list[int] = []
@@ -221,5 +175,27 @@ def test_killed_import_leaves_no_worker_and_the_next_run_cleans_up(tmp_path):
              and Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
     assert not alive, f"workers {alive} outlived their killed parent"
     assert list(tmp_path.glob(".o.staging-*")), "expected the killed run's staging folder"
-    assert main(cmd[3:] + ["--workers", "1"]) == 0
+    assert main(cmd[3:] + ["--workers", "1", "--size", "16"]) == 0
     assert not list(tmp_path.glob(".o.*")) and (tmp_path / "o" / "dataset.json").is_file()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_export_killed_with_sigkill_leaves_only_a_staging_folder_the_next_export_removes(tmp_path):
+    src = make_toy_dataset(tmp_path / "src", n=150, size=32)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "maskray", "export", str(src), "--format", "nifti", "--out", str(tmp_path / "o")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    staging: list[Path] = []
+    while time.time() < deadline and proc.poll() is None:
+        staging = [p for p in tmp_path.glob(".o.staging-*") if (p / "imagesTr").is_dir()
+                   and len(list((p / "imagesTr").iterdir())) >= 5]
+        if staging:
+            break
+        time.sleep(0.02)
+    assert staging and proc.poll() is None, "the export finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "o").exists() and staging[0].exists()  # nothing half-written at --out
+    assert main(cmd[3:]) == 0
+    assert not list(tmp_path.glob(".o.*")) and len(list((tmp_path / "o" / "imagesTr").iterdir())) == 150
