@@ -66,6 +66,7 @@ def imp_csv_column(t): (t / "n.csv").write_text("name,x,y,diameter\na.png,4,4,2\
 def imp_csv_outside(t): (t / "n.csv").write_text("file,x,y,diameter\na.png,400,4,2\n"); return "n.csv"
 def imp_csv_binary(t): (t / "n.csv").write_bytes(b"\xff\xfe\x00bad\x00"); return "n.csv"
 def imp_images_loop(t): (t / "loop").symlink_to(t / "loop"); return "loop"
+def imp_file_loop(t): (t / "img" / "b.png").symlink_to(t / "img" / "b.png"); return "b.png"
 def imp_out_loop(t): (t / "outloop").symlink_to(t / "outloop"); return "outloop"
 def imp_out_in_source(t): return "overlaps the source"
 def imp_config_string_size(t): (t / "c.yaml").write_text('size: "64"\n'); return "size"

@@ -124,7 +124,12 @@ def _list_images(folder: Path, what: str) -> dict[str, Path]:
         raise MaskrayError(f"{folder}: {what} folder not found")
     out: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_file() or not is_supported(p):
+        if p.name.startswith(".") or not is_supported(p):
+            continue
+        if p.is_symlink() and not p.exists():  # a loop or a dangling link: say so, never skip it silently
+            checked_folder_arg(p, f"{what} file")
+            raise MaskrayError(f"{p}: dangling symbolic link")
+        if not p.is_file():
             continue
         stem = stem_of(p)
         if stem in out:
