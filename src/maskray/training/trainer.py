@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from maskray.data.layout import Dataset, prepare_output_dir
 from maskray.diffusion.networks import count_parameters
-from maskray.diffusion.objective import diffusion_loss, make_train_scheduler
+from maskray.diffusion.objective import diffusion_loss, train_scheduler
 from maskray.errors import MaskrayError
 from maskray.provenance import to_jsonable, write_run_info
 from maskray.training.checkpoints import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
@@ -74,6 +74,7 @@ def _train(cfg: TrainConfig, stage: Stage, progress: bool) -> Path:
                               log_with="tensorboard" if cfg.log == "tensorboard" else None, project_dir=str(out))
     arrays = load_arrays(ds, cfg.image_size, cfg.split, need_labels=setup.needs_labels, progress=progress)
     if setup.codec is not None:
+        setup.codec.vae.to(accelerator.device)  # encode (and decode validation images) where the networks run
         arrays.latents = cached_latents(arrays, setup.codec, out / "cache", progress=progress)
     trainable = setup.trainable.train()
     if cfg.channels_last:
@@ -114,7 +115,7 @@ class _Loop:
         self.wrapped, self.trainable, self.optimizer, self.lr_sched, self.ema = wrapped, trainable, optimizer, \
             lr_sched, ema
         self.arrays, self.out, self.progress = arrays, out, progress
-        self.noise_sched = make_train_scheduler(setup.diffusion)
+        self.noise_sched = train_scheduler(setup.card.scheduler_config)  # the card's: samplers share it
         self.model = setup.joined(wrapped)  # called for the loss
         self.sampling_model = setup.joined(trainable)  # called for validation images
         self.strip = ValidationStrip(out / "validation", arrays, list(setup.labels.values()), cfg.validation_cases,
