@@ -22,6 +22,7 @@ from maskray.config import option
 from maskray.data.layout import (Dataset, DatasetInfo, image_path, label_path, prepare_output_dir, read_label_file,
                                  write_dataset_info, write_image_file, write_label_file)
 from maskray.data.resize import resize_label
+from maskray.data.schema import read_manifest
 from maskray.diffusion.card import ModelCard
 from maskray.diffusion.conditioning import mask_condition
 from maskray.diffusion.sampling import SCHEDULERS, composite_region, make_scheduler, sample
@@ -260,8 +261,8 @@ def _mask_origins(masks: Dataset) -> dict[str, str]:
     path = masks.root / "masks.json"
     if not path.is_file():
         return {}
-    cases = json.loads(path.read_text()).get("cases", {})
-    return {cid: e["source_case"] for cid, e in cases.items() if isinstance(e, dict) and "source_case" in e}
+    cases = read_manifest(path)["cases"]  # a corrupt masks.json is a one-line error, not a traceback
+    return {cid: e["source_case"] for cid, e in cases.items() if "source_case" in e}
 
 
 def _scaled_spacing(ds: Dataset, size: int):
