@@ -64,7 +64,9 @@ class Service:
                 "spacing_mm": list(ws.spacing), "schedulers": list(SCHEDULER_NAMES), "modes": list(MODES),
                 "diameter_mm": {"min": r.diameter_min_mm, "max": r.diameter_max_mm, "default": r.diameter_median_mm},
                 "border_margin_mm": r.border_margin_mm, "min_gap_mm": r.min_gap_mm, "can_save": self.output is not None,
-                "model": self.engine.record, "downloads": list(FILES)}
+                "model": self.engine.record, "downloads": list(FILES),
+                "defaults": {"scheduler": DEFAULTS.scheduler, "steps": DEFAULTS.steps,
+                             "guidance_scale": DEFAULTS.guidance_scale}}
 
     def case(self, case_id: str) -> dict:
         lab = self.workspace.label(case_id)

@@ -168,6 +168,7 @@ function finish(error) {
 
 function showResult(jobId, s) {
   state.images = s.images;
+  state.resultJob = jobId;
   $("progress").value = 1;
   const strip = $("seed-strip");
   strip.replaceChildren();
@@ -187,7 +188,6 @@ function showResult(jobId, s) {
   };
   showImage(jobId, 0, s.seeds);
   $("results").hidden = false;
-  state.resultJob = jobId;
   finish(null);
 }
 
@@ -230,6 +230,9 @@ async function start() {
   d.min = info.diameter_mm.min; d.max = info.diameter_mm.max; d.value = info.diameter_mm.default;
   $("diameter-value").value = d.value;
   for (const name of info.schedulers) $("scheduler").append(new Option(name, name));
+  $("scheduler").value = info.defaults.scheduler;
+  $("steps").value = info.defaults.steps;
+  $("guidance").value = info.defaults.guidance_scale;
   $("steps").max = info.limits.steps; $("count").max = info.limits.seeds; $("guidance").max = info.limits.guidance;
   $("save").hidden = !info.can_save;
   d.oninput = () => { $("diameter-value").value = d.value; };
