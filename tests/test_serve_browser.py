@@ -99,9 +99,25 @@ def _download(page, selector: str) -> tuple[str, bytes]:
     return dl.suggested_filename, Path(dl.path()).read_bytes()
 
 
+def _check_downloads(page, case_id: str, size: int) -> None:
+    """The image as PNG and as DICOM, and the mask as NIfTI: synthetic names, marked synthetic, no case id."""
+    import pydicom
+
+    name, data = _download(page, "#dl-image")
+    img = Image.open(io.BytesIO(data))
+    assert name.startswith("maskray-synthetic-") and name.endswith(".png") and case_id not in name
+    assert img.size == (size, size) and "synthetic" in img.text["Comment"]
+    page.select_option("#format", "dicom")
+    name, data = _download(page, "#dl-image")
+    dcm = pydicom.dcmread(io.BytesIO(data))
+    assert name.endswith(".dcm") and dcm.SyntheticData == "YES" and dcm.Rows == size
+    assert case_id.encode() not in data
+    name, data = _download(page, "#dl-mask")
+    assert name.endswith("-mask.nii.gz") and case_id not in name
+
+
 def test_place_a_nodule_generate_and_download_in_a_browser(page_url, tmp_path):
     pw = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
-    import pydicom
 
     chromium = _chromium()
     url, service = page_url
@@ -146,18 +162,7 @@ def test_place_a_nodule_generate_and_download_in_a_browser(page_url, tmp_path):
         assert page.locator("#seed-strip button").count() == (2 if tiny else 1)
         page.wait_for_function("document.getElementById('res-diff').complete")
 
-        name, data = _download(page, "#dl-image")
-        img = Image.open(io.BytesIO(data))
-        assert name.startswith("maskray-synthetic-") and name.endswith(".png") and first not in name
-        assert img.size == (size, size) and "synthetic" in img.text["Comment"]
-        page.select_option("#format", "dicom")
-        name, data = _download(page, "#dl-image")
-        dcm = pydicom.dcmread(io.BytesIO(data))
-        assert name.endswith(".dcm") and dcm.SyntheticData == "YES" and dcm.Rows == size
-        assert first.encode() not in data
-        name, data = _download(page, "#dl-mask")
-        assert name.endswith("-mask.nii.gz") and first not in name
-
+        _check_downloads(page, first, size)
         page.click("#save")
         page.wait_for_function("document.getElementById('saved').textContent.includes('serve_00000')")
         shot = tmp_path / "serve.png"

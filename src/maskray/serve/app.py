@@ -96,6 +96,12 @@ def create_app(service: Service) -> FastAPI:
         return {**service.info(), "limits": {"seeds": MAX_SEEDS, "steps": MAX_STEPS, "guidance": MAX_GUIDANCE,
                                              "nodules": MAX_NODULES}}
 
+    _case_routes(app, service)
+    _job_routes(app, service)
+    return app
+
+
+def _case_routes(app: FastAPI, service: Service) -> None:
     @app.get("/api/cases")
     def cases(q: Annotated[str, Query(max_length=200)] = "", offset: Annotated[int, Query(ge=0)] = 0,
               limit: Annotated[int, Query(ge=1, le=200)] = 40):
@@ -114,6 +120,8 @@ def create_app(service: Service) -> FastAPI:
     def mask(body: MaskIn):
         return _png(service.edited_mask(body.case_id, body.placed()))
 
+
+def _job_routes(app: FastAPI, service: Service) -> None:
     @app.post("/api/generate", status_code=202)
     def generate(body: GenerateIn):
         p = GenerateParams(body.case_id, body.placed(), body.mode, body.scheduler.lower(), body.steps,
@@ -142,5 +150,3 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/api/jobs/{job_id}/{k}/save")
     def save(job_id: str, k: Annotated[int, PathParam(ge=0, lt=MAX_SEEDS)]):
         return {"case_id": service.save(job_id, k)}
-
-    return app

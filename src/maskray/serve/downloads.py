@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +89,7 @@ class OutputDataset:
 
     def _write_index(self) -> None:
         atomic_write_text(self.root / MANIFEST, json.dumps({"made_by": "maskray serve", "cases": self.cases}, indent=2))
-        write_dataset_info(self.root, replace(self.info), len(self.cases))
+        write_dataset_info(self.root, self.info, len(self.cases))
 
     def add(self, image01: np.ndarray, label: np.ndarray, record: dict) -> str:
         """Write one case (image marked synthetic, label map) and its record; returns the new case id."""
