@@ -27,14 +27,15 @@ from maskray.serve.workspace import Nodule  # noqa: E402
 SPACING = 3.0  # mm per pixel: the toy lungs are about 29 mm wide, room for nodules of 5..20 mm
 LUNG = {"y": 16, "x": 22}  # the centre of the toy right lung (no nodule there in any case)
 TINY = dict(image_size=32, batch_size=4, block_out_channels=(8, 16), norm_num_groups=4, validation_cases=2,
-            validation_sampler_steps=2, mixed_precision="no", checkpoint_every=100, warmup_steps=1, ema_decay=0.0)
+            validation_sampler_steps=2, precision="no", checkpoint_every=100, warmup_steps=1, ema_decay=0.0)
 _CACHE: dict[str, tuple] = {}
 
 
 def tiny_served(factory) -> tuple:
     """``(dataset, stage-2 run)``: a 32 px toy data set with spacing and a ControlNet trained a few steps."""
     if "run" not in _CACHE:
-        from maskray.training.trainer import TrainConfig, train
+        from maskray.training.config import TrainConfig
+        from maskray.training.trainer import train
 
         root = factory.mktemp("serve")
         ds = make_toy_dataset(root / "toy", n=4)
@@ -179,7 +180,7 @@ def test_malformed_nodules_are_bad_requests(client, nodules, words):
 # ------------------------------------------------------------------------------------------ generation
 def test_generate_new_images_one_per_seed(client):
     s = run_job(client, nodules=[nodule(10)], seeds=[3, 4], steps=4)
-    assert s["state"] == "done" and s["images"] == 2 and s["done"] == s["total"] == 4 and s["seeds"] == [3, 4]
+    assert s["state"] == "done" and s["images"] == 2 and s["done"] == s["total"] == 2 * 4 and s["seeds"] == [3, 4]
     job = s["job"]
     a = np.asarray(png(client.get(f"/api/jobs/{job}/0/view/image.png").content), dtype=int)
     b = np.asarray(png(client.get(f"/api/jobs/{job}/1/view/image.png").content), dtype=int)

@@ -129,7 +129,7 @@ def test_place_a_nodule_generate_and_download_in_a_browser(page_url, tmp_path):
         page = browser.new_page(viewport={"width": 1500, "height": 1000}, accept_downloads=True)
         page.set_default_timeout(60_000)
         script_errors = []
-        page.on("pageerror", script_errors.append)
+        page.on("pageerror", lambda err: script_errors.append(str(err)))
         page.goto(url)
         page.wait_for_selector(".case.active")
         assert first in page.inner_text("#case-title")
@@ -154,7 +154,9 @@ def test_place_a_nodule_generate_and_download_in_a_browser(page_url, tmp_path):
         page.click("#generate")
         page.wait_for_selector("#status[data-seconds]", timeout=300_000)
         seconds = float(page.get_attribute("#status", "data-seconds"))
-        print(f"\nmaskray serve: click to image {seconds:.2f} s ({page.input_value('#steps')} steps, "
+        job = service.jobs.get(page.evaluate("state.resultJob"))
+        print(f"\nmaskray serve: click to image {seconds:.2f} s, of which sampling {job.seconds:.2f} s "
+              f"({page.input_value('#steps')} steps, "
               f"{page.input_value('#scheduler')}, {service.engine.image_size} px, "
               f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")
         size = service.engine.image_size

@@ -59,9 +59,9 @@ def open_service(cfg: ServeConfig) -> Service:
                             spacing_mm=cfg.spacing_mm)
     workspace = Workspace(cfg.data, rules)
     engine = Engine(cfg.model, workspace.dataset)
-    if rules.nodule_label not in engine.meta["labels"]:
+    if rules.nodule_label not in engine.labels:
         raise MaskrayError(f"{cfg.model}: the model was not trained with a '{rules.nodule_label}' label "
-                           f"(its labels: {', '.join(engine.meta['labels'])}), so it cannot draw nodules")
+                           f"(its labels: {', '.join(engine.labels)}), so it cannot draw nodules")
     output = None
     if cfg.out:
         first = workspace.dataset.cases[workspace.ids[0]].label_path
