@@ -380,3 +380,33 @@ def test_cli_bad_starts_are_one_line(served, capsys, argv, words):
     assert main(argv) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[-1].startswith("maskray: error: ") and words in err[-1] and "Traceback" not in "".join(err)
+
+
+def test_a_latent_model_is_served_in_both_modes(served, tmp_path):
+    """The engine draws through generate's own batch drawer, so a latent model (decoded, and composited in pixel
+    space when inserting) is served like a pixel one."""
+    from test_latent_path import _codec
+
+    from maskray.training.config import TrainConfig
+    from maskray.training.trainer import train
+
+    ds, _ = served
+    _codec(tmp_path / "ae")
+    tiny = {**TINY, "warmup_steps": 1}
+    train(TrainConfig(data=str(ds), out=str(tmp_path / "base"), steps=2, autoencoder=str(tmp_path / "ae"), **tiny),
+          "base", progress=False)
+    train(TrainConfig(data=str(ds), out=str(tmp_path / "cn"), base=str(tmp_path / "base"), steps=2, **tiny),
+          "controlnet", progress=False)
+    service = open_service(ServeConfig(model=str(tmp_path / "cn"), data=str(ds)))
+    with TestClient(create_app(service)) as c:
+        assert c.get("/api/info").json()["model"]["latent"] is True
+        new = run_job(c, nodules=[nodule(10)], seeds=[1])
+        assert new["state"] == "done", new
+        assert png(c.get(f"/api/jobs/{new['job']}/0/view/image.png").content).size == (32, 32)
+        real = np.asarray(png(c.get("/api/cases/case001/image.png").content), dtype=int)
+        ins = run_job(c, nodules=[nodule(10)], mode="inpaint", seeds=[1])
+        out = np.asarray(png(c.get(f"/api/jobs/{ins['job']}/0/view/image.png").content), dtype=int)
+        far = np.ones_like(real, dtype=bool)
+        far[8:25, 14:31] = False
+        assert np.array_equal(out[far], real[far]) and not np.array_equal(out[~far], real[~far])
+    service.close()
