@@ -28,6 +28,7 @@ from maskray.diffusion.conditioning import mask_condition
 from maskray.diffusion.sampling import SCHEDULERS, composite_region, make_scheduler, sample
 from maskray.diffusion.store import load_codec, load_model, model_folder
 from maskray.errors import MaskrayError
+from maskray.files import read_json
 from maskray.provenance import atomic_write_text, to_jsonable, write_run_info
 
 SYNTHETIC_TEXT = {"Comment": "maskray synthetic image (not a real patient)", "Software": "maskray"}
@@ -121,12 +122,9 @@ def _open_out(cfg: GenerateConfig) -> Path:
     out = Path(cfg.out)
     prev = out / "generate_config.json"
     if cfg.resume and prev.is_file():
-        try:
-            old = json.loads(prev.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise MaskrayError(f"{prev}: cannot read ({e}); cannot resume") from None
+        old = read_json(prev, what="generate config")
         mine = to_jsonable(cfg)
-        diff = [k for k in mine if k not in _NOT_PIXELS and (not isinstance(old, dict) or old.get(k) != mine[k])]
+        diff = [k for k in mine if k not in _NOT_PIXELS and old.get(k) != mine[k]]
         if diff:
             raise MaskrayError(f"{out}: was made with other settings ({', '.join(diff)}); cannot resume")
     elif not (cfg.resume and out.is_dir()):
