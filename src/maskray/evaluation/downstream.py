@@ -8,9 +8,12 @@ trained with one fixed step budget, once per seed, on
   and "real + synthetic");
 - the synthetic pairs alone (``synthetic``).
 
-Every model is scored on the real test split: Dice per label (mean over test images; an image where a label
-is absent in both prediction and truth is skipped, MONAI's convention), lesion sensitivity (a lesion is found
-when a predicted component overlaps it) and false positives per image. Mean and spread are across seeds.
+Every model is scored on the real test split with the functions of ``maskray evaluate``: Dice per label as
+the Medical Segmentation Decathlon scores it (1 when truth and prediction are both empty, 0 when only the
+prediction has the label; the mean over all test images, and beside it over images containing the label),
+and lesion detection as LUNA16/NODE21 score it (a predicted component is a hit when its centre lies inside a
+true lesion; FROC at 1/8..8 false positives per image with the segmenter's probability as the score, and its
+mean, the CPM; sensitivity and false positives per image at p >= 0.5). Mean and spread are across seeds.
 
 Synthetic cases whose source mask belongs to the real test split are never trained on (they would leak the
 test labels). With ``synthetic_sources="fraction"`` only synthetic cases made from the masks of the chosen
@@ -36,10 +39,11 @@ from tqdm.auto import tqdm
 from maskray.config import option
 from maskray.data.layout import Dataset, prepare_output_dir
 from maskray.errors import MaskrayError
-from maskray.evaluation.metrics import dice, summarize
+from maskray.evaluation.metrics import summarize
 from maskray.evaluation.pairs import (load_images, open_pair, load_labels, read_manifest, test_split,
                                       working_size)
-from maskray.evaluation.segmenter import Segmenter, SegmenterConfig, lesion_detection, torch_threads
+from maskray.evaluation.scores import segmentation_scores
+from maskray.evaluation.segmenter import Segmenter, SegmenterConfig, torch_threads
 from maskray.provenance import atomic_write_text, to_jsonable, versions, write_run_info
 
 CONDITIONS = ("real", "real+synthetic", "synthetic")
@@ -73,13 +77,16 @@ def _fraction_subsets(ids: list[str], fractions: tuple[float, ...], seed: int) -
 
 
 def score(seg: Segmenter, x: torch.Tensor, y: torch.Tensor, fg: dict[str, int], lesion: str) -> dict:
-    """Dice per label (mean over images) and, if ``lesion`` is a label, detection on ``(N, 1, H, W)`` images."""
-    pred = seg.predict(x)
-    d = dice(pred, y, list(fg.values()))
-    out = {"dice": {name: summarize(d[:, j])["mean"] for j, name in enumerate(fg)}}
-    if lesion in fg:
-        det = lesion_detection(pred, y, fg[lesion])
-        out["sensitivity"], out["fp_per_image"] = det["sensitivity"], det["fp_per_image"]
+    """Dice per label (MSD convention: mean over all images, and over images containing the label) and, if
+    ``lesion`` is a label, detection (sensitivity and false positives per image at p >= 0.5, CPM, FROC points)
+    on real ``(N, 1, H, W)`` test images, through the same functions as ``maskray evaluate``."""
+    s = segmentation_scores(seg.probabilities(x), seg.labels_from, y, fg, seg.values, lesion)
+    out = {"dice": {k: v["all"]["mean"] for k, v in s["dice"].items()},
+           "dice_present": {k: v["present"]["mean"] for k, v in s["dice"].items()}}
+    if "detection" in s:
+        d = s["detection"]
+        out.update(sensitivity=d["sensitivity"], fp_per_image=d["fp_per_image"], cpm=d["cpm"],
+                   sensitivity_at=d["froc"]["sensitivity_at"])
     return out
 
 
@@ -159,14 +166,14 @@ def _run_downstream(real: Path, synthetic: Path, out: Path, cfg: DownstreamConfi
     out = prepare_output_dir(out, cfg.overwrite)
     atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
     _write_rows(out / "metrics.csv", summary, ["condition", "fraction", "metric", "mean", "std", "n"])
-    flat_runs = [{k: v for k, v in r.items() if k != "dice"} | {f"dice_{k}": v for k, v in r["dice"].items()}
-                 for r in runs]
+    flat_runs = [_flat(r) for r in runs]
     _write_rows(out / "runs.csv", flat_runs, list(flat_runs[0]))
     plot = plot_dice_vs_fraction(out / "dice_vs_fraction.png", summary, list(fg), cfg.lesion_label)
+    froc_plot = plot_froc(out / "froc.png", summary, cfg.lesion_label)
     if cfg.export_nnunet:
         metrics["nnunet_export"] = export_nnunet(real_ds, syn_ds, syn_ids, train_ids, test_ids, out / "nnunet", cfg)
         atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
-    _report(out / "report.html", cfg, metrics, plot)
+    _report(out / "report.html", cfg, metrics, plot, froc_plot)
     write_run_info(out, "downstream", cfg, seed=cfg.seed, extra={"real": str(real), "synthetic": str(synthetic)})
     return metrics
 
@@ -181,13 +188,57 @@ def summarize_runs(runs: list[dict]) -> list[dict]:
         for r in group:
             for lab, v in r["dice"].items():
                 scores.setdefault(f"dice_{lab}", []).append(v)
-            for k in ("sensitivity", "fp_per_image"):
+            for lab, v in r.get("dice_present", {}).items():
+                scores.setdefault(f"dice_present_{lab}", []).append(v)
+            for rate, v in r.get("sensitivity_at", {}).items():
+                scores.setdefault(f"sensitivity_at_{rate}_fp", []).append(v)
+            for k in ("sensitivity", "fp_per_image", "cpm"):
                 if k in r:
                     scores.setdefault(k, []).append(r[k])
         for metric, vals in scores.items():
             s = summarize(torch.tensor(vals, dtype=torch.float64))
             rows.append({"condition": cond, "fraction": f, "metric": metric, **s})
     return rows
+
+
+def _flat(run: dict) -> dict:
+    """One run as a flat CSV row."""
+    row = {k: v for k, v in run.items() if not isinstance(v, dict)}
+    row.update({f"dice_{k}": v for k, v in run["dice"].items()})
+    row.update({f"dice_present_{k}": v for k, v in run.get("dice_present", {}).items()})
+    row.update({f"sensitivity_at_{k}_fp": v for k, v in run.get("sensitivity_at", {}).items()})
+    return row
+
+
+def plot_froc(path: Path, summary: list[dict], lesion: str) -> Path | None:
+    """Mean FROC points (sensitivity at 1/8..8 false positives per image, across seeds) per condition and
+    fraction, on real test images."""
+    pts: dict[str, list[tuple[float, float]]] = {}
+    for r in summary:
+        if r["metric"].startswith("sensitivity_at_") and math.isfinite(r["mean"]):
+            name = r["condition"] if r["condition"] == "synthetic" else f"{r['condition']} f={r['fraction']:g}"
+            pts.setdefault(name, []).append((float(r["metric"].split("_")[2]), r["mean"]))
+    if not pts:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for name, p in pts.items():
+        f, sens = zip(*sorted(p))
+        ax.plot(f, sens, "o-" if name.startswith("real ") else "s--", ms=3, label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("false positives per image")
+    ax.set_ylabel(f"{lesion} sensitivity")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _write_rows(path: Path, rows: list[dict], fields: list[str]) -> None:
@@ -274,7 +325,7 @@ def export_nnunet(real: Dataset, syn: Dataset, syn_ids: list[str], train_ids: li
     return written
 
 
-def _report(path: Path, cfg: DownstreamConfig, metrics: dict, plot: Path) -> None:
+def _report(path: Path, cfg: DownstreamConfig, metrics: dict, plot: Path, froc_plot: Path | None) -> None:
     from maskray.evaluation.report import HtmlReport
 
     rep = HtmlReport("maskray downstream")
@@ -286,7 +337,10 @@ def _report(path: Path, cfg: DownstreamConfig, metrics: dict, plot: Path) -> Non
     rep.text("Caveat: if the generator was trained on all real labelled pairs, 'real+synthetic' at a fraction below "
              "1 indirectly uses more labels than 'real' at that fraction.", cls="note")
     rep.image(plot, "Dice (and lesion sensitivity) against the fraction of real labelled cases; bars: std across seeds")
-    metrics_names = sorted({r["metric"] for r in metrics["summary"]})
+    if froc_plot is not None:
+        rep.image(froc_plot, f"FROC of {cfg.lesion_label} detection on real test images (mean across seeds); "
+                             "hit = predicted component whose centre lies inside a true lesion")
+    metrics_names = sorted({r["metric"] for r in metrics["summary"] if not r["metric"].startswith("sensitivity_at_")})
     table = []
     keys = sorted({(r["condition"], r["fraction"]) for r in metrics["summary"]},
                   key=lambda k: (CONDITIONS.index(k[0]), k[1]))
@@ -300,9 +354,9 @@ def _report(path: Path, cfg: DownstreamConfig, metrics: dict, plot: Path) -> Non
     rep.table(["condition", "real fraction", *metrics_names], table, caption="mean ± std across seeds, real test split")
     rep.heading("Every run")
     rep.table(["condition", "fraction", "seed", "n real", "n synthetic", *[f"Dice {k}" for k in metrics["labels"] if k != "background"],
-               "sensitivity", "FP/image"],
+               "sensitivity", "FP/image", "CPM"],
               [[r["condition"], r["fraction"], r["seed"], r["n_real"], r["n_synthetic"], *r["dice"].values(),
-                r.get("sensitivity", ""), r.get("fp_per_image", "")] for r in metrics["runs"]])
+                r.get("sensitivity", ""), r.get("fp_per_image", ""), r.get("cpm", "")] for r in metrics["runs"]])
     if "nnunet_export" in metrics:
         rep.json_block("nnU-Net v2 export", metrics["nnunet_export"])
     rep.heading("Provenance")
