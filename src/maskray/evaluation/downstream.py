@@ -22,11 +22,11 @@ real fraction (or of no real case) are used, so the labelled-data budget is the 
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +40,7 @@ from maskray.config import option
 from maskray.data.layout import Dataset, prepare_output_dir
 from maskray.errors import MaskrayError
 from maskray.evaluation.metrics import summarize
+from maskray.export.nnunet import export_nnunet
 from maskray.evaluation.pairs import (load_images, open_pair, load_labels, read_manifest, test_split,
                                       working_size)
 from maskray.evaluation.scores import segmentation_scores
@@ -171,7 +172,7 @@ def _run_downstream(real: Path, synthetic: Path, out: Path, cfg: DownstreamConfi
     plot = plot_dice_vs_fraction(out / "dice_vs_fraction.png", summary, list(fg), cfg.lesion_label)
     froc_plot = plot_froc(out / "froc.png", summary, cfg.lesion_label)
     if cfg.export_nnunet:
-        metrics["nnunet_export"] = export_nnunet(real_ds, syn_ds, syn_ids, train_ids, test_ids, out / "nnunet", cfg)
+        metrics["nnunet_export"] = export_nnunet_sets(real_ds, syn_ds, syn_ids, train_ids, test_ids, out / "nnunet", cfg)
         atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
     _report(out / "report.html", cfg, metrics, plot, froc_plot)
     write_run_info(out, "downstream", cfg, seed=cfg.seed, extra={"real": str(real), "synthetic": str(synthetic)})
@@ -279,47 +280,48 @@ def plot_dice_vs_fraction(path: Path, summary: list[dict], labels: list[str], le
     return path
 
 
-def export_nnunet(real: Dataset, syn: Dataset, syn_ids: list[str], train_ids: list[str], test_ids: list[str],
-                  root: Path, cfg: DownstreamConfig) -> dict:
-    """Write real / real+synthetic / synthetic training sets in nnU-Net v2 raw format (real test cases in
-    imagesTs/labelsTs) with a one-fold ``splits_final.json`` whose validation cases are real only (the real
-    val split, or a seeded 20% of the real training cases). Copy that file into
-    ``nnUNet_preprocessed/DatasetXXX_NAME/`` before ``nnUNetv2_train DATASET 2d 0``."""
-    if real.info.file_ending != syn.info.file_ending:
-        raise MaskrayError(f"--export-nnunet: real ({real.info.file_ending}) and synthetic ({syn.info.file_ending}) "
-                           "file endings differ; nnU-Net needs one")
+def _view(ds: Dataset, ids: list[str]) -> Dataset:
+    """The same dataset restricted to ``ids`` (nothing is copied or written)."""
+    keep = set(ids)
+    view = copy.copy(ds)
+    view.cases = {c: v for c, v in ds.cases.items() if c in keep}
+    view._splits = {k: [c for c in v if c in keep] for k, v in ds.splits.items()}
+    return view
+
+
+def export_nnunet_sets(real: Dataset, syn: Dataset, syn_ids: list[str], train_ids: list[str], test_ids: list[str],
+                       root: Path, cfg: DownstreamConfig) -> dict:
+    """Write real / real+synthetic / synthetic training sets in nnU-Net v2 raw format through
+    :func:`maskray.export.nnunet.export_nnunet` (real test cases in imagesTs) with a one-fold
+    ``splits_final.json`` whose validation cases are real only (the real val split, or a seeded 20% of the real
+    training cases). Synthetic cases made from real test masks are never written. Copy ``splits_final.json``
+    into ``nnUNet_preprocessed/DatasetXXX_NAME/`` before ``nnUNetv2_train DATASET 2d 0``."""
+    clash = sorted(set(syn_ids) & set(real.cases))
+    if clash:
+        raise MaskrayError(f"--export-nnunet: synthetic case ids {clash[:3]} are also real case ids; nnU-Net needs "
+                           "distinct names in one dataset")
     val = real.case_ids("val", labelled=True)
-    fit = list(train_ids)
+    fit = [c for c in train_ids if c not in set(val)]
     if not val:
         perm = np.random.default_rng(cfg.seed).permutation(len(train_ids))
-        n_val = max(1, len(train_ids) // 5) if len(train_ids) > 1 else 0
-        val = sorted(train_ids[i] for i in perm[:n_val])
+        val = sorted(train_ids[i] for i in perm[: max(1, len(train_ids) // 5) if len(train_ids) > 1 else 0])
         fit = [c for c in train_ids if c not in set(val)]
-    else:
-        fit = list(train_ids)
-    ending = real.info.file_ending
+    real_view = _view(real, fit + val + test_ids)
+    syn_view = _view(syn, syn_ids)
+    sets = {"real": [(real_view, False)], "realsynthetic": [(real_view, False), (syn_view, True)],
+            "synthetic": [(syn_view, True)]}
     written = {}
-    sets = {"real": (fit + val, []), "realsynthetic": (fit + val, syn_ids), "synthetic": ([], syn_ids)}
-    for k, (name, (real_cases, syn_cases)) in enumerate(sets.items()):
+    for k, (name, parts) in enumerate(sets.items()):
         folder = root / f"Dataset{cfg.nnunet_id + k:03d}_maskray{name}"
-        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
-        tr = []
-        for ds, ids, prefix in ((real, real_cases, "real_"), (syn, syn_cases, "syn_")):
-            for c in ids:
-                shutil.copyfile(ds.cases[c].image_path, folder / "imagesTr" / f"{prefix}{c}_0000{ending}")
-                shutil.copyfile(ds.cases[c].label_path, folder / "labelsTr" / f"{prefix}{c}{ending}")
-                tr.append(f"{prefix}{c}")
-        for c in test_ids:
-            shutil.copyfile(real.cases[c].image_path, folder / "imagesTs" / f"real_{c}_0000{ending}")
-            shutil.copyfile(real.cases[c].label_path, folder / "labelsTs" / f"real_{c}{ending}")
-        meta = {"channel_names": real.info.channel_names, "labels": real.labels, "numTraining": len(tr),
-                "file_ending": ending, "maskray_note": "real_ = real cases, syn_ = synthetic; see splits_final.json"}
+        for ds, synthetic in parts:
+            export_nnunet(ds, folder, synthetic)
+        meta = json.loads((folder / "dataset.json").read_text())
+        tr = sorted(p.name[: -len("_0000.png")] for p in (folder / "imagesTr").glob("*_0000.png"))
+        meta["numTraining"] = len(tr)  # the last writer counted only its own cases
+        meta["maskray_synthetic_cases"] = sorted(set(tr) & set(syn_ids))
         atomic_write_text(folder / "dataset.json", json.dumps(meta, indent=2))
-        val_names = [f"real_{c}" for c in val]
-        if name == "synthetic":  # no real training cases: validate on synthetic
-            val_names = tr[: max(1, len(tr) // 5)]
-        split = [{"train": sorted(set(tr) - set(val_names)), "val": sorted(val_names)}]
+        val_names = sorted(val) if name != "synthetic" else tr[: max(1, len(tr) // 5)]
+        split = [{"train": sorted(set(tr) - set(val_names)), "val": val_names}]
         atomic_write_text(folder / "splits_final.json", json.dumps(split, indent=2))
         written[name] = str(folder)
     return written
