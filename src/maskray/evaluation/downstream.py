@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from maskray.config import option
 from maskray.data.layout import Dataset, prepare_output_dir
 from maskray.errors import MaskrayError
+from maskray.evaluation import figures
 from maskray.evaluation.metrics import summarize
 from maskray.export.nnunet import export_nnunet
 from maskray.evaluation.pairs import (load_images, open_pair, load_labels, read_manifest, test_split,
@@ -129,14 +130,40 @@ def _run_downstream(real: Path, synthetic: Path, out: Path, cfg: DownstreamConfi
     xr, yr = load_images(real_ds, train_ids, size), load_labels(real_ds, train_ids, size)
     xs, ys = load_images(syn_ds, syn_ids, size), load_labels(syn_ds, syn_ids, size)
     xte, yte = load_images(real_ds, test_ids, size), load_labels(real_ds, test_ids, size)
-    r_index = {c: i for i, c in enumerate(train_ids)}
+    data = {"real": (xr, yr), "synthetic": (xs, ys), "test": (xte, yte)}
+    runs = _train_and_score(cfg, data, train_ids, syn_ids, cases, fractions, fg, values)
 
+    summary = summarize_runs(runs)
+    metrics = {"working_size": list(size), "n_real_train": len(train_ids), "n_real_test": len(test_ids),
+               "n_synthetic_used": len(syn_ids), "n_synthetic_excluded_test_sources": n_leak,
+               "labels": real_ds.labels, "fractions": list(fractions), "seeds": list(range(cfg.seed, cfg.seed + cfg.seeds)),
+               "steps": cfg.steps, "summary": summary, "runs": runs}
+
+    out = prepare_output_dir(out, cfg.overwrite)
+    atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
+    _write_rows(out / "metrics.csv", summary, ["condition", "fraction", "metric", "mean", "std", "n"])
+    flat_runs = [_flat(r) for r in runs]
+    _write_rows(out / "runs.csv", flat_runs, list(flat_runs[0]))
+    plot = figures.dice_vs_fraction(out / "dice_vs_fraction.png", summary, list(fg), cfg.lesion_label)
+    froc_plot = figures.froc_points(out / "froc.png", summary, cfg.lesion_label)
+    if cfg.export_nnunet:
+        metrics["nnunet_export"] = export_nnunet_sets(real_ds, syn_ds, syn_ids, train_ids, test_ids, out / "nnunet", cfg)
+        atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
+    _report(out / "report.html", cfg, metrics, plot, froc_plot)
+    write_run_info(out, "downstream", cfg, seed=cfg.seed, extra={"real": str(real), "synthetic": str(synthetic)})
+    return metrics
+
+
+def _train_and_score(cfg: DownstreamConfig, data: dict, train_ids: list[str], syn_ids: list[str], cases: dict,
+                     fractions: tuple[float, ...], fg: dict[str, int], values: list[int]) -> list[dict]:
+    """Train one segmenter per (condition, fraction, seed) and score it on the real test images."""
+    (xr, yr), (xs, ys), (xte, yte) = data["real"], data["synthetic"], data["test"]
+    r_index = {c: i for i, c in enumerate(train_ids)}
     jobs = []
     for s in range(cfg.seed, cfg.seed + cfg.seeds):
         subsets = _fraction_subsets(train_ids, fractions, s)
         for f in fractions:
-            jobs.append(("real", f, s, subsets[f]))
-            jobs.append(("real+synthetic", f, s, subsets[f]))
+            jobs += [("real", f, s, subsets[f]), ("real+synthetic", f, s, subsets[f])]
         jobs.append(("synthetic", 0.0, s, []))
     runs = []
     for cond, f, s, subset in tqdm(jobs, desc="downstream", disable=None):
@@ -157,26 +184,7 @@ def _run_downstream(real: Path, synthetic: Path, out: Path, cfg: DownstreamConfi
         scores = score(seg, xte, yte, fg, cfg.lesion_label)
         runs.append({"condition": cond, "fraction": f, "seed": s, "n_real": int(len(ri)), "n_synthetic": int(len(si)),
                      **scores, "final_loss": seg.losses[-1], "train_s": t_train, "score_s": time.perf_counter() - t})
-
-    summary = summarize_runs(runs)
-    metrics = {"working_size": list(size), "n_real_train": len(train_ids), "n_real_test": len(test_ids),
-               "n_synthetic_used": len(syn_ids), "n_synthetic_excluded_test_sources": n_leak,
-               "labels": real_ds.labels, "fractions": list(fractions), "seeds": list(range(cfg.seed, cfg.seed + cfg.seeds)),
-               "steps": cfg.steps, "summary": summary, "runs": runs}
-
-    out = prepare_output_dir(out, cfg.overwrite)
-    atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
-    _write_rows(out / "metrics.csv", summary, ["condition", "fraction", "metric", "mean", "std", "n"])
-    flat_runs = [_flat(r) for r in runs]
-    _write_rows(out / "runs.csv", flat_runs, list(flat_runs[0]))
-    plot = plot_dice_vs_fraction(out / "dice_vs_fraction.png", summary, list(fg), cfg.lesion_label)
-    froc_plot = plot_froc(out / "froc.png", summary, cfg.lesion_label)
-    if cfg.export_nnunet:
-        metrics["nnunet_export"] = export_nnunet_sets(real_ds, syn_ds, syn_ids, train_ids, test_ids, out / "nnunet", cfg)
-        atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
-    _report(out / "report.html", cfg, metrics, plot, froc_plot)
-    write_run_info(out, "downstream", cfg, seed=cfg.seed, extra={"real": str(real), "synthetic": str(synthetic)})
-    return metrics
+    return runs
 
 
 def summarize_runs(runs: list[dict]) -> list[dict]:
@@ -211,73 +219,12 @@ def _flat(run: dict) -> dict:
     return row
 
 
-def plot_froc(path: Path, summary: list[dict], lesion: str) -> Path | None:
-    """Mean FROC points (sensitivity at 1/8..8 false positives per image, across seeds) per condition and
-    fraction, on real test images."""
-    pts: dict[str, list[tuple[float, float]]] = {}
-    for r in summary:
-        if r["metric"].startswith("sensitivity_at_") and math.isfinite(r["mean"]):
-            name = r["condition"] if r["condition"] == "synthetic" else f"{r['condition']} f={r['fraction']:g}"
-            pts.setdefault(name, []).append((float(r["metric"].split("_")[2]), r["mean"]))
-    if not pts:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    for name, p in pts.items():
-        f, sens = zip(*sorted(p))
-        ax.plot(f, sens, "o-" if name.startswith("real ") else "s--", ms=3, label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("false positives per image")
-    ax.set_ylabel(f"{lesion} sensitivity")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def _write_rows(path: Path, rows: list[dict], fields: list[str]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(path, buf.getvalue())
-
-
-def plot_dice_vs_fraction(path: Path, summary: list[dict], labels: list[str], lesion: str) -> Path:
-    """One panel per label (and lesion sensitivity): Dice against the real fraction, with/without synthetic."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = [f"dice_{lab}" for lab in labels] + (["sensitivity"] if any(r["metric"] == "sensitivity" for r in summary) else [])
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.0), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        for cond, style in (("real", "o-"), ("real+synthetic", "s-")):
-            pts = sorted((r["fraction"], r["mean"], r["std"]) for r in summary
-                         if r["condition"] == cond and r["metric"] == metric)
-            if pts:
-                f, m, s = map(np.array, zip(*pts))
-                ax.errorbar(f, m, yerr=np.nan_to_num(s), fmt=style, capsize=3, label=cond)
-        syn = [r for r in summary if r["condition"] == "synthetic" and r["metric"] == metric]
-        if syn and math.isfinite(syn[0]["mean"]):
-            ax.axhline(syn[0]["mean"], ls="--", color="gray", label="synthetic only")
-        ax.set_xscale("log")
-        ax.set_xlabel("fraction of real labelled cases")
-        ax.set_title(metric.replace("dice_", "Dice ").replace("sensitivity", f"{lesion} sensitivity"), fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _view(ds: Dataset, ids: list[str]) -> Dataset:

@@ -3,6 +3,7 @@ a path, draws one figure and returns the path (or ``None`` when there is nothing
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +123,56 @@ def spectra(path: Path, sets: dict[str, torch.Tensor]):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def dice_vs_fraction(path: Path, summary: list[dict], labels: list[str], lesion: str) -> Path:
+    """One panel per label (and lesion sensitivity): Dice against the real fraction, with/without synthetic."""
+    plt = _plt()
+    metrics = [f"dice_{lab}" for lab in labels] + (["sensitivity"] if any(r["metric"] == "sensitivity" for r in summary) else [])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.0), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for cond, style in (("real", "o-"), ("real+synthetic", "s-")):
+            pts = sorted((r["fraction"], r["mean"], r["std"]) for r in summary
+                         if r["condition"] == cond and r["metric"] == metric)
+            if pts:
+                f, m, s = map(np.array, zip(*pts))
+                ax.errorbar(f, m, yerr=np.nan_to_num(s), fmt=style, capsize=3, label=cond)
+        syn = [r for r in summary if r["condition"] == "synthetic" and r["metric"] == metric]
+        if syn and math.isfinite(syn[0]["mean"]):
+            ax.axhline(syn[0]["mean"], ls="--", color="gray", label="synthetic only")
+        ax.set_xscale("log")
+        ax.set_xlabel("fraction of real labelled cases")
+        ax.set_title(metric.replace("dice_", "Dice ").replace("sensitivity", f"{lesion} sensitivity"), fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def froc_points(path: Path, summary: list[dict], lesion: str) -> Path | None:
+    """Mean FROC points (sensitivity at 1/8..8 false positives per image, across seeds) per condition and
+    fraction, on real test images."""
+    pts: dict[str, list[tuple[float, float]]] = {}
+    for r in summary:
+        if r["metric"].startswith("sensitivity_at_") and math.isfinite(r["mean"]):
+            name = r["condition"] if r["condition"] == "synthetic" else f"{r['condition']} f={r['fraction']:g}"
+            pts.setdefault(name, []).append((float(r["metric"].split("_")[2]), r["mean"]))
+    if not pts:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for name, p in pts.items():
+        f, sens = zip(*sorted(p))
+        ax.plot(f, sens, "o-" if name.startswith("real ") else "s--", ms=3, label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("false positives per image")
+    ax.set_ylabel(f"{lesion} sensitivity")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
