@@ -95,6 +95,8 @@ def test_evaluate_end_to_end(tmp_path):
     assert m["memorisation"]["n_flagged"] > 0
     assert m["diversity"]["within_mask_ms_ssim"]["n"] == 12
     assert "dice" in m["adherence"]["synthetic"] and "detection" in m["adherence"]["synthetic"]
+    det = m["adherence"]["real_test_reference"]["detection"]
+    assert set(det["froc"]["sensitivity_at"]) == {"0.125", "0.25", "0.5", "1.0", "2.0", "4.0", "8.0"}
     assert np.isfinite(m["realism"]["features"]["floor_real_test"]["fid"])
     assert m["fidelity"]["ssim_true_minus_shuffled"]["clear"]  # near-copies follow their masks
     assert (tmp_path / "out" / "feature_net" / "feature_net.safetensors").is_file()
@@ -102,6 +104,7 @@ def test_evaluate_end_to_end(tmp_path):
     assert {"metrics.json", "metrics.csv", "report.html", "run.json"} <= {p.name for p in out.iterdir()}
     html = (out / "report.html").read_text()
     assert "data:image/png;base64" in html and "perfect sampler" in html and "manifest_sha256" in html
+    assert "power-spectrum distance" in html and "CPM" in html and "centre" in html
     assert "fidelity,baselines/mean_training_image,psnr" in (out / "metrics.csv").read_text()
 
 
