@@ -2,6 +2,7 @@
 
     bash benchmarks/run_phantom_utility.sh maskray-demo 600 400     # runs masks, generate, downstream, then this
     python benchmarks/table_phantom_utility.py maskray-demo/utility   # only tabulate
+    python benchmarks/table_phantom_utility.py UTILITY NAME           # write results/NAME.json instead
 
 Reads ``UTILITY/downstream/metrics.json`` (and ``UTILITY/times.txt`` when present), writes
 ``benchmarks/results/phantom_utility.json`` with the Markdown table, and prints it. Nodule scores are the
@@ -49,16 +50,17 @@ def table(m: dict) -> str:
 
 
 def main() -> int:
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3):
         print(__doc__)
         return 2
+    name = sys.argv[2] if len(sys.argv) == 3 else "phantom_utility"
     folder = Path(sys.argv[1])
     m = json.loads((folder / "downstream" / "metrics.json").read_text())
     times = folder / "times.txt"
     md = table(m)
     print(md)
     res = {"command": f"bash benchmarks/run_phantom_utility.sh {folder.parent} ... (table: python "
-                      f"benchmarks/table_phantom_utility.py {folder})",
+                      f"benchmarks/table_phantom_utility.py {' '.join(sys.argv[1:])})",
            "markdown": md, "times": times.read_text().splitlines() if times.is_file() else None,
            "summary": m["summary"], "steps": m["steps"], "seeds": m["seeds"], "fractions": m["fractions"]}
     try:
@@ -67,7 +69,7 @@ def main() -> int:
         res["hardware"] = measure_peaks()
     except ImportError:
         pass
-    out = HERE / "results" / "phantom_utility.json"
+    out = HERE / "results" / f"{name}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(res, indent=1, default=float))
     print(f"wrote {out}")
