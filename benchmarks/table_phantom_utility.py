@@ -25,11 +25,9 @@ COLUMNS = [("dice_nodule", "nodule Dice (all images)"), ("dice_present_nodule", 
 
 def table(m: dict) -> str:
     summary = m["summary"]
-    keys = []
-    for r in summary:
-        k = (r["condition"], r["fraction"])
-        if k not in keys:
-            keys.append(k)
+    order = {"real": 0, "real+synthetic": 1, "synthetic": 2}
+    keys = sorted({(r["condition"], r["fraction"]) for r in summary},
+                  key=lambda k: (k[0] == "synthetic", k[1], order[k[0]]))
     n_real = m["n_real_train"]
     lines = ["| training data | " + " | ".join(c for _, c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for cond, f in keys:
