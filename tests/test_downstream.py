@@ -46,8 +46,8 @@ def test_downstream_end_to_end(tmp_path):
     split = json.loads((nn / "splits_final.json").read_text())[0]
     assert meta["numTraining"] == 16 and len(list((nn / "imagesTr").iterdir())) == 16
     assert len(list((nn / "imagesTs").iterdir())) == 4
-    assert not any(c.startswith("syn_") for c in split["val"]) and not set(split["val"]) & set(split["train"])
-    assert len(meta["maskray_synthetic_cases"]) == 8  # none made from a real test mask
+    assert all(c.startswith("real_") for c in split["val"]) and not set(split["val"]) & set(split["train"])
+    assert sum(c.startswith("syn_") for c in split["train"]) == 8  # none made from a real test mask
     assert not any(p.name.startswith("syn_") for p in (nn / "imagesTs").iterdir())
 
 

@@ -22,7 +22,6 @@ real fraction (or of no real case) are used, so the labelled-data budget is the 
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
@@ -41,7 +40,7 @@ from maskray.data.layout import Dataset, prepare_output_dir
 from maskray.errors import MaskrayError
 from maskray.evaluation import figures
 from maskray.evaluation.metrics import summarize
-from maskray.export.nnunet import export_nnunet
+from maskray.export.nnunet import NnunetCase, write_nnunet_dataset, write_splits_final
 from maskray.evaluation.pairs import (load_images, open_pair, load_labels, read_manifest, test_split,
                                       working_size)
 from maskray.evaluation.scores import segmentation_scores
@@ -227,49 +226,36 @@ def _write_rows(path: Path, rows: list[dict], fields: list[str]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _view(ds: Dataset, ids: list[str]) -> Dataset:
-    """The same dataset restricted to ``ids`` (nothing is copied or written)."""
-    keep = set(ids)
-    view = copy.copy(ds)
-    view.cases = {c: v for c, v in ds.cases.items() if c in keep}
-    view._splits = {k: [c for c in v if c in keep] for k, v in ds.splits.items()}
-    return view
-
-
 def export_nnunet_sets(real: Dataset, syn: Dataset, syn_ids: list[str], train_ids: list[str], test_ids: list[str],
                        root: Path, cfg: DownstreamConfig) -> dict:
-    """Write real / real+synthetic / synthetic training sets in nnU-Net v2 raw format through
-    :func:`maskray.export.nnunet.export_nnunet` (real test cases in imagesTs) with a one-fold
-    ``splits_final.json`` whose validation cases are real only (the real val split, or a seeded 20% of the real
-    training cases). Synthetic cases made from real test masks are never written. Copy ``splits_final.json``
-    into ``nnUNet_preprocessed/DatasetXXX_NAME/`` before ``nnUNetv2_train DATASET 2d 0``."""
-    clash = sorted(set(syn_ids) & set(real.cases))
-    if clash:
-        raise MaskrayError(f"--export-nnunet: synthetic case ids {clash[:3]} are also real case ids; nnU-Net needs "
-                           "distinct names in one dataset")
+    """Write real / real+synthetic / synthetic training sets in nnU-Net v2 raw format through the one nnU-Net
+    writer (:func:`maskray.export.nnunet.write_nnunet_dataset`; ``real_`` and ``syn_`` name prefixes; real test
+    cases in imagesTs) with a one-fold ``splits_final.json`` whose validation cases are real only (the real val
+    split, or a seeded 20% of the real training cases). Synthetic cases made from real test masks are never
+    written. Copy ``splits_final.json`` into ``nnUNet_preprocessed/DatasetXXX_NAME/`` before
+    ``nnUNetv2_train DATASET 2d 0``."""
     val = real.case_ids("val", labelled=True)
-    fit = [c for c in train_ids if c not in set(val)]
     if not val:
         perm = np.random.default_rng(cfg.seed).permutation(len(train_ids))
         val = sorted(train_ids[i] for i in perm[: max(1, len(train_ids) // 5) if len(train_ids) > 1 else 0])
-        fit = [c for c in train_ids if c not in set(val)]
-    real_view = _view(real, fit + val + test_ids)
-    syn_view = _view(syn, syn_ids)
-    sets = {"real": [(real_view, False)], "realsynthetic": [(real_view, False), (syn_view, True)],
-            "synthetic": [(syn_view, True)]}
+    fit = [c for c in train_ids if c not in set(val)]
+
+    def cases(ds: Dataset, ids: list[str], prefix: str, test: bool = False) -> list[NnunetCase]:
+        return [NnunetCase(f"{prefix}{c}", ds.cases[c].image_path, ds.cases[c].label_path, test) for c in ids]
+
+    real_tr, syn_tr = cases(real, fit + val, "real_"), cases(syn, syn_ids, "syn_")
+    test = cases(real, test_ids, "real_", test=True)
+    sets = {"real": real_tr, "realsynthetic": real_tr + syn_tr, "synthetic": syn_tr}
     written = {}
-    for k, (name, parts) in enumerate(sets.items()):
+    for k, (name, tr) in enumerate(sets.items()):
         folder = root / f"Dataset{cfg.nnunet_id + k:03d}_maskray{name}"
-        for ds, synthetic in parts:
-            export_nnunet(ds, folder, synthetic)
-        meta = json.loads((folder / "dataset.json").read_text())
-        tr = sorted(p.name[: -len("_0000.png")] for p in (folder / "imagesTr").glob("*_0000.png"))
-        meta["numTraining"] = len(tr)  # the last writer counted only its own cases
-        meta["maskray_synthetic_cases"] = sorted(set(tr) & set(syn_ids))
-        atomic_write_text(folder / "dataset.json", json.dumps(meta, indent=2))
-        val_names = sorted(val) if name != "synthetic" else tr[: max(1, len(tr) // 5)]
-        split = [{"train": sorted(set(tr) - set(val_names)), "val": val_names}]
-        atomic_write_text(folder / "splits_final.json", json.dumps(split, indent=2))
+        write_nnunet_dataset(folder, tr + test, real.labels, synthetic=name != "real",
+                             channel_names=real.info.channel_names, spacing=real.info.spacing,
+                             description=f"maskray downstream: {name} training cases (real_ = real, syn_ = "
+                                         "synthetic); see splits_final.json", progress=False)
+        names = [c.name for c in tr]
+        val_names = [f"real_{c}" for c in val] if name != "synthetic" else names[: max(1, len(names) // 5)]
+        write_splits_final(folder, [{"train": sorted(set(names) - set(val_names)), "val": val_names}])
         written[name] = str(folder)
     return written
 
