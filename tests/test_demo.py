@@ -11,7 +11,7 @@ import maskray.demo as demo
 from maskray.cli import main
 from maskray.data.layout import Dataset, write_case, write_dataset_info
 
-TINY = ["--size", "32", "--cases", "30", "--base-steps", "3", "--controlnet-steps", "3", "--batch-size", "4",
+TINY = ["--image-size", "32", "--cases", "30", "--base-steps", "3", "--controlnet-steps", "3", "--batch-size", "4",
         "--sampler-steps", "2", "--eval-steps", "3", "--feature-steps", "3"]
 
 
@@ -72,10 +72,22 @@ def assert_margin_clear(m: dict) -> None:
 def test_demo_margin_tells_a_model_from_noise(tmp_path, monkeypatch, kind):
     monkeypatch.setattr(demo, "train", lambda cfg, stage, progress=True: None)
     monkeypatch.setattr(demo, "generate", _fake_generator(kind))
-    m = demo.run_demo(demo.DemoConfig(out=str(tmp_path / "d"), size=32, cases=60, eval_steps=3, feature_steps=3),
+    m = demo.run_demo(demo.DemoConfig(out=str(tmp_path / "d"), image_size=32, cases=60, eval_steps=3, feature_steps=3),
                       progress=False)
     if kind == "follows":
         assert_margin_clear(m)
     else:  # a demo whose model outputs noise fails the same assertion
         with pytest.raises(AssertionError):
             assert_margin_clear(m)
+
+
+def test_latent_demo_smoke(tmp_path):
+    """``--latent``: an autoencoder first, both stages on its latents, images decoded at full size."""
+    out = tmp_path / "latent"
+    assert main(["demo", "--out", str(out), "--latent", "--autoencoder-steps", "2", *TINY]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["times_s"]) >= {"train_autoencoder_s", "train_base_s"}
+    card = json.loads((out / "controlnet" / "model" / "maskray.json").read_text())
+    assert card["latent"]["factor"] == 4 and card["image_size"] == 32
+    imgs = sorted((out / "generated" / "imagesTr").glob("*.png"))
+    assert imgs and np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(imgs[0])).shape == (32, 32)

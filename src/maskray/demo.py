@@ -1,6 +1,7 @@
 """``maskray demo``: the whole path on the embedded phantom, on a CPU, in minutes.
 
 phantom -> stage 1 -> stage 2 -> generate for the held-out masks -> ``maskray evaluate`` -> a short report.
+``--latent`` runs the 256 px path: phantom at 256 px -> autoencoder -> both stages on its 64 x 64 latents -> ...
 
 The demo has no scoring of its own: it runs :func:`maskray.evaluation.evaluate.evaluate` and lifts the
 headline numbers out of its metrics (paired PSNR/SSIM beside the shuffled-mask control and the mask-only
@@ -32,12 +33,14 @@ from maskray.training.trainer import TrainConfig, train
 class DemoConfig:
     out: str = option("maskray-demo", help="output folder")
     quick: bool = option(False, help="a smaller, faster run (under 3 minutes)")
-    size: int = option(64, help="image size")
+    latent: bool = option(False, help="the 256 px latent path: an autoencoder, then both stages on its latents")
+    image_size: int = option(0, help="image size (0: 64, or 256 with --latent)")
+    autoencoder_steps: int = option(800, help="autoencoder steps (--latent only)")
     cases: int = option(400, help="phantom cases (80/10/10 train/val/test)")
     base_steps: int = option(600, help="stage-1 steps")
     controlnet_steps: int = option(600, help="stage-2 steps")
     batch_size: int = option(32, help="training batch size")
-    sampler: str = option("dpm++", help="sampler for generation")
+    scheduler: str = option("dpm++", help="sampler for generation")
     sampler_steps: int = option(25, help="sampler steps")
     guidance_scale: float = option(1.0, help="mask guidance scale")
     eval_steps: int = option(300, help="training steps of the evaluation's segmenter and regression baseline")
@@ -47,11 +50,25 @@ class DemoConfig:
 
 
 QUICK = dict(cases=200, base_steps=170, controlnet_steps=130, batch_size=24, sampler_steps=20, eval_steps=100,
-             feature_steps=200)
+             feature_steps=200, autoencoder_steps=200)
 
 
 def resolve(cfg: DemoConfig) -> DemoConfig:
+    if not cfg.image_size:
+        cfg = replace(cfg, image_size=256 if cfg.latent else 64)
     return replace(cfg, **QUICK) if cfg.quick else cfg
+
+
+def _autoencoder(cfg: DemoConfig, data: Path, out: Path, progress: bool) -> str | None:
+    """``--latent``: train the autoencoder both stages learn on; ``None`` for the pixel path."""
+    if not cfg.latent:
+        return None
+    from maskray.training.autoencoder import AutoencoderTrainConfig, train_autoencoder
+
+    train_autoencoder(AutoencoderTrainConfig(data=str(data), out=str(out / "autoencoder"), image_size=cfg.image_size,
+                                             crop_size=min(128, cfg.image_size), steps=cfg.autoencoder_steps, feature_steps=cfg.feature_steps,
+                                             seed=cfg.seed), progress=progress)
+    return str(out / "autoencoder")
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
@@ -59,12 +76,17 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     out = prepare_output_dir(cfg.out, overwrite=cfg.overwrite)
     times: dict[str, float] = {}
     t = time.time()
-    data = make_phantom(PhantomConfig(out=out / "phantom", n=cfg.cases, size=cfg.size, seed=cfg.seed, workers=2),
-                        progress=progress)
+    data = make_phantom(PhantomConfig(out=out / "phantom", n=cfg.cases, size=cfg.image_size, seed=cfg.seed,
+                                      workers=2), progress=progress)
     times["phantom_s"] = time.time() - t
-    common = dict(data=str(data), image_size=cfg.size, batch_size=cfg.batch_size, seed=cfg.seed)
     t = time.time()
-    train(TrainConfig(out=str(out / "base"), steps=cfg.base_steps, **common), "base", progress=progress)
+    autoencoder = _autoencoder(cfg, data, out, progress)
+    if autoencoder:
+        times["train_autoencoder_s"] = time.time() - t
+    common = dict(data=str(data), image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed)
+    t = time.time()
+    train(TrainConfig(out=str(out / "base"), steps=cfg.base_steps, autoencoder=autoencoder, **common), "base",
+          progress=progress)
     times["train_base_s"] = time.time() - t
     t = time.time()
     train(TrainConfig(out=str(out / "controlnet"), base=str(out / "base"), steps=cfg.controlnet_steps, **common),
@@ -72,7 +94,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     times["train_controlnet_s"] = time.time() - t
     t = time.time()
     gen = generate(GenerateConfig(model=str(out / "controlnet"), masks=str(data), out=str(out / "generated"),
-                                  split="test", scheduler=cfg.sampler, steps=cfg.sampler_steps,
+                                  split="test", scheduler=cfg.scheduler, steps=cfg.sampler_steps,
                                   guidance_scale=cfg.guidance_scale, seed=cfg.seed), progress=progress)
     times["generate_s"] = time.time() - t
     t = time.time()
