@@ -105,7 +105,8 @@ def state_hash(module: torch.nn.Module) -> str:
 
 class LatentCodec:
     """An ``AutoencoderKL`` with its measured scaling factor: images ``(N, 1, H, W)`` in ``[-1, 1]`` <->
-    scaled latents ``(N, C, H/f, W/f)``."""
+    scaled latents ``(N, C, H/f, W/f)``. ``encode`` and ``decode`` are differentiable; wrap them in
+    ``torch.no_grad()`` (and put ``vae`` in eval mode) for inference."""
 
     def __init__(self, vae: AutoencoderKL, config: AutoencoderConfig, scaling_factor: float = 1.0,
                  summary: dict | None = None):
@@ -124,6 +125,10 @@ class LatentCodec:
 
     def weights_hash(self) -> str:
         return state_hash(self.vae)
+
+    def to(self, device: torch.device | str) -> LatentCodec:
+        self.vae.to(device)
+        return self
 
     def _device(self) -> torch.device:
         return next(self.vae.parameters()).device

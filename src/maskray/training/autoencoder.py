@@ -164,8 +164,7 @@ def _autocast(cfg: AutoencoderTrainConfig):
 
 
 def _loop(cfg, arrays, vae, loss_fn, opt_g, opt_d, out: Path, start: int, end: int, progress: bool) -> float:
-    side = cfg.crop_size or cfg.image_size
-    last_layer = vae.decoder.conv_out.weight
+    """Steps ``start .. end - 1``: one ``log.csv`` row each (flushed), checkpoints; returns training seconds."""
     log_path = out / "log.csv"
     new_log = not log_path.exists()
     t0, seconds0 = time.time(), _elapsed(out)
@@ -177,38 +176,43 @@ def _loop(cfg, arrays, vae, loss_fn, opt_g, opt_d, out: Path, start: int, end: i
                    dynamic_ncols=True)
         for step in range(start, end):
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-            for opt in (opt_g, opt_d):
-                for group in (opt.param_groups if opt is not None else ()):
-                    group["lr"] = lr
-            x = crops(arrays, step, cfg.batch_size, side, cfg.seed)
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 17)
-            with _autocast(cfg):
-                post = vae.encode(x).latent_dist
-                xrec = vae.decode(post.sample(generator=gen)).sample.float()
-                loss, parts = loss_fn.generator_loss(x, xrec, post, step, last_layer)
-            opt_g.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_g.step()
-            loss = float(loss.detach())
-            if opt_d is not None and loss_fn.disc_active(step):
-                with _autocast(cfg):
-                    d_loss, d_parts = loss_fn.discriminator_loss(x, xrec, step)
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
-                parts.update(disc=d_parts["disc"])
-            done = step + 1
-            elapsed = seconds0 + time.time() - t0
-            writer.writerow({"step": done, "loss": f"{float(loss):.6f}", "lr": f"{lr:.3e}",
+            parts = _step(cfg, arrays, vae, loss_fn, opt_g, opt_d, step, lr)
+            done, elapsed = step + 1, seconds0 + time.time() - t0
+            writer.writerow({"step": done, "lr": f"{lr:.3e}", "elapsed_s": f"{elapsed:.1f}",
                              "images_per_s": f"{(done - start) * cfg.batch_size / (time.time() - t0):.2f}",
-                             "elapsed_s": f"{elapsed:.1f}", **{k: f"{v:.6g}" for k, v in parts.items()}})
+                             **{k: f"{v:.6g}" for k, v in parts.items()}})
             f.flush()
-            bar.set_postfix(loss=f"{float(loss):.4f}", l1=f"{parts['l1']:.4f}")
+            bar.set_postfix(loss=f"{parts['loss']:.4f}", l1=f"{parts['l1']:.4f}")
             bar.update(1)
             if done % cfg.checkpoint_every == 0 or done == end:
                 _save_checkpoint(out, vae, loss_fn, opt_g, opt_d, done, elapsed)
         bar.close()
     return seconds0 + time.time() - t0
+
+
+def _step(cfg, arrays, vae, loss_fn, opt_g, opt_d, step: int, lr: float) -> dict[str, float]:
+    """One autoencoder update, then (after the warm-up) one discriminator update; returns the loss parts."""
+    for opt in (opt_g, opt_d):
+        for group in (opt.param_groups if opt is not None else ()):
+            group["lr"] = lr
+    x = crops(arrays, step, cfg.batch_size, cfg.crop_size or cfg.image_size, cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 17)
+    with _autocast(cfg):
+        post = vae.encode(x).latent_dist
+        xrec = vae.decode(post.sample(generator=gen)).sample.float()
+        loss, parts = loss_fn.generator_loss(x, xrec, post, step, vae.decoder.conv_out.weight)
+    opt_g.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_g.step()
+    parts["loss"] = float(loss.detach())
+    if opt_d is not None and loss_fn.disc_active(step):
+        with _autocast(cfg):
+            d_loss, d_parts = loss_fn.discriminator_loss(x, xrec, step)
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        parts["disc"] = d_parts["disc"]
+    return parts
 
 
 def _elapsed(out: Path) -> float:
