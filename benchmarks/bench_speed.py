@@ -20,7 +20,7 @@ from pathlib import Path
 WORKER = r'''
 import json, sys, time, resource, torch
 from torch.utils.flop_counter import FlopCounterMode
-from maskray.models.networks import UNetConfig, build_unet, build_controlnet, ControlledUNet
+from maskray.diffusion.networks import UNetConfig, build_unet, build_controlnet, ControlledUNet
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])
 torch.manual_seed(0)

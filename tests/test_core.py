@@ -9,15 +9,15 @@ from PIL import Image
 
 from maskray.cli import main
 from maskray.data.layout import Dataset
-from maskray.models.checkpoint import load_model
-from maskray.models.networks import ControlledUNet, UNetConfig, build_controlnet, build_unet
+from maskray.diffusion.store import load_model
+from maskray.diffusion.networks import ControlledUNet, UNetConfig, build_controlnet, build_unet
 from maskray.pipelines.generate import GenerateConfig, case_seed, generate
-from maskray.pipelines.sampling import SCHEDULERS, make_scheduler, sample
-from maskray.training.objective import DiffusionConfig, make_train_scheduler
+from maskray.diffusion.sampling import SCHEDULERS, make_scheduler, sample
+from maskray.diffusion.objective import DiffusionConfig, make_train_scheduler
 from maskray.training.trainer import TrainConfig, train
 
 TINY = dict(image_size=32, batch_size=4, block_out_channels=(8, 16), norm_num_groups=4, validation_cases=2,
-            validation_sampler_steps=2, mixed_precision="no", checkpoint_every=3)
+            validation_sampler_steps=2, precision="no", checkpoint_every=3)
 
 
 def tiny_unet():
@@ -153,7 +153,7 @@ def test_bad_inputs_give_one_line_errors(toy_dataset, tmp_path, capsys):
     base = tmp_path / "base"
     assert main(["train", "base", "--data", str(unlabelled), "--out", str(base), "--image-size", "32",
                  "--steps", "1", "--batch-size", "2", "--block-out-channels", "8,16", "--norm-num-groups", "4",
-                 "--mixed-precision", "no"]) == 0
+                 "--precision", "no"]) == 0
     capsys.readouterr()
     cases = [
         (["train", "controlnet", "--data", str(unlabelled), "--base", str(base), "--out", str(tmp_path / "x"),

@@ -19,20 +19,22 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from maskray.config import option
-from maskray.data.layout import (Dataset, DatasetInfo, image_path, label_path, one_hot, prepare_output_dir,
-                                 read_label_file, write_dataset_info, write_image_file, write_label_file)
-from maskray.errors import MaskrayError
-from maskray.models.checkpoint import load_model
-from maskray.pipelines.sampling import SCHEDULERS, make_scheduler, sample
-from maskray.provenance import atomic_write_text, to_jsonable, write_run_info
+from maskray.data.layout import (Dataset, DatasetInfo, image_path, label_path, prepare_output_dir, read_label_file,
+                                 write_dataset_info, write_image_file, write_label_file)
 from maskray.data.resize import resize_label
+from maskray.diffusion.card import ModelCard
+from maskray.diffusion.conditioning import mask_condition
+from maskray.diffusion.sampling import SCHEDULERS, composite_region, make_scheduler, sample
+from maskray.diffusion.store import load_codec, load_model, model_folder
+from maskray.errors import MaskrayError
+from maskray.provenance import atomic_write_text, to_jsonable, write_run_info
 
 SYNTHETIC_TEXT = {"Comment": "maskray synthetic image (not a real patient)", "Software": "maskray"}
 
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    model: str = option("", help="stage-2 run folder")
+    model: str = option("", help="stage-2 run folder, its model/ folder, or one of its checkpoints/step-N")
     masks: str = option("", help="dataset whose label maps are the conditions (native layout)")
     out: str = option("", help="output dataset folder")
     split: str | None = option(None, help="use only this split of --masks (train/val/test)")
@@ -42,7 +44,8 @@ class GenerateConfig:
     steps: int = option(25, help="sampler steps")
     guidance_scale: float = option(1.0, help="classifier-free guidance on the mask (1 = off)")
     conditioning_scale: float = option(1.0, help="ControlNet residual scale")
-    batch_size: int = option(16, help="images per batch")
+    batch_size: int = option(16, help="images per batch (every batch is padded to this size, so a case's pixels "
+                                      "do not depend on which cases share its batch)")
     seed: int = option(0, help="run seed; each case's seed derives from it and the case id")
     precision: Literal["no", "bf16", "fp16"] = option("bf16", help="autocast precision")
     channels_last: bool = option(True, help="NHWC memory format (1.3x faster sampling in bf16 on this CPU, "
@@ -73,9 +76,9 @@ def _plan(cfg: GenerateConfig, masks: Dataset) -> list[tuple[str, str, int]]:
     return [(cid if k == 1 else f"{cid}_s{s}", cid, s) for cid in ids for s in range(k)]
 
 
-def _condition_mapping(meta: dict, masks: Dataset, run: str) -> list[int | None]:
+def _condition_mapping(card: ModelCard, masks: Dataset, run: str) -> list[int | None]:
     """For each model condition channel, the value of that label in the masks' dataset (None if absent)."""
-    model_labels: dict[str, int] = meta["labels"]
+    model_labels = card.labels
     unknown = [n for n in masks.info.foreground if n not in model_labels]
     if unknown:
         raise MaskrayError(f"{masks.root}/dataset.json: labels {unknown} were not in the training data of {run} "
@@ -94,7 +97,11 @@ def _region(new: np.ndarray, old: np.ndarray, margin: int) -> tuple[np.ndarray, 
     return keep, blend
 
 
-def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
+# settings that change no pixel: everything else must match for --resume to continue a run
+_NOT_PIXELS = ("resume", "overwrite", "out")
+
+
+def _check_config(cfg: GenerateConfig) -> None:
     for name in ("model", "masks", "out"):
         if not getattr(cfg, name):
             raise MaskrayError(f"--{name} is required")
@@ -102,78 +109,139 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
         raise MaskrayError("--samples-per-mask, --batch-size and --steps must be at least 1")
     if cfg.bit_depth not in (8, 16):
         raise MaskrayError(f"--bit-depth {cfg.bit_depth}: allowed 8 or 16")
-    model, meta = load_model(cfg.model, need_controlnet=True)
-    make_scheduler(cfg.scheduler, meta["scheduler_config"])  # fail early on a bad name
-    masks = Dataset(cfg.masks)
-    mapping = _condition_mapping(meta, masks, cfg.model)
-    real = Dataset(cfg.inpaint_from) if cfg.inpaint_from else None
-    size = int(meta["image_size"])
-    plan = _plan(cfg, masks)
-    origin = _mask_origins(masks)
 
+
+def _open_out(cfg: GenerateConfig) -> Path:
+    """The output folder: a fresh one, or on ``--resume`` one made with the same pixel-changing settings."""
     out = Path(cfg.out)
-    if cfg.resume and out.is_dir():
-        prev = out / "generate_config.json"
-        if prev.is_file():
+    prev = out / "generate_config.json"
+    if cfg.resume and prev.is_file():
+        try:
             old = json.loads(prev.read_text())
-            mine = to_jsonable(cfg)
-            diff = [k for k in mine if k not in ("resume", "overwrite", "batch_size") and old.get(k) != mine[k]]
-            if diff:
-                raise MaskrayError(f"{out}: was made with other settings ({', '.join(diff)}); cannot resume")
-    else:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise MaskrayError(f"{prev}: cannot read ({e}); cannot resume") from None
+        mine = to_jsonable(cfg)
+        diff = [k for k in mine if k not in _NOT_PIXELS and (not isinstance(old, dict) or old.get(k) != mine[k])]
+        if diff:
+            raise MaskrayError(f"{out}: was made with other settings ({', '.join(diff)}); cannot resume")
+    elif not (cfg.resume and out.is_dir()):
         prepare_output_dir(out, overwrite=cfg.overwrite, hint="--resume (continue) or --overwrite (replace)")
-    atomic_write_text(out / "generate_config.json", json.dumps(to_jsonable(cfg), indent=2))
-    labels_out = dict(masks.info.labels)
-    info = DatasetInfo(labels=labels_out, spacing=_scaled_spacing(masks, size),
-                       extra={"synthetic": True, "maskray": {"model": str(Path(cfg.model).resolve()),
-                                                             "unet_sha256": meta.get("unet_sha256"),
-                                                             "controlnet_sha256": meta.get("controlnet_sha256")}})
-    todo = [p for p in plan if not (image_path(out, p[0]).is_file() and label_path(out, p[0]).is_file())]
+    return out
 
+
+def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
+    _check_config(cfg)
+    model, card = load_model(cfg.model, need_controlnet=True)
+    codec = load_codec(cfg.model, card)
+    make_scheduler(cfg.scheduler, card.scheduler_config)  # fail early on a bad name
+    masks = Dataset(cfg.masks)
+    job = _Job(cfg, card, masks, _condition_mapping(card, masks, cfg.model),
+               Dataset(cfg.inpaint_from) if cfg.inpaint_from else None)
+    out = _open_out(cfg)
+    atomic_write_text(out / "generate_config.json", json.dumps(to_jsonable(cfg), indent=2))
+    todo = [p for p in job.plan if not (image_path(out, p[0]).is_file() and label_path(out, p[0]).is_file())]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
+    if codec is not None:
+        codec.vae.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    scheduler = make_scheduler(cfg.scheduler, meta["scheduler_config"])
-    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="generate", unit="img", disable=not progress,
-               dynamic_ncols=True)
+    scheduler = make_scheduler(cfg.scheduler, card.scheduler_config)
+    draw = _Drawer(cfg, card, model, codec, scheduler, device)
+    bar = tqdm(total=len(job.plan), initial=len(job.plan) - len(todo), desc="generate", unit="img",
+               disable=not progress, dynamic_ncols=True)
     for start in range(0, len(todo), cfg.batch_size):
         chunk = todo[start: start + cfg.batch_size]
-        labs, conds, gens, knowns, keeps, blends = [], [], [], [], [], []
-        for out_id, src_id, k in chunk:
-            lab = _read_mask(masks, src_id, mapping)
-            lab = resize_label(lab[None], size)[0]
-            labs.append(lab)
-            conds.append(one_hot(lab, [-1 if v is None else v for v in mapping]))  # absent label: empty channel
-            gens.append(torch.Generator().manual_seed(case_seed(cfg.seed, src_id, k)))
-            if real is not None:
-                x, keep, blend = _inpaint_inputs(real, masks, origin.get(src_id, src_id), src_id, lab, size,
-                                                 cfg.inpaint_margin)
-                knowns.append(x), keeps.append(keep), blends.append(blend)
-        kw = {}
-        if real is not None:
-            kw = dict(known=torch.stack(knowns), keep=torch.stack(keeps)[:, None], blend=torch.stack(blends)[:, None])
-        imgs = sample(model, scheduler, (len(chunk), 1, size, size), gens, cond=torch.stack(conds),
-                      num_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                      conditioning_scale=cfg.conditioning_scale, precision=cfg.precision, device=device,
-                      channels_last=cfg.channels_last, **kw)
+        labs, kw = job.inputs(chunk)
+        imgs = draw(**kw)
         for (out_id, _, _), img, lab in zip(chunk, imgs, labs):
             # label first: a case counts as done only once its image (written last) exists
             write_label_file(label_path(out, out_id), lab.numpy())
             write_image_file(image_path(out, out_id), (img[0].numpy() + 1) / 2, cfg.bit_depth, text=SYNTHETIC_TEXT)
         bar.update(len(chunk))
     bar.close()
-
-    manifest = {"cases": {out_id: {"source_case": origin.get(src, src), "mask_case": src, "sample": k,
-                                   "seed": case_seed(cfg.seed, src, k), "checkpoint": str(Path(cfg.model).resolve()),
-                                   "mode": "region-preserving" if real is not None else "full"}
-                          for out_id, src, k in plan}}
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
-    write_dataset_info(out, info, len(plan))
-    write_run_info(out, "generate", cfg, seed=cfg.seed, checkpoint=str(Path(cfg.model).resolve()),
-                   extra={"model_meta": {k: meta.get(k) for k in ("stage", "image_size", "labels", "diffusion",
-                                                                  "unet_sha256", "controlnet_sha256", "base")}})
+    job.write_records(out)
     return out
+
+
+class _Drawer:
+    """One padded batch of images: sampled in pixel space, or in latent space then decoded. In region-preserving
+    mode a latent model keeps the latents of the real image outside the (latent-resolution) region while
+    sampling, and the decoded result is composited in pixel space, so every pixel outside the region keeps its
+    value exactly."""
+
+    def __init__(self, cfg: GenerateConfig, card: ModelCard, model, codec, scheduler, device):
+        self.cfg, self.card, self.model, self.codec, self.scheduler, self.device = cfg, card, model, codec, \
+            scheduler, device
+
+    @torch.no_grad()
+    def __call__(self, gens, cond, known=None, keep=None, blend=None) -> torch.Tensor:
+        cfg = self.cfg
+        kw = dict(num_steps=cfg.steps, guidance_scale=cfg.guidance_scale, conditioning_scale=cfg.conditioning_scale,
+                  precision=cfg.precision, device=self.device, channels_last=cfg.channels_last)
+        shape = (len(gens), *self.card.sample_shape)
+        if self.codec is None:
+            return sample(self.model, self.scheduler, shape, gens, cond=cond, known=known, keep=keep, blend=blend,
+                          **kw)
+        region = {}
+        if known is not None:
+            f = self.card.factor
+            region = dict(known=self.codec.encode(known).cpu(), composite=False,
+                          keep=1 - torch.nn.functional.max_pool2d(1 - keep, f))  # any edited pixel frees its latent
+        z = sample(self.model, self.scheduler, shape, gens, cond=cond, clip=False, **region, **kw)
+        x = self.codec.decode(z).cpu()
+        return composite_region(x, known, blend).cpu() if known is not None else x
+
+
+class _Job:
+    """One generate run's plan and the inputs of each batch (padded to the batch size)."""
+
+    def __init__(self, cfg: GenerateConfig, card: ModelCard, masks: Dataset, mapping: list[int | None],
+                 real: Dataset | None):
+        self.cfg, self.card, self.masks, self.mapping, self.real = cfg, card, masks, mapping, real
+        self.size = card.image_size
+        self.plan = _plan(cfg, masks)
+        self.origin = _mask_origins(masks)
+
+    def inputs(self, chunk: list[tuple[str, str, int]]) -> tuple[list[torch.Tensor], dict]:
+        """Label maps of ``chunk`` and the sampler's keyword inputs, padded to ``batch_size`` with copies of
+        the last case (their outputs are dropped): every batch then has one shape, and with it the arithmetic
+        that reduced-precision kernels choose, so a case's pixels do not depend on its batch."""
+        labs, gens, knowns, keeps, blends = [], [], [], [], []
+        for out_id, src_id, k in chunk:
+            lab = resize_label(_read_mask(self.masks, src_id, self.mapping)[None], self.size)[0]
+            labs.append(lab)
+            gens.append(torch.Generator().manual_seed(case_seed(self.cfg.seed, src_id, k)))
+            if self.real is not None:
+                x, keep, blend = _inpaint_inputs(self.real, self.masks, self.origin.get(src_id, src_id), src_id,
+                                                 lab, self.size, self.cfg.inpaint_margin)
+                knowns.append(x), keeps.append(keep), blends.append(blend)
+        pad = self.cfg.batch_size - len(chunk)
+        padded = labs + [labs[-1]] * pad
+        gens += [torch.Generator().manual_seed(0) for _ in range(pad)]
+        kw = {"gens": gens, "cond": mask_condition(torch.stack(padded), self.mapping, self.size)}
+        if self.real is not None:
+            kw.update(known=torch.stack(knowns + [knowns[-1]] * pad),
+                      keep=torch.stack(keeps + [keeps[-1]] * pad)[:, None],
+                      blend=torch.stack(blends + [blends[-1]] * pad)[:, None])
+        return labs, kw
+
+    def write_records(self, out: Path) -> None:
+        """manifest.json, dataset.json and run.json: written last, once every case exists."""
+        cfg, card = self.cfg, self.card
+        folder = str(model_folder(cfg.model).resolve())
+        mode = "region-preserving" if self.real is not None else "full"
+        manifest = {"cases": {out_id: {"source_case": self.origin.get(src, src), "mask_case": src, "sample": k,
+                                       "seed": case_seed(cfg.seed, src, k), "checkpoint": folder, "mode": mode}
+                              for out_id, src, k in self.plan}}
+        atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
+        info = DatasetInfo(labels=dict(self.masks.info.labels), spacing=_scaled_spacing(self.masks, self.size),
+                           extra={"synthetic": True, "maskray": {"unet_sha256": card.unet_sha256,
+                                                                 "controlnet_sha256": card.controlnet_sha256,
+                                                                 "step": card.step}})
+        write_dataset_info(out, info, len(self.plan))
+        write_run_info(out, "generate", cfg, seed=cfg.seed, checkpoint=folder,
+                       extra={"model_card": to_jsonable(card)})
 
 
 def _mask_origins(masks: Dataset) -> dict[str, str]:

@@ -6,7 +6,8 @@ The base has no cross-attention (maskray conditions on masks, not text), so its
 outputs join the base through zero-initialised 1x1 convolutions, so a fresh ControlNet leaves the base's
 output unchanged. Its conditioning embedding downsamples the mask by ``2 ** (len(cond_channels) - 1)``:
 one entry for a pixel-space backbone (mask and sample at one resolution), four for an 8x latent backbone.
-Nothing here knows about noise or pixel space.
+:class:`ControlledUNet` is the one place where the base and a ControlNet are joined: training, validation,
+generation and region-preserving generation all call it. Nothing here knows about noise or pixel space.
 """
 
 from __future__ import annotations

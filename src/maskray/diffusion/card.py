@@ -1,0 +1,132 @@
+"""The model card: what a trained model is, in one typed, versioned, frozen record (``maskray.json``).
+
+Written beside the ``save_pretrained`` folders of a model (``unet/``, ``controlnet/``), read back by ``generate``,
+``train controlnet --base``, validation and ``serve``. It holds what the networks' own ``config.json`` files do
+not: the stage, the working resolution, the condition labels in channel order, the diffusion settings and the
+sampling schedule, the weight hashes and the step. It holds no path, file name or date, so that it can travel
+with exported data. Unknown, missing or ill-typed keys are one-line errors naming the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from maskray.errors import MaskrayError
+from maskray.provenance import atomic_write_text, to_jsonable
+
+CARD_FILE = "maskray.json"
+CARD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """One trained model (a stage-1 base or a stage-2 base + ControlNet)."""
+
+    stage: Literal["base", "controlnet"]
+    image_size: int  # pixels per side of the images the model makes
+    labels: dict[str, int]  # condition channels in order: label name -> value in the training data set
+    unet_config: dict[str, Any]  # maskray's UNetConfig of the base
+    diffusion: dict[str, Any]  # DiffusionConfig (prediction target, schedule, loss weighting)
+    scheduler_config: dict[str, Any]  # the training noise scheduler's config; samplers share it
+    step: int  # optimizer steps behind these weights
+    unet_sha256: str
+    controlnet_sha256: str | None = None
+    base_unet_sha256: str | None = None  # stage 2: the frozen base it was trained on
+    cond_embedding_channels: tuple[int, ...] = ()
+    training: dict[str, Any] = field(default_factory=dict)  # hyper-parameters (no paths)
+    # latent models: {"factor", "latent_channels", "scaling_factor", "autoencoder_sha256"}; the autoencoder's
+    # weights sit in the model folder's autoencoder/ (None: the model works on pixels)
+    latent: dict[str, Any] | None = None
+    maskray_version: str = ""
+    format_version: int = CARD_VERSION
+
+    @property
+    def factor(self) -> int:
+        """Pixels per sample element along each side: 1 for pixel models, the autoencoder's factor for latents."""
+        return int(self.latent["factor"]) if self.latent else 1
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of what the UNet denoises (an image, or a latent)."""
+        side = self.image_size // self.factor
+        return (int(self.latent["latent_channels"]) if self.latent else 1, side, side)
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / CARD_FILE
+        atomic_write_text(path, json.dumps(to_jsonable(self), indent=2))
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ModelCard":
+        path = Path(folder) / CARD_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise MaskrayError(f"{folder}: not a trained maskray run (missing {CARD_FILE}); train one with "
+                               f"'maskray train base' or 'maskray train controlnet'") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise MaskrayError(f"{path}: cannot read the model card ({e})") from None
+        return cls.from_dict(data, where=str(path))
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = CARD_FILE) -> "ModelCard":
+        if not isinstance(data, dict):
+            raise MaskrayError(f"{where}: the model card must be a JSON object")
+        version = data.get("format_version")
+        if version != CARD_VERSION:
+            raise MaskrayError(f"{where}: model card format_version {version!r}; this maskray reads {CARD_VERSION}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise MaskrayError(f"{where}: unknown model card keys {unknown}")
+        missing = [n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise MaskrayError(f"{where}: model card lacks {missing}")
+        hints = typing.get_type_hints(cls)
+        values = {k: _checked(k, v, hints[k], where) for k, v in data.items()}
+        card = cls(**values)
+        card._validate(where)
+        return card
+
+    def _validate(self, where: str) -> None:
+        if self.image_size < 8:
+            raise MaskrayError(f"{where}: image_size {self.image_size} is not a usable size")
+        if self.stage == "controlnet" and (not self.labels or self.controlnet_sha256 is None):
+            raise MaskrayError(f"{where}: a controlnet card needs labels and controlnet_sha256")
+        if self.latent is not None:
+            need = {"factor", "latent_channels", "scaling_factor", "autoencoder_sha256"}
+            if set(self.latent) != need or self.latent["factor"] not in (4, 8) or self.image_size % self.latent["factor"]:
+                raise MaskrayError(f"{where}: latent must hold {sorted(need)} with factor 4 or 8 dividing image_size")
+        if any(not isinstance(v, int) or isinstance(v, bool) for v in self.labels.values()):
+            raise MaskrayError(f"{where}: label values must be integers")
+
+
+def _checked(name: str, value: Any, tp: Any, where: str) -> Any:
+    """``value`` if it has type ``tp`` (JSON lists become tuples); else a one-line error."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union or origin is getattr(__import__("types"), "UnionType", None):
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+    ok = True
+    if origin is Literal:
+        ok = value in args
+    elif origin is tuple:
+        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        value = tuple(value) if ok else value
+    elif origin is dict:
+        ok = isinstance(value, dict)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is str:
+        ok = isinstance(value, str)
+    if not ok:
+        raise MaskrayError(f"{where}: model card key '{name}' has {value!r}; expected {getattr(tp, '__name__', tp)}")
+    return value

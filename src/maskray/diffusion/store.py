@@ -1,0 +1,115 @@
+"""Model folders: the networks as diffusers ``save_pretrained`` folders (safetensors) plus the model card.
+
+::
+
+    FOLDER/unet/          config.json + diffusion_pytorch_model.safetensors of the base UNet (EMA weights)
+    FOLDER/controlnet/    the same for the ControlNet (stage 2 only)
+    FOLDER/autoencoder/   latent models only: the autoencoder (diffusion/autoencoder.py), so the folder is whole
+    FOLDER/maskray.json   the model card (diffusion/card.py)
+
+A finished run keeps its model in ``RUN/model``; every checkpoint keeps one in ``RUN/checkpoints/step-N/model``,
+so ``generate --model`` takes a run, a model folder or a checkpoint. Loading reads safetensors only: a folder that
+holds a pickled file where weights belong is refused, since unpickling can run code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from diffusers import ControlNetModel, UNet2DConditionModel
+
+from maskray.diffusion.autoencoder import LatentCodec
+from maskray.diffusion.card import CARD_FILE, ModelCard
+from maskray.diffusion.networks import ControlledUNet
+from maskray.errors import MaskrayError
+from maskray.provenance import file_sha256
+
+MODEL_DIR = "model"
+PICKLE_ENDINGS = (".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt")
+
+
+def save_model(folder: str | os.PathLike, unet: UNet2DConditionModel, card: ModelCard,
+               controlnet: ControlNetModel | None = None, codec: LatentCodec | None = None) -> Path:
+    """Write the networks, the autoencoder (latent models) and the card (with the weight hashes filled in)."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    if codec is not None:
+        codec.save(out / "autoencoder")
+    unet.save_pretrained(out / "unet", safe_serialization=True)
+    hashes = {"unet_sha256": weights_hash(out / "unet")}
+    if controlnet is not None:
+        controlnet.save_pretrained(out / "controlnet", safe_serialization=True)
+        hashes["controlnet_sha256"] = weights_hash(out / "controlnet")
+    dataclasses.replace(card, **hashes).save(out)  # the card last: a folder with a card is complete
+    return out
+
+
+def weights_hash(folder: Path) -> str:
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise MaskrayError(f"{folder}: no safetensors weights")
+    return file_sha256(files[0])
+
+
+def model_folder(path: str | os.PathLike) -> Path:
+    """The model folder behind ``path``: a run (``RUN/model``), a checkpoint (``step-N/model``) or the folder."""
+    path = Path(path)
+    for cand in (path / MODEL_DIR, path):
+        if (cand / CARD_FILE).is_file():
+            return cand
+    if not path.exists():
+        raise MaskrayError(f"{path}: not a trained maskray run (no such folder)")
+    raise MaskrayError(f"{path}: not a trained maskray run (no {MODEL_DIR}/{CARD_FILE}); give a run folder, "
+                       f"its model/ folder or one of its checkpoints/step-N folders")
+
+
+def read_card(path: str | os.PathLike) -> ModelCard:
+    return ModelCard.load(model_folder(path))
+
+
+def load_model(path: str | os.PathLike, need_controlnet: bool = False) -> tuple[ControlledUNet, ModelCard]:
+    """Rebuild the networks behind ``path`` (a run, model folder or checkpoint). Returns ``(model in eval mode,
+    card)``; the weights must match the card's hashes."""
+    folder = model_folder(path)
+    card = ModelCard.load(folder)
+    if need_controlnet and card.stage != "controlnet":
+        raise MaskrayError(f"{path}: is a stage-1 base model; generating for masks needs a stage-2 run "
+                           f"('maskray train controlnet --base {path} ...')")
+    unet = _load_net(UNet2DConditionModel, folder / "unet", card.unet_sha256)
+    controlnet = None
+    if card.stage == "controlnet":
+        controlnet = _load_net(ControlNetModel, folder / "controlnet", card.controlnet_sha256)
+        if controlnet.config.conditioning_channels != len(card.labels):
+            raise MaskrayError(f"{folder / 'controlnet'}: takes {controlnet.config.conditioning_channels} condition "
+                               f"channels but the model card names {len(card.labels)} labels")
+    model = ControlledUNet(unet, controlnet).eval()
+    model.requires_grad_(False)
+    return model, card
+
+
+def load_codec(path: str | os.PathLike, card: ModelCard) -> LatentCodec | None:
+    """The autoencoder of a latent model (``None`` for a pixel model), checked against the card."""
+    if card.latent is None:
+        return None
+    folder = model_folder(path) / "autoencoder"
+    codec = LatentCodec.load(folder)
+    if codec.weights_hash() != card.latent["autoencoder_sha256"] or codec.factor != card.factor:
+        raise MaskrayError(f"{folder}: is not the autoencoder the model card names (hash or factor differ)")
+    return codec
+
+
+def _load_net(cls, folder: Path, expected_sha: str | None):
+    if not folder.is_dir():
+        raise MaskrayError(f"{folder}: missing (the model card says it should be there)")
+    pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_ENDINGS]
+    if pickles:
+        raise MaskrayError(f"{folder}: holds pickled files {pickles}; maskray loads safetensors only "
+                           f"(a pickle can run code when loaded)")
+    if expected_sha and weights_hash(folder) != expected_sha:
+        raise MaskrayError(f"{folder}: weights do not match the model card's hash (changed or from another run)")
+    try:
+        return cls.from_pretrained(folder, use_safetensors=True)
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError) as e:
+        raise MaskrayError(f"{folder}: cannot load weights ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None

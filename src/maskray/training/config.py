@@ -1,0 +1,93 @@
+"""What one training run needs: a typed, frozen config (defaults live here and nowhere else)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from maskray.config import option
+from maskray.diffusion.networks import UNetConfig
+from maskray.diffusion.objective import DiffusionConfig
+from maskray.errors import MaskrayError
+
+Stage = Literal["base", "controlnet"]
+PATH_FIELDS = ("data", "out", "base", "autoencoder")  # kept out of the model card, which travels with exported data
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs. Defaults are the CPU-tuned ones (benchmarks/bench_learning.py)."""
+
+    data: str = option("", help="dataset folder in the native layout")
+    out: str = option("", help="run folder to write")
+    base: str | None = option(None, help="stage-1 run folder (stage 2 only)")
+    autoencoder: str | None = option(None, help="'maskray train autoencoder' run: stage 1 learns in its latent "
+                                     "space (stage 2 takes its base's autoencoder)")
+    image_size: int = option(64, help="training resolution (64..512, divisible by 2**(levels-1))")
+    split: str = option("train", help="split to train on")
+    steps: int = option(800, help="optimizer steps")
+    batch_size: int = option(32, help="images per step (per process)")
+    grad_accum: int = option(1, help="micro-batches per optimizer step")
+    lr: float = option(2e-3, help="peak learning rate (AdamW)")
+    warmup_steps: int = option(50, help="linear warm-up steps")
+    lr_schedule: Literal["constant", "cosine", "linear"] = option("cosine", help="decay after warm-up")
+    weight_decay: float = option(0.0, help="AdamW weight decay")
+    precision: Literal["no", "bf16", "fp16"] = option("bf16", help="autocast precision")
+    channels_last: bool = option(False, help="NHWC memory format")
+    ema_decay: float = option(0.999, help="EMA decay ceiling (warm-up ramps to it); 0 disables EMA")
+    checkpoint_every: int = option(200, help="steps between checkpoints (accelerate save_state)")
+    keep_checkpoints: int = option(2, help="checkpoints kept")
+    validate_every: int = option(0, help="steps between validation images (0: 8 times per run)")
+    validation_cases: int = option(4, help="masks (or noise seeds) in the validation strip")
+    validation_sampler_steps: int = option(20, help="DDIM steps for validation images")
+    cond_drop: float = option(0.1, help="fraction of steps with the mask dropped (stage 2)")
+    conditioning_scale: float = option(1.0, help="ControlNet residual scale during training")
+    seed: int = option(0, help="seed for weights, batches, noise")
+    log: Literal["csv", "tensorboard"] = option("csv", help="log format (always CSV; tensorboard adds events)")
+    resume: bool = option(False, help="continue from the latest checkpoint in --out")
+    overwrite: bool = option(False, help="replace an existing --out")
+    stop_after: int | None = option(None, help="stop (with a checkpoint) after this many steps in this invocation")
+    # network (stage 1; stage 2 copies the base)
+    block_out_channels: tuple[int, ...] = option((32, 64, 128), help="UNet channels per level")
+    layers_per_block: int = option(1, help="ResNet blocks per UNet level")
+    attention_levels: tuple[int, ...] = option((), help="UNet levels with self-attention (0 = full res)")
+    norm_num_groups: int = option(8, help="GroupNorm groups")
+    cond_embedding_channels: tuple[int, ...] = option((16,), help="ControlNet mask encoder channels; "
+                                                      "it downsamples by 2**(len-1): len 1 for pixels, 3 for a 4x "
+                                                      "latent, 4 for 8x (a len-1 value is widened to fit)")
+    # diffusion (stage 1; stage 2 inherits target and schedule from its base)
+    prediction_type: Literal["epsilon", "v_prediction"] = option("v_prediction", help="network target")
+    beta_schedule: Literal["squaredcos_cap_v2", "linear", "scaled_linear"] = option("squaredcos_cap_v2",
+                                                                                      help="noise schedule")
+    min_snr_gamma: float = option(5.0, help="min-SNR-gamma loss weighting (0 disables)")
+    timestep_bias: float = option(0.0, help="draw t with density ~ t**bias")
+
+    def unet_config(self) -> UNetConfig:
+        return UNetConfig(block_out_channels=self.block_out_channels, layers_per_block=self.layers_per_block,
+                          attention_levels=self.attention_levels, norm_num_groups=self.norm_num_groups)
+
+    def diffusion_config(self) -> DiffusionConfig:
+        return DiffusionConfig(prediction_type=self.prediction_type, beta_schedule=self.beta_schedule,
+                               min_snr_gamma=self.min_snr_gamma, timestep_bias=self.timestep_bias)
+
+
+def validate(cfg: TrainConfig, stage: Stage) -> None:
+    if not cfg.data:
+        raise MaskrayError("--data is required")
+    if not cfg.out:
+        raise MaskrayError("--out is required")
+    if not 16 <= cfg.image_size <= 512:
+        raise MaskrayError(f"--image-size {cfg.image_size} is outside 16..512")
+    for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints"):
+        if getattr(cfg, name) < 1:
+            raise MaskrayError(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 <= cfg.cond_drop < 1:
+        raise MaskrayError("--cond-drop must lie in [0, 1)")
+    if cfg.log == "tensorboard":
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise MaskrayError("--log tensorboard needs the tensorboard package (pip install tensorboard); "
+                               "the CSV log is always written")
+    if stage == "controlnet" and not cfg.base:
+        raise MaskrayError("stage 2 needs --base RUN (a finished 'maskray train base' run)")

@@ -1,0 +1,149 @@
+"""One setup per stage: what is trained, what stays frozen, how a batch becomes the network's condition, and the
+model card of the result. The training loop (trainer.py) is the same for every stage.
+
+- ``base`` (stage 1): a fresh UNet learns the look of radiographs; no condition.
+- ``controlnet`` (stage 2): the base is loaded and frozen; a ControlNet copied from it (zero-initialised joins)
+  learns to follow the one-hot mask, which is dropped for ``cond_drop`` of the samples (guidance).
+
+With an autoencoder (``--autoencoder RUN``) both stages learn on its latents (Rombach et al. 2022): the UNet
+denoises ``(latent_channels, S/f, S/f)`` samples, and the mask still enters the ControlNet at image resolution
+through a conditioning embedding that downsamples by the factor ``f``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from maskray.data.layout import Dataset
+from maskray.diffusion.autoencoder import LatentCodec
+from maskray.diffusion.card import ModelCard
+from maskray.diffusion.conditioning import drop_conditions, one_hot
+from maskray.diffusion.networks import ControlledUNet, build_controlnet, build_unet
+from maskray.diffusion.objective import DiffusionConfig, make_train_scheduler
+from maskray.diffusion.store import load_codec, load_model, save_model
+from maskray.errors import MaskrayError
+from maskray.provenance import to_jsonable
+from maskray.training.config import PATH_FIELDS, Stage, TrainConfig
+
+
+@dataclass
+class StageSetup:
+    """What the loop needs to train one stage.
+
+    ``joined(trainable)`` puts the (possibly accelerate-wrapped) trainable network into the ``ControlledUNet``
+    that is called as ``model(noisy, t, cond)``; ``condition(labels, generator)`` turns a batch's int64 label maps
+    ``(B, S, S)`` into the condition (or ``None``); ``save(folder, trainable)`` writes a loadable model folder.
+    """
+
+    stage: Stage
+    trainable: nn.Module
+    frozen: nn.Module | None
+    diffusion: DiffusionConfig
+    labels: dict[str, int]
+    joined: Callable[[nn.Module], ControlledUNet]
+    condition: Callable[[torch.Tensor | None, torch.Generator], torch.Tensor | None]
+    card: ModelCard  # hashes and step are filled in at each save
+    codec: LatentCodec | None = None  # latent models: the frozen autoencoder
+
+    @property
+    def needs_labels(self) -> bool:
+        return bool(self.labels)
+
+    def save(self, folder: Path, trainable: nn.Module, step: int) -> Path:
+        card = dataclasses.replace(self.card, step=step)
+        if self.stage == "base":
+            return save_model(folder, trainable, card, codec=self.codec)
+        return save_model(folder, self.frozen, card, controlnet=trainable, codec=self.codec)
+
+
+def setup_stage(cfg: TrainConfig, stage: Stage, ds: Dataset) -> StageSetup:
+    return _setup_base(cfg) if stage == "base" else _setup_controlnet(cfg, ds)
+
+
+def _card(cfg: TrainConfig, stage: Stage, diff: DiffusionConfig, labels: dict[str, int], unet_config: dict,
+          **extra) -> ModelCard:
+    return ModelCard(stage=stage, image_size=cfg.image_size, labels=dict(labels), unet_config=unet_config,
+                     diffusion=to_jsonable(diff), scheduler_config=dict(make_train_scheduler(diff).config),
+                     step=0, unet_sha256="", training={k: v for k, v in to_jsonable(cfg).items()
+                                                       if k not in PATH_FIELDS},
+                     maskray_version=metadata.version("maskray"), **extra)
+
+
+def _open_codec(cfg: TrainConfig) -> LatentCodec:
+    path = Path(cfg.autoencoder)
+    codec = LatentCodec.load(path / "autoencoder" if (path / "autoencoder").is_dir() else path)
+    if cfg.image_size % codec.factor:
+        raise MaskrayError(f"--image-size {cfg.image_size} is not divisible by the autoencoder's factor {codec.factor}")
+    return codec
+
+
+def _latent_card(codec: LatentCodec | None) -> dict | None:
+    if codec is None:
+        return None
+    return {"factor": codec.factor, "latent_channels": codec.config.latent_channels,
+            "scaling_factor": codec.scaling_factor, "autoencoder_sha256": codec.weights_hash()}
+
+
+def _setup_base(cfg: TrainConfig) -> StageSetup:
+    diff = cfg.diffusion_config()
+    codec = _open_codec(cfg) if cfg.autoencoder else None
+    unet_cfg = cfg.unet_config()
+    if codec is not None:
+        unet_cfg = dataclasses.replace(unet_cfg, in_channels=codec.config.latent_channels)
+    unet = build_unet(unet_cfg, cfg.image_size // (codec.factor if codec else 1))
+    return StageSetup(stage="base", trainable=unet, frozen=None, diffusion=diff, labels={},
+                      joined=lambda trained: ControlledUNet(trained, None),
+                      condition=lambda labels, generator: None, codec=codec,
+                      card=_card(cfg, "base", diff, {}, to_jsonable(unet_cfg), latent=_latent_card(codec)))
+
+
+def embedding_channels(requested: tuple[int, ...], factor: int) -> tuple[int, ...]:
+    """ControlNet conditioning-embedding channels that downsample the mask by ``factor`` (2 per extra entry)."""
+    if len(requested) == 1 and factor > 1:
+        widths = {4: (16, 32, 64), 8: (16, 32, 64, 128)}
+        return widths[factor]
+    if 2 ** (len(requested) - 1) != factor:
+        raise MaskrayError(f"--cond-embedding-channels {','.join(map(str, requested))} downsamples by "
+                           f"{2 ** (len(requested) - 1)} but the model's factor is {factor}")
+    return tuple(requested)
+
+
+def _setup_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
+    if not ds.has_labels:
+        raise MaskrayError(f"{ds.root}: has no label maps (or dataset.json names no foreground label); stage 2 "
+                           f"learns from image/mask pairs")
+    base_model, base_card = load_model(cfg.base)
+    if base_card.stage != "base":
+        raise MaskrayError(f"{cfg.base}: is a '{base_card.stage}' run; --base needs a stage-1 run")
+    if base_card.image_size != cfg.image_size:
+        raise MaskrayError(f"{cfg.base}: base was trained at {base_card.image_size} px but --image-size is "
+                           f"{cfg.image_size}; use the base's size")
+    # target and schedule come from the base; the loss weighting is this stage's own
+    diff = dataclasses.replace(DiffusionConfig(**base_card.diffusion), min_snr_gamma=cfg.min_snr_gamma,
+                               timestep_bias=cfg.timestep_bias)
+    codec = load_codec(cfg.base, base_card)
+    if cfg.autoencoder and (codec is None or _open_codec(cfg).weights_hash() != codec.weights_hash()):
+        raise MaskrayError(f"{cfg.autoencoder}: is not the autoencoder of the base {cfg.base}; stage 2 uses its "
+                           f"base's (leave --autoencoder out)")
+    unet = base_model.unet
+    unet.requires_grad_(False).eval()
+    labels = ds.info.foreground
+    values = list(labels.values())
+    emb = embedding_channels(tuple(cfg.cond_embedding_channels), base_card.factor)
+    controlnet = build_controlnet(unet, len(labels), emb)
+
+    def condition(lab: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        return drop_conditions(one_hot(lab, values), cfg.cond_drop, generator)
+
+    card = _card(cfg, "controlnet", diff, labels, base_card.unet_config, base_unet_sha256=base_card.unet_sha256,
+                 cond_embedding_channels=emb, latent=base_card.latent)
+    return StageSetup(stage="controlnet", trainable=controlnet, frozen=unet, diffusion=diff, labels=labels,
+                      joined=lambda trained: ControlledUNet(unet, trained), condition=condition, card=card,
+                      codec=codec)
