@@ -1,15 +1,17 @@
 """Ablation of the autoencoder's loss terms: none / perceptual / + feature matching / + adversarial.
 
-Each variant trains the same 4x AutoencoderKL for the same steps on a 256 px training split (random 128 px
-crops) and is scored on held-out images at 256 px: reconstruction PSNR and SSIM, power-spectrum distance,
+Each variant trains the same 4x AutoencoderKL for the same steps on a 256 px training split (random crops,
+96 px by default) and is scored on held-out images at 256 px: reconstruction PSNR and SSIM, power-spectrum distance,
 nodule survival (phantom only: cxr-lungs has no nodule labels), seconds. One self-supervised feature network
 per dataset serves every perceptual variant (its training time is reported apart). Runs on the 256 px phantom,
 and on the 256 px cxr-lungs set when ../shared/data/cxr-lungs exists (imported under --work, never into the repo).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_autoencoder.py [--steps 200] [--datasets phantom,cxr]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_autoencoder.py [--steps 150] [--datasets phantom,cxr]
 
-Prints a table and writes benchmarks/results/autoencoder.json (after every run, so a cut-short run keeps what
-it measured).
+Prints a table and writes benchmarks/results/autoencoder.json after every run (so a cut-short run keeps what it
+measured), merged with the rows already there: a row is replaced only by a rerun of the same dataset, variant,
+factor and steps. Seconds are wall time and CPU time of the process (the machine is shared, so wall time is
+an upper bound).
 """
 
 from __future__ import annotations
@@ -68,24 +70,26 @@ def feature_net(data: Path, work: Path, steps: int) -> tuple[Path, float]:
     return folder, float((folder / "seconds.txt").read_text())
 
 
-def row(name: str, variant: str, factor: int, report: dict, seconds: float) -> dict:
+def row(name: str, variant: str, factor: int, report: dict, seconds: float, cpu_seconds: float) -> dict:
     ns = report.get("nodule_survival", {})
-    return {"dataset": name, "variant": variant, "factor": factor, "psnr_db": report["psnr_db"]["mean"],
+    return {"dataset": name, "variant": variant, "factor": factor, "steps": report["steps"],
+            "psnr_db": report["psnr_db"]["mean"],
             "ssim": report["ssim"]["mean"], "spectrum_distance": report["spectrum_distance"],
             "nodule_mean_ratio": ns.get("mean_ratio"), "nodule_fraction_surviving": ns.get("fraction_surviving"),
             "nodules_scored": ns.get("n_scored"), "seconds": round(seconds, 1),
+            "cpu_seconds": round(cpu_seconds, 1),
             "train_seconds": report["train_seconds"], "n_eval_images": report["n_images"],
             "scaling_factor": report["scaling_factor"]}
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'dataset':8} {'variant':18} {'f':>2} {'PSNR':>6} {'SSIM':>6} {'spec':>6} {'nod.ratio':>9} "
-          f"{'surv':>5} {'s':>6}")
+    print(f"{'dataset':8} {'variant':18} {'f':>2} {'steps':>5} {'PSNR':>6} {'SSIM':>6} {'spec':>6} {'nod.ratio':>9} "
+          f"{'surv':>5} {'s':>6} {'cpu s':>6}")
     for r in rows:
         ratio = "" if r["nodule_mean_ratio"] is None else f"{r['nodule_mean_ratio']:.2f}"
         surv = "" if r["nodule_fraction_surviving"] is None else f"{r['nodule_fraction_surviving']:.2f}"
-        print(f"{r['dataset']:8} {r['variant']:18} {r['factor']:>2} {r['psnr_db']:6.2f} {r['ssim']:6.3f} "
-              f"{r['spectrum_distance']:6.3f} {ratio:>9} {surv:>5} {r['seconds']:6.0f}")
+        print(f"{r['dataset']:8} {r['variant']:18} {r['factor']:>2} {r['steps']:>5} {r['psnr_db']:6.2f} {r['ssim']:6.3f} "
+              f"{r['spectrum_distance']:6.3f} {ratio:>9} {surv:>5} {r['seconds']:6.0f} {r['cpu_seconds']:6.0f}")
 
 
 def main() -> int:
@@ -93,8 +97,10 @@ def main() -> int:
     p.add_argument("--work", default="bench_out/ae")
     p.add_argument("--datasets", default="phantom,cxr")
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=int, default=150)
     p.add_argument("--feature-steps", type=int, default=300)
+    p.add_argument("--crop-size", type=int, default=96)
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--cases", type=int, default=200, help="phantom cases")
     p.add_argument("--factor8", default="+adversarial", help="variant also run at factor 8 on the phantom ('' none)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "autoencoder.json"))
@@ -102,10 +108,12 @@ def main() -> int:
     torch.set_num_threads(1)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    result = {"command": " ".join(sys.argv), "threads": torch.get_num_threads(),
+    previous = json.loads(Path(a.out).read_text()) if Path(a.out).is_file() else {}
+    result = {"commands": previous.get("commands", []) + [" ".join(sys.argv)], "threads": torch.get_num_threads(),
               "machine": "2-core x86 CPU shared with 4 other agents' work: seconds are noisy upper bounds",
-              "steps": a.steps, "crop_size": 128, "batch_size": 8, "image_size": 256, "versions": versions(),
-              "variants": {k: VARIANTS[k] for k in a.variants.split(",")}, "feature_net_seconds": {}, "rows": []}
+              "crop_size": a.crop_size, "batch_size": a.batch_size, "image_size": 256, "versions": versions(),
+              "variants": VARIANTS, "feature_net_seconds": previous.get("feature_net_seconds", {}),
+              "rows": previous.get("rows", [])}
     plan = [(d, v, 4) for d in a.datasets.split(",") for v in a.variants.split(",")]
     if a.factor8 and "phantom" in a.datasets:
         plan.append(("phantom", a.factor8, 8))
@@ -116,13 +124,16 @@ def main() -> int:
         fnet, fsec = feature_net(data, work, a.feature_steps)
         result["feature_net_seconds"][name] = fsec
         cfg = build(AutoencoderTrainConfig, overrides=dict(
-            data=str(data), out=str(work / f"{name}-{variant}-f{factor}"), image_size=256, crop_size=128,
-            factor=factor, steps=a.steps, batch_size=8, feature_net=str(fnet), checkpoint_every=a.steps,
+            data=str(data), out=str(work / f"{name}-{variant}-f{factor}"), image_size=256, crop_size=a.crop_size,
+            factor=factor, steps=a.steps, batch_size=a.batch_size, feature_net=str(fnet), checkpoint_every=a.steps,
             scale_cases=32, overwrite=True, **VARIANTS[variant]))
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         run = train_autoencoder(cfg)
         report = json.loads((run / "report.json").read_text())
-        result["rows"].append(row(name, variant, factor, report, time.time() - t0))
+        new = row(name, variant, factor, report, time.time() - t0, time.process_time() - c0)
+        same = (name, variant, factor, a.steps)
+        result["rows"] = [r for r in result["rows"] if (r["dataset"], r["variant"], r["factor"], r.get("steps")) != same]
+        result["rows"].append(new)
         Path(a.out).write_text(json.dumps(result, indent=2))
         print_table(result["rows"])
     return 0

@@ -262,3 +262,16 @@ def test_train_autoencoder_bad_input_is_one_line(phantom32, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "factor 3" in err and "\n" not in err
     assert not (tmp_path / "r").exists()
+
+
+def test_latent_cache_of_training_arrays_encodes_pixels(tmp_path):
+    from maskray.training.data import TrainingArrays
+
+    ints = torch.randint(0, 65536, (4, 1, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+    arrays = TrainingArrays([f"c{i}" for i in range(4)], ints, None)
+    codec = tiny_codec()
+    z = cached_latents(arrays, codec, tmp_path / "a", progress=False)
+    with torch.no_grad():
+        assert torch.allclose(z, codec.encode(arrays.pixels(torch.arange(4))), atol=1e-6)
+    arrays.latents = torch.zeros_like(z)  # a latent-mode array set still caches the latents of its pixels
+    assert torch.allclose(cached_latents(arrays, codec, tmp_path / "b", progress=False), z, atol=1e-6)

@@ -102,7 +102,7 @@ def _validate(cfg: AutoencoderTrainConfig) -> None:
 def crops(arrays: TrainingArrays, step: int, batch_size: int, side: int, seed: int) -> torch.Tensor:
     """Batch ``step``: random ``side`` x ``side`` crops (and horizontal flips) of the images, ``(B, 1, side, side)``
     in ``[-1, 1]``; a pure function of ``(seed, step)``."""
-    x, _ = arrays.batch(arrays.indices(step, batch_size, seed))
+    x = arrays.pixels(arrays.indices(step, batch_size, seed))
     g = torch.Generator().manual_seed(seed * 7_654_321 + step)
     size = x.shape[-1]
     out = torch.empty(x.shape[0], 1, side, side)
@@ -259,13 +259,14 @@ def _held_out(ds: Dataset, cfg: AutoencoderTrainConfig) -> tuple[str, list[str]]
 def _finish(cfg, ds: Dataset, arrays: TrainingArrays, codec: LatentCodec, out: Path, seconds: float,
             progress: bool) -> Path:
     codec.vae.eval()
-    scale_images, _ = arrays.batch(torch.arange(min(cfg.scale_cases, len(arrays))))
+    scale_images = arrays.pixels(torch.arange(min(cfg.scale_cases, len(arrays))))
     codec.measure_scaling_factor(scale_images, batch_size=4)
     split, ids = _held_out(ds, cfg)
     labelled = all(ds.cases[c].label_path is not None for c in ids) and ds.has_labels
     held = load_arrays(ds, cfg.image_size, split, need_labels=labelled, progress=progress)
     keep = torch.tensor([held.case_ids.index(c) for c in ids])
-    real, labels = held.batch(keep)
+    real = held.pixels(keep)
+    labels = held.labels[keep].long() if held.labels is not None else None
     recon = torch.cat([codec.decode(codec.encode(real[i:i + 4])) for i in
                        tqdm(range(0, len(real), 4), desc="scoring held-out", disable=not progress, leave=False)])
     report = reconstruction_report(real, recon, labels, ds.labels)
