@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -43,18 +44,18 @@ VARIANTS = {
 }
 
 
-def dataset(name: str, work: Path, cases: int) -> Path | None:
+def dataset(name: str, work: Path, cases: int, cxr: Path) -> Path | None:
     out = work / f"{name}256"
     if (out / "dataset.json").is_file():
         return out
     if name == "phantom":
         make_phantom(PhantomConfig(out=out, n=cases, size=256, seed=0))
         return out
-    if not (CXR / "images").is_dir():
-        print(f"skipped cxr-lungs: {CXR} not found (internal development data)")
+    if not (cxr / "images").is_dir():
+        print(f"skipped cxr-lungs: {cxr} not found (internal development data)")
         return None
     subprocess.run([sys.executable, "-m", "maskray", "data", "import", "--out", str(out), "--images",
-                    str(CXR / "images"), "--masks", str(CXR / "masks"), "--threshold", "127", "--label-name", "lung",
+                    str(cxr / "images"), "--masks", str(cxr / "masks"), "--threshold", "127", "--label-name", "lung",
                     "--size", "256", "--val-fraction", "0.1", "--test-fraction", "0.1", "--seed", "0"], check=True)
     return out
 
@@ -82,6 +83,19 @@ def row(name: str, variant: str, factor: int, report: dict, seconds: float, cpu_
             "scaling_factor": report["scaling_factor"]}
 
 
+def save_row(path: Path, result: dict, new: dict) -> list[dict]:
+    """Merge ``new`` into the results file as it is now (other invocations may have written rows since)."""
+    key = ("dataset", "variant", "factor", "steps")
+    current = json.loads(path.read_text()) if path.is_file() else result
+    rows = [r for r in current.get("rows", []) if [r.get(k) for k in key] != [new[k] for k in key]] + [new]
+    merged = {**result, "rows": rows, "commands": sorted(set(current.get("commands", []) + result["commands"])),
+              "feature_net_seconds": {**current.get("feature_net_seconds", {}), **result["feature_net_seconds"]}}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(merged, indent=2))
+    os.replace(tmp, path)
+    return rows
+
+
 def print_table(rows: list[dict]) -> None:
     print(f"{'dataset':8} {'variant':18} {'f':>2} {'steps':>5} {'PSNR':>6} {'SSIM':>6} {'spec':>6} {'nod.ratio':>9} "
           f"{'surv':>5} {'s':>6} {'cpu s':>6}")
@@ -102,23 +116,22 @@ def main() -> int:
     p.add_argument("--crop-size", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--cases", type=int, default=200, help="phantom cases")
+    p.add_argument("--cxr", default=str(CXR), help="the cxr-lungs folder (from a worktree: ../../shared/...)")
     p.add_argument("--factor8", default="+adversarial", help="variant also run at factor 8 on the phantom ('' none)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "autoencoder.json"))
     a = p.parse_args()
     torch.set_num_threads(1)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(Path(a.out).read_text()) if Path(a.out).is_file() else {}
-    result = {"commands": previous.get("commands", []) + [" ".join(sys.argv)], "threads": torch.get_num_threads(),
+    result = {"commands": [" ".join(sys.argv)], "threads": torch.get_num_threads(),
               "machine": "2-core x86 CPU shared with 4 other agents' work: seconds are noisy upper bounds",
               "crop_size": a.crop_size, "batch_size": a.batch_size, "image_size": 256, "versions": versions(),
-              "variants": VARIANTS, "feature_net_seconds": previous.get("feature_net_seconds", {}),
-              "rows": previous.get("rows", [])}
+              "variants": VARIANTS, "feature_net_seconds": {}, "rows": []}
     plan = [(d, v, 4) for d in a.datasets.split(",") for v in a.variants.split(",")]
     if a.factor8 and "phantom" in a.datasets:
         plan.append(("phantom", a.factor8, 8))
     for name, variant, factor in plan:
-        data = dataset(name, work, a.cases)
+        data = dataset(name, work, a.cases, Path(a.cxr))
         if data is None:
             continue
         fnet, fsec = feature_net(data, work, a.feature_steps)
@@ -131,10 +144,7 @@ def main() -> int:
         run = train_autoencoder(cfg)
         report = json.loads((run / "report.json").read_text())
         new = row(name, variant, factor, report, time.time() - t0, time.process_time() - c0)
-        same = (name, variant, factor, a.steps)
-        result["rows"] = [r for r in result["rows"] if (r["dataset"], r["variant"], r["factor"], r.get("steps")) != same]
-        result["rows"].append(new)
-        Path(a.out).write_text(json.dumps(result, indent=2))
+        result["rows"] = save_row(Path(a.out), result, new)
         print_table(result["rows"])
     return 0
 

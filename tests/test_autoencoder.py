@@ -252,7 +252,11 @@ def test_train_autoencoder_resume_is_exact(phantom32, tmp_path):
     assert main(args + ["--out", str(tmp_path / "a")]) == 0
     assert main(args + ["--out", str(tmp_path / "b"), "--stop-after", "3"]) == 0
     assert not (tmp_path / "b" / "report.json").exists()
+    with open(tmp_path / "b" / "log.csv", "a") as f:  # a row written after the checkpoint, then a crash
+        f.write("4,9,9,9,,,,,,1e-3,1,1\n")
     assert main(args + ["--out", str(tmp_path / "b"), "--resume"]) == 0
+    steps = [r.split(",")[0] for r in (tmp_path / "b" / "log.csv").read_text().splitlines()[1:]]
+    assert steps == [str(i) for i in range(1, 7)]
     a, b = (LatentCodec.load(tmp_path / r / "autoencoder") for r in ("a", "b"))
     assert a.weights_hash() == b.weights_hash()
 

@@ -147,6 +147,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> Pat
     opt_d = torch.optim.AdamW(loss_fn.discriminator.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) \
         if loss_fn.discriminator is not None else None
     start = _load_checkpoint(out, vae, loss_fn, opt_g, opt_d) if cfg.resume else 0
+    _cut_log(out / "log.csv", start)
     write_run_info(out, "train autoencoder", cfg, seed=cfg.seed, checkpoint=cfg.feature_net,
                    extra={"train_cases": len(arrays), "dataset": str(ds.root), "loss_weights": weights,
                           "parameters": sum(p.numel() for p in vae.parameters())})
@@ -213,6 +214,16 @@ def _step(cfg, arrays, vae, loss_fn, opt_g, opt_d, step: int, lr: float) -> dict
         opt_d.step()
         parts["disc"] = d_parts["disc"]
     return parts
+
+
+def _cut_log(path: Path, step: int) -> None:
+    """Drop log rows past ``step`` (written after the last checkpoint of an interrupted run)."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= step]
+    if len(keep) != len(lines):
+        atomic_write_text(path, "".join(keep))
 
 
 def _elapsed(out: Path) -> float:
