@@ -279,3 +279,14 @@ def test_latent_cache_of_training_arrays_encodes_pixels(tmp_path):
         assert torch.allclose(z, codec.encode(arrays.pixels(torch.arange(4))), atol=1e-6)
     arrays.latents = torch.zeros_like(z)  # a latent-mode array set still caches the latents of its pixels
     assert torch.allclose(cached_latents(arrays, codec, tmp_path / "b", progress=False), z, atol=1e-6)
+
+
+def test_load_refuses_a_corrupt_card_in_one_line(tmp_path):
+    folder = tiny_codec().save(tmp_path / "ae")
+    (folder / "maskray_autoencoder.json").write_text("{not json")
+    with pytest.raises(MaskrayError, match="not valid JSON") as e:
+        LatentCodec.load(folder)
+    (folder / "maskray_autoencoder.json").write_text('{"config": {"factor": 4}}')
+    with pytest.raises(MaskrayError, match="config is not valid") as e2:
+        LatentCodec.load(folder)
+    assert "\n" not in str(e.value) + str(e2.value)
