@@ -127,7 +127,7 @@ def main() -> int:
               "machine": "2-core x86 CPU shared with 4 other agents' work: seconds are noisy upper bounds",
               "crop_size": a.crop_size, "batch_size": a.batch_size, "image_size": 256, "versions": versions(),
               "variants": VARIANTS, "feature_net_seconds": {}, "rows": []}
-    plan = [(d, v, 4) for d in a.datasets.split(",") for v in a.variants.split(",")]
+    plan = [(d, v, 4) for d in a.datasets.split(",") for v in a.variants.split(",") if v]
     if a.factor8 and "phantom" in a.datasets:
         plan.append(("phantom", a.factor8, 8))
     for name, variant, factor in plan:
