@@ -40,7 +40,7 @@ LOG_FIELDS = ("step", "loss", "l1", "kl", "perceptual", "feature_matching", "adv
 
 @dataclass(frozen=True)
 class AutoencoderTrainConfig:
-    """One autoencoder run. Loss-weight defaults: benchmarks/bench_autoencoder.py (docs/latent.md)."""
+    """One autoencoder run. The loss-weight defaults are :class:`LossWeights`' (docs/latent.md says why)."""
 
     data: str = option("", help="dataset folder in the native layout")
     out: str = option("", help="run folder to write")
@@ -56,13 +56,14 @@ class AutoencoderTrainConfig:
     batch_size: int = option(8, help="crops per step")
     lr: float = option(1e-3, help="AdamW learning rate (autoencoder and discriminator)")
     warmup_steps: int = option(50, help="linear learning-rate warm-up")
-    l1_weight: float = option(1.0, help="weight of the L1 reconstruction loss")
-    kl_weight: float = option(1e-6, help="weight of the KL term (per image pixel)")
-    perceptual_weight: float = option(1.0, help="weight of the perceptual loss (0: off)")
-    feature_matching_weight: float = option(0.0, help="weight of discriminator feature matching (0: off)")
-    adversarial_weight: float = option(0.0, help="weight of the hinge adversarial loss (0: off)")
+    l1_weight: float = option(LossWeights.l1, help="weight of the L1 reconstruction loss")
+    kl_weight: float = option(LossWeights.kl, help="weight of the KL term (per image pixel)")
+    perceptual_weight: float = option(LossWeights.perceptual, help="weight of the perceptual loss (0: off)")
+    feature_matching_weight: float = option(LossWeights.feature_matching,
+                                            help="weight of discriminator feature matching (0: off)")
+    adversarial_weight: float = option(LossWeights.adversarial, help="weight of the hinge adversarial loss (0: off)")
     disc_start: int = option(0, help="steps before the discriminator and its terms switch on (0: half the run)")
-    adaptive_weight: bool = option(True, help="latent diffusion's adaptive adversarial weight")
+    adaptive_weight: bool = option(LossWeights.adaptive, help="latent diffusion's adaptive adversarial weight")
     feature_net: str | None = option(None, help="a trained feature network folder (else one is trained)")
     feature_steps: int = option(300, help="steps of self-supervised feature-network training")
     scale_cases: int = option(64, help="training images used to measure the latent scaling factor")
