@@ -252,7 +252,11 @@ def test_train_autoencoder_resume_is_exact(phantom32, tmp_path):
     assert main(args + ["--out", str(tmp_path / "a")]) == 0
     assert main(args + ["--out", str(tmp_path / "b"), "--stop-after", "3"]) == 0
     assert not (tmp_path / "b" / "report.json").exists()
+    with open(tmp_path / "b" / "log.csv", "a") as f:  # a row written after the checkpoint, then a crash
+        f.write("4,9,9,9,,,,,,1e-3,1,1\n")
     assert main(args + ["--out", str(tmp_path / "b"), "--resume"]) == 0
+    steps = [r.split(",")[0] for r in (tmp_path / "b" / "log.csv").read_text().splitlines()[1:]]
+    assert steps == [str(i) for i in range(1, 7)]
     a, b = (LatentCodec.load(tmp_path / r / "autoencoder") for r in ("a", "b"))
     assert a.weights_hash() == b.weights_hash()
 
@@ -262,3 +266,27 @@ def test_train_autoencoder_bad_input_is_one_line(phantom32, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "factor 3" in err and "\n" not in err
     assert not (tmp_path / "r").exists()
+
+
+def test_latent_cache_of_training_arrays_encodes_pixels(tmp_path):
+    from maskray.training.data import TrainingArrays
+
+    ints = torch.randint(0, 65536, (4, 1, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+    arrays = TrainingArrays([f"c{i}" for i in range(4)], ints, None)
+    codec = tiny_codec()
+    z = cached_latents(arrays, codec, tmp_path / "a", progress=False)
+    with torch.no_grad():
+        assert torch.allclose(z, codec.encode(arrays.pixels(torch.arange(4))), atol=1e-6)
+    arrays.latents = torch.zeros_like(z)  # a latent-mode array set still caches the latents of its pixels
+    assert torch.allclose(cached_latents(arrays, codec, tmp_path / "b", progress=False), z, atol=1e-6)
+
+
+def test_load_refuses_a_corrupt_card_in_one_line(tmp_path):
+    folder = tiny_codec().save(tmp_path / "ae")
+    (folder / "maskray_autoencoder.json").write_text("{not json")
+    with pytest.raises(MaskrayError, match="not valid JSON") as e:
+        LatentCodec.load(folder)
+    (folder / "maskray_autoencoder.json").write_text('{"config": {"factor": 4}}')
+    with pytest.raises(MaskrayError, match="config is not valid") as e2:
+        LatentCodec.load(folder)
+    assert "\n" not in str(e.value) + str(e2.value)

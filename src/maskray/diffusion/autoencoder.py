@@ -28,6 +28,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from maskray.errors import MaskrayError
+from maskray.files import read_json
 from maskray.provenance import atomic_write_text, to_jsonable
 from maskray.files import staged_output
 
@@ -105,7 +106,8 @@ def state_hash(module: torch.nn.Module) -> str:
 
 class LatentCodec:
     """An ``AutoencoderKL`` with its measured scaling factor: images ``(N, 1, H, W)`` in ``[-1, 1]`` <->
-    scaled latents ``(N, C, H/f, W/f)``."""
+    scaled latents ``(N, C, H/f, W/f)``. ``encode`` and ``decode`` are differentiable; wrap them in
+    ``torch.no_grad()`` (and put ``vae`` in eval mode) for inference."""
 
     def __init__(self, vae: AutoencoderKL, config: AutoencoderConfig, scaling_factor: float = 1.0,
                  summary: dict | None = None):
@@ -124,6 +126,10 @@ class LatentCodec:
 
     def weights_hash(self) -> str:
         return state_hash(self.vae)
+
+    def to(self, device: torch.device | str) -> LatentCodec:
+        self.vae.to(device)
+        return self
 
     def _device(self) -> torch.device:
         return next(self.vae.parameters()).device
@@ -185,12 +191,12 @@ class LatentCodec:
         if not card_path.is_file():
             raise MaskrayError(f"{folder}: not a maskray autoencoder (missing {CARD_FILE}); train one with "
                                f"'maskray train autoencoder'")
+        card = read_json(card_path, what="autoencoder card")
         try:
-            card = json.loads(card_path.read_text())
             config = AutoencoderConfig.from_dict(card["config"], str(card_path))
             scaling = float(card["scaling_factor"])
             expected = card["weights_sha256"]
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise MaskrayError(f"{card_path}: corrupt card ({e.__class__.__name__}: {e})") from None
         vae = _load_vae(folder)
         reference = build_autoencoder(config).state_dict()

@@ -40,7 +40,7 @@ LOG_FIELDS = ("step", "loss", "l1", "kl", "perceptual", "feature_matching", "adv
 
 @dataclass(frozen=True)
 class AutoencoderTrainConfig:
-    """One autoencoder run. Loss-weight defaults: benchmarks/bench_autoencoder.py (docs/latent.md)."""
+    """One autoencoder run. The loss-weight defaults are :class:`LossWeights`' (docs/latent.md says why)."""
 
     data: str = option("", help="dataset folder in the native layout")
     out: str = option("", help="run folder to write")
@@ -56,13 +56,14 @@ class AutoencoderTrainConfig:
     batch_size: int = option(8, help="crops per step")
     lr: float = option(1e-3, help="AdamW learning rate (autoencoder and discriminator)")
     warmup_steps: int = option(50, help="linear learning-rate warm-up")
-    l1_weight: float = option(1.0, help="weight of the L1 reconstruction loss")
-    kl_weight: float = option(1e-6, help="weight of the KL term (per image pixel)")
-    perceptual_weight: float = option(1.0, help="weight of the perceptual loss (0: off)")
-    feature_matching_weight: float = option(0.0, help="weight of discriminator feature matching (0: off)")
-    adversarial_weight: float = option(0.0, help="weight of the hinge adversarial loss (0: off)")
+    l1_weight: float = option(LossWeights.l1, help="weight of the L1 reconstruction loss")
+    kl_weight: float = option(LossWeights.kl, help="weight of the KL term (per image pixel)")
+    perceptual_weight: float = option(LossWeights.perceptual, help="weight of the perceptual loss (0: off)")
+    feature_matching_weight: float = option(LossWeights.feature_matching,
+                                            help="weight of discriminator feature matching (0: off)")
+    adversarial_weight: float = option(LossWeights.adversarial, help="weight of the hinge adversarial loss (0: off)")
     disc_start: int = option(0, help="steps before the discriminator and its terms switch on (0: half the run)")
-    adaptive_weight: bool = option(True, help="latent diffusion's adaptive adversarial weight")
+    adaptive_weight: bool = option(LossWeights.adaptive, help="latent diffusion's adaptive adversarial weight")
     feature_net: str | None = option(None, help="a trained feature network folder (else one is trained)")
     feature_steps: int = option(300, help="steps of self-supervised feature-network training")
     scale_cases: int = option(64, help="training images used to measure the latent scaling factor")
@@ -103,7 +104,7 @@ def _validate(cfg: AutoencoderTrainConfig) -> None:
 def crops(arrays: TrainingArrays, step: int, batch_size: int, side: int, seed: int) -> torch.Tensor:
     """Batch ``step``: random ``side`` x ``side`` crops (and horizontal flips) of the images, ``(B, 1, side, side)``
     in ``[-1, 1]``; a pure function of ``(seed, step)``."""
-    x, _ = arrays.batch(arrays.indices(step, batch_size, seed))
+    x = arrays.pixels(arrays.indices(step, batch_size, seed))
     g = torch.Generator().manual_seed(seed * 7_654_321 + step)
     size = x.shape[-1]
     out = torch.empty(x.shape[0], 1, side, side)
@@ -148,6 +149,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> Pat
     opt_d = torch.optim.AdamW(loss_fn.discriminator.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) \
         if loss_fn.discriminator is not None else None
     start = _load_checkpoint(out, vae, loss_fn, opt_g, opt_d) if cfg.resume else 0
+    _cut_log(out / "log.csv", start)
     write_run_info(out, "train autoencoder", cfg, seed=cfg.seed, checkpoint=cfg.feature_net,
                    extra={"train_cases": len(arrays), "dataset": str(ds.root), "loss_weights": weights,
                           "parameters": sum(p.numel() for p in vae.parameters())})
@@ -165,8 +167,7 @@ def _autocast(cfg: AutoencoderTrainConfig):
 
 
 def _loop(cfg, arrays, vae, loss_fn, opt_g, opt_d, out: Path, start: int, end: int, progress: bool) -> float:
-    side = cfg.crop_size or cfg.image_size
-    last_layer = vae.decoder.conv_out.weight
+    """Steps ``start .. end - 1``: one ``log.csv`` row each (flushed), checkpoints; returns training seconds."""
     log_path = out / "log.csv"
     new_log = not log_path.exists()
     t0, seconds0 = time.time(), _elapsed(out)
@@ -178,38 +179,53 @@ def _loop(cfg, arrays, vae, loss_fn, opt_g, opt_d, out: Path, start: int, end: i
                    dynamic_ncols=True)
         for step in range(start, end):
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-            for opt in (opt_g, opt_d):
-                for group in (opt.param_groups if opt is not None else ()):
-                    group["lr"] = lr
-            x = crops(arrays, step, cfg.batch_size, side, cfg.seed)
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 17)
-            with _autocast(cfg):
-                post = vae.encode(x).latent_dist
-                xrec = vae.decode(post.sample(generator=gen)).sample.float()
-                loss, parts = loss_fn.generator_loss(x, xrec, post, step, last_layer)
-            opt_g.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_g.step()
-            loss = float(loss.detach())
-            if opt_d is not None and loss_fn.disc_active(step):
-                with _autocast(cfg):
-                    d_loss, d_parts = loss_fn.discriminator_loss(x, xrec, step)
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
-                parts.update(disc=d_parts["disc"])
-            done = step + 1
-            elapsed = seconds0 + time.time() - t0
-            writer.writerow({"step": done, "loss": f"{float(loss):.6f}", "lr": f"{lr:.3e}",
+            parts = _step(cfg, arrays, vae, loss_fn, opt_g, opt_d, step, lr)
+            done, elapsed = step + 1, seconds0 + time.time() - t0
+            writer.writerow({"step": done, "lr": f"{lr:.3e}", "elapsed_s": f"{elapsed:.1f}",
                              "images_per_s": f"{(done - start) * cfg.batch_size / (time.time() - t0):.2f}",
-                             "elapsed_s": f"{elapsed:.1f}", **{k: f"{v:.6g}" for k, v in parts.items()}})
+                             **{k: f"{v:.6g}" for k, v in parts.items()}})
             f.flush()
-            bar.set_postfix(loss=f"{float(loss):.4f}", l1=f"{parts['l1']:.4f}")
+            bar.set_postfix(loss=f"{parts['loss']:.4f}", l1=f"{parts['l1']:.4f}")
             bar.update(1)
             if done % cfg.checkpoint_every == 0 or done == end:
                 _save_checkpoint(out, vae, loss_fn, opt_g, opt_d, done, elapsed)
         bar.close()
     return seconds0 + time.time() - t0
+
+
+def _step(cfg, arrays, vae, loss_fn, opt_g, opt_d, step: int, lr: float) -> dict[str, float]:
+    """One autoencoder update, then (after the warm-up) one discriminator update; returns the loss parts."""
+    for opt in (opt_g, opt_d):
+        for group in (opt.param_groups if opt is not None else ()):
+            group["lr"] = lr
+    x = crops(arrays, step, cfg.batch_size, cfg.crop_size or cfg.image_size, cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 17)
+    with _autocast(cfg):
+        post = vae.encode(x).latent_dist
+        xrec = vae.decode(post.sample(generator=gen)).sample.float()
+        loss, parts = loss_fn.generator_loss(x, xrec, post, step, vae.decoder.conv_out.weight)
+    opt_g.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_g.step()
+    parts["loss"] = float(loss.detach())
+    if opt_d is not None and loss_fn.disc_active(step):
+        with _autocast(cfg):
+            d_loss, d_parts = loss_fn.discriminator_loss(x, xrec, step)
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        parts["disc"] = d_parts["disc"]
+    return parts
+
+
+def _cut_log(path: Path, step: int) -> None:
+    """Drop log rows past ``step`` (written after the last checkpoint of an interrupted run)."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= step]
+    if len(keep) != len(lines):
+        atomic_write_text(path, "".join(keep))
 
 
 def _elapsed(out: Path) -> float:
@@ -255,13 +271,14 @@ def _held_out(ds: Dataset, cfg: AutoencoderTrainConfig) -> tuple[str, list[str]]
 def _finish(cfg, ds: Dataset, arrays: TrainingArrays, codec: LatentCodec, out: Path, seconds: float,
             progress: bool) -> Path:
     codec.vae.eval()
-    scale_images, _ = arrays.batch(torch.arange(min(cfg.scale_cases, len(arrays))))
+    scale_images = arrays.pixels(torch.arange(min(cfg.scale_cases, len(arrays))))
     codec.measure_scaling_factor(scale_images, batch_size=4)
     split, ids = _held_out(ds, cfg)
     labelled = all(ds.cases[c].label_path is not None for c in ids) and ds.has_labels
     held = load_arrays(ds, cfg.image_size, split, need_labels=labelled, progress=progress)
     keep = torch.tensor([held.case_ids.index(c) for c in ids])
-    real, labels = held.batch(keep)
+    real = held.pixels(keep)
+    labels = held.labels[keep].long() if held.labels is not None else None
     recon = torch.cat([codec.decode(codec.encode(real[i:i + 4])) for i in
                        tqdm(range(0, len(real), 4), desc="scoring held-out", disable=not progress, leave=False)])
     report = reconstruction_report(real, recon, labels, ds.labels)

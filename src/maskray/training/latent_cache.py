@@ -37,7 +37,7 @@ def images_hash(images: torch.Tensor | TrainingArrays) -> str:
 
 def _as_float(images: torch.Tensor | TrainingArrays, i: int, j: int) -> torch.Tensor:
     if isinstance(images, TrainingArrays):
-        return images.batch(torch.arange(i, j))[0]
+        return images.pixels(torch.arange(i, j))
     return images[i:j].float()
 
 
