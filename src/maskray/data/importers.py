@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from maskray.config import option
 from maskray.data import layout
+from maskray.data.attributes import attributes_from_csv, parse_bins
 from maskray.data.readers import is_supported, read_source_image, read_source_mask, stem_of
 from maskray.data.splits import CASES_FILE, make_splits, patients_from_csv, patients_from_pattern, read_csv
 from maskray.errors import MaskrayError
@@ -75,6 +76,10 @@ class ImportConfig:
     patient_pattern: str | None = option(None, help="regex on the file stem giving the patient id (group 1)")
     patient_column: str | None = option(None, help="patient id column of --patient-csv (or of the nodule CSV)")
     patient_csv: Path | None = option(None, help="CSV mapping file name (--nodule-file-column) to patient")
+    attributes_csv: Path | None = option(None, help="CSV of patient attributes, one row per image (docs/conditions.md)")
+    attribute_columns: tuple[str, ...] = option((), help="columns of --attributes-csv to record, e.g. sex,age")
+    attribute_file_column: str = option("file", help="column of --attributes-csv with the image file name")
+    attribute_bins: str | None = option(None, help="bin numeric columns into bands, e.g. age=10 (60-70)")
 
 
 @dataclass(frozen=True)
@@ -428,6 +433,17 @@ def _patients(cfg: ImportConfig, names: dict[str, str]) -> dict[str, str]:
     return dict(names)
 
 
+def _attributes(cfg: ImportConfig, names: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Case -> attributes from ``--attributes-csv`` (empty without it); a malformed CSV is a one-line error."""
+    if cfg.attributes_csv is None:
+        if cfg.attribute_columns:
+            raise MaskrayError("--attribute-columns needs --attributes-csv FILE")
+        return {}
+    by_stem = attributes_from_csv(cfg.attributes_csv, tuple(cfg.attribute_columns), cfg.attribute_file_column,
+                                  list(names.values()), parse_bins(cfg.attribute_bins))
+    return {cid: by_stem[stem] for cid, stem in names.items() if stem in by_stem}
+
+
 # ---------------------------------------------------------------------------------------------- public
 def import_folder(cfg: ImportConfig, progress: bool = True) -> ImportResult:
     """Import ``cfg``'s source into ``cfg.out`` atomically; raises :class:`MaskrayError` listing every bad file.
@@ -439,6 +455,7 @@ def import_folder(cfg: ImportConfig, progress: bool = True) -> ImportResult:
     tmp = out.parent / f".{out.name}.importing-{uuid.uuid4().hex[:8]}"
     jobs, plan, labels, names, _ = _plan(cfg, tmp)
     patients = _patients(cfg, names)  # before any work: a bad pattern fails fast
+    attributes = _attributes(cfg, names)  # likewise a malformed attribute CSV
     workers = cfg.workers if cfg.workers > 0 else min(4, os.cpu_count() or 1)
     done = False
     try:
@@ -461,6 +478,9 @@ def import_folder(cfg: ImportConfig, progress: bool = True) -> ImportResult:
             raise MaskrayError(f"{len(errors)} of {len(jobs)} case(s) could not be imported; nothing was written:\n  "
                                + "\n  ".join(errors))
         records: dict[str, dict] = {c: dict(r, patient=patients.get(c, c)) for c, r in sorted(results.items())}
+        for c, attrs in attributes.items():
+            if c in records:
+                records[c]["attributes"] = attrs
         warnings = [w for r in records.values() for w in r["warnings"]]
         spacings = {tuple(r["spacing"]) if r["spacing"] else None for r in records.values()}
         common = next(iter(spacings)) if len(spacings) == 1 else None

@@ -3,7 +3,8 @@
 ::
 
     FOLDER/unet/          config.json + diffusion_pytorch_model.safetensors of the base UNet (EMA weights)
-    FOLDER/controlnet/    the same for the ControlNet (stage 2 only)
+    FOLDER/controlnet/    the same for the ControlNet (stage 2 only; the mask's, or the first condition's)
+    FOLDER/controlnet_NAME/  one more per further condition (``--conditions mask,edges``: controlnet_edges/)
     FOLDER/maskray.json   the model card (diffusion/card.py)
 
 A finished run keeps its model in ``RUN/model``; every checkpoint keeps one in ``RUN/checkpoints/step-N/model``,
@@ -20,7 +21,7 @@ from pathlib import Path
 from diffusers import ControlNetModel, UNet2DConditionModel
 
 from maskray.diffusion.card import CARD_FILE, ModelCard
-from maskray.diffusion.networks import ControlledUNet
+from maskray.diffusion.networks import ControlledUNet, ControlNetSet
 from maskray.errors import MaskrayError
 from maskray.provenance import file_sha256
 
@@ -29,17 +30,33 @@ PICKLE_ENDINGS = (".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt")
 
 
 def save_model(folder: str | os.PathLike, unet: UNet2DConditionModel, card: ModelCard,
-               controlnet: ControlNetModel | None = None) -> Path:
+               controlnet: ControlNetModel | ControlNetSet | None = None) -> Path:
     """Write the networks and the card (with the weight hashes filled in) into ``folder``."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(out / "unet", safe_serialization=True)
     hashes = {"unet_sha256": weights_hash(out / "unet")}
-    if controlnet is not None:
+    if isinstance(controlnet, ControlNetSet):
+        hashes.update(_save_controlnet_set(out, controlnet, card))
+    elif controlnet is not None:
         controlnet.save_pretrained(out / "controlnet", safe_serialization=True)
         hashes["controlnet_sha256"] = weights_hash(out / "controlnet")
     dataclasses.replace(card, **hashes).save(out)  # the card last: a folder with a card is complete
     return out
+
+
+def controlnet_dir(index: int, name: str) -> str:
+    """Folder of a model's ``index``-th ControlNet: ``controlnet`` for the first, ``controlnet_NAME`` after."""
+    return "controlnet" if index == 0 else f"controlnet_{name}"
+
+
+def _save_controlnet_set(out: Path, nets: ControlNetSet, card: ModelCard) -> dict:
+    conditions = {}
+    for i, (name, net) in enumerate(nets.nets.items()):
+        net.save_pretrained(out / controlnet_dir(i, name), safe_serialization=True)
+        conditions[name] = {**card.conditions.get(name, {}), "sha256": weights_hash(out / controlnet_dir(i, name))}
+    first = next(iter(conditions))
+    return {"controlnet_sha256": conditions[first]["sha256"], "conditions": conditions}
 
 
 def weights_hash(folder: Path) -> str:
@@ -75,11 +92,15 @@ def load_model(path: str | os.PathLike, need_controlnet: bool = False) -> tuple[
                            f"('maskray train controlnet --base {path} ...')")
     unet = _load_net(UNet2DConditionModel, folder / "unet", card.unet_sha256)
     controlnet = None
-    if card.stage == "controlnet":
+    if card.stage == "controlnet" and not card.conditions:
         controlnet = _load_net(ControlNetModel, folder / "controlnet", card.controlnet_sha256)
         if controlnet.config.conditioning_channels != len(card.labels):
             raise MaskrayError(f"{folder / 'controlnet'}: takes {controlnet.config.conditioning_channels} condition "
                                f"channels but the model card names {len(card.labels)} labels")
+    elif card.stage == "controlnet":
+        controlnet = ControlNetSet({name: _load_net(ControlNetModel, folder / controlnet_dir(i, name),
+                                                    card.conditions[name].get("sha256"))
+                                    for i, name in enumerate(card.conditions)})
     model = ControlledUNet(unet, controlnet).eval()
     model.requires_grad_(False)
     return model, card

@@ -7,6 +7,7 @@ temporary name and renamed, and ``--resume`` continues an interrupted run withou
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -23,10 +24,10 @@ from maskray.data.layout import (Dataset, DatasetInfo, image_path, label_path, p
                                  write_dataset_info, write_image_file, write_label_file)
 from maskray.data.resize import resize_label
 from maskray.diffusion.card import ModelCard
-from maskray.diffusion.conditioning import mask_condition
 from maskray.diffusion.sampling import SCHEDULERS, make_scheduler, sample
 from maskray.diffusion.store import load_model, model_folder
 from maskray.errors import MaskrayError
+from maskray.pipelines.conditions import GenerationConditions, parse_scales
 from maskray.provenance import atomic_write_text, to_jsonable, write_run_info
 
 SYNTHETIC_TEXT = {"Comment": "maskray synthetic image (not a real patient)", "Software": "maskray"}
@@ -42,8 +43,14 @@ class GenerateConfig:
     samples_per_mask: int = option(1, help="images per label map")
     scheduler: str = option("dpm++", help=f"sampler: {', '.join(SCHEDULERS)}")
     steps: int = option(25, help="sampler steps")
-    guidance_scale: float = option(1.0, help="classifier-free guidance on the mask (1 = off)")
-    conditioning_scale: float = option(1.0, help="ControlNet residual scale")
+    guidance_scale: str = option("1", help="classifier-free guidance on the conditions (1 = off): a number for all "
+                                      "at once, or per condition, e.g. mask=2,edges=1")
+    conditioning_scale: str = option("1", help="ControlNet residual scale: a number, or per condition, e.g. "
+                                           "mask=1,edges=0.5 (0 leaves a condition out)")
+    edges_from: str | None = option(None, help="real dataset whose images' edge maps condition each case (a model "
+                                               "trained with --conditions mask,edges); default for --masks")
+    attributes: str | None = option(None, help="patient attributes to ask for, e.g. sex=F,age=60-70")
+    attribute_guidance: float = option(1.0, help="classifier-free guidance on --attributes (1 = off)")
     batch_size: int = option(16, help="images per batch (every batch is padded to this size, so a case's pixels "
                                       "do not depend on which cases share its batch)")
     seed: int = option(0, help="run seed; each case's seed derives from it and the case id")
@@ -130,6 +137,8 @@ def _open_out(cfg: GenerateConfig) -> Path:
 
 
 def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
+    if not cfg.masks and cfg.edges_from:  # structure-preserving variation of real images: their own masks
+        cfg = dataclasses.replace(cfg, masks=cfg.edges_from)
     _check_config(cfg)
     model, card = load_model(cfg.model, need_controlnet=True)
     make_scheduler(cfg.scheduler, card.scheduler_config)  # fail early on a bad name
@@ -150,9 +159,8 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
         chunk = todo[start: start + cfg.batch_size]
         labs, kw = job.inputs(chunk)
         imgs = sample(model, scheduler, (cfg.batch_size, 1, card.image_size, card.image_size), kw.pop("gens"),
-                      num_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                      conditioning_scale=cfg.conditioning_scale, precision=cfg.precision, device=device,
-                      channels_last=cfg.channels_last, **kw)
+                      num_steps=cfg.steps, precision=cfg.precision, device=device, channels_last=cfg.channels_last,
+                      **job.scales, **kw)
         for (out_id, _, _), img, lab in zip(chunk, imgs, labs):
             # label first: a case counts as done only once its image (written last) exists
             write_label_file(label_path(out, out_id), lab.numpy())
@@ -172,6 +180,12 @@ class _Job:
         self.size = card.image_size
         self.plan = _plan(cfg, masks)
         self.origin = _mask_origins(masks)
+        self.conds = GenerationConditions(card, mapping, Dataset(cfg.edges_from) if cfg.edges_from else None,
+                                          cfg.attributes, self.origin)
+        names = card.condition_names
+        self.scales = {"guidance_scale": parse_scales(cfg.guidance_scale, names, "--guidance-scale"),
+                       "conditioning_scale": parse_scales(cfg.conditioning_scale, names, "--conditioning-scale"),
+                       "attribute_guidance": float(cfg.attribute_guidance)}
 
     def inputs(self, chunk: list[tuple[str, str, int]]) -> tuple[list[torch.Tensor], dict]:
         """Label maps of ``chunk`` and the sampler's keyword inputs, padded to ``batch_size`` with copies of
@@ -189,7 +203,8 @@ class _Job:
         pad = self.cfg.batch_size - len(chunk)
         padded = labs + [labs[-1]] * pad
         gens += [torch.Generator().manual_seed(0) for _ in range(pad)]
-        kw = {"gens": gens, "cond": mask_condition(torch.stack(padded), self.mapping, self.size)}
+        sources = [src for _, src, _ in chunk]
+        kw = {"gens": gens, "cond": self.conds.build(torch.stack(padded), sources + [sources[-1]] * pad)}
         if self.real is not None:
             kw.update(known=torch.stack(knowns + [knowns[-1]] * pad),
                       keep=torch.stack(keeps + [keeps[-1]] * pad)[:, None],
@@ -202,7 +217,8 @@ class _Job:
         folder = str(model_folder(cfg.model).resolve())
         mode = "region-preserving" if self.real is not None else "full"
         manifest = {"cases": {out_id: {"source_case": self.origin.get(src, src), "mask_case": src, "sample": k,
-                                       "seed": case_seed(cfg.seed, src, k), "checkpoint": folder, "mode": mode}
+                                       "seed": case_seed(cfg.seed, src, k), "checkpoint": folder, "mode": mode,
+                                       **self.conds.record(src)}
                               for out_id, src, k in self.plan}}
         atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
         info = DatasetInfo(labels=dict(self.masks.info.labels), spacing=_scaled_spacing(self.masks, self.size),

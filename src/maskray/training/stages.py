@@ -4,6 +4,10 @@ model card of the result. The training loop (trainer.py) is the same for every s
 - ``base`` (stage 1): a fresh UNet learns the look of radiographs; no condition.
 - ``controlnet`` (stage 2): the base is loaded and frozen; a ControlNet copied from it (zero-initialised joins)
   learns to follow the one-hot mask, which is dropped for ``cond_drop`` of the samples (guidance).
+  ``--conditions mask,edges``: one ControlNet per condition, trained jointly (their residuals add, as at
+  generation), each condition dropped independently (training/conditions.py).
+- ``--attributes sex,age`` (stage 1; stage 2 inherits the base's): the patient attributes enter the UNet (and the
+  ControlNets copied from it) as an embedding added to the time embedding, dropped like the conditions.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from torch import nn
 
 from maskray.data.layout import Dataset
 from maskray.diffusion.card import ModelCard
-from maskray.diffusion.conditioning import drop_conditions, one_hot
-from maskray.diffusion.networks import ControlledUNet, build_controlnet, build_unet
+from maskray.data.attributes import read_case_attributes
+from maskray.diffusion.attributes import vector_size, vocabulary_of
+from maskray.diffusion.networks import ControlledUNet, ControlNetSet, build_controlnet, build_unet
 from maskray.diffusion.objective import DiffusionConfig, make_train_scheduler
 from maskray.diffusion.store import load_model, save_model
 from maskray.errors import MaskrayError
 from maskray.provenance import to_jsonable
+from maskray.training.conditions import ConditionMaker, check_condition_names
 from maskray.training.config import PATH_FIELDS, Stage, TrainConfig
 
 
@@ -33,8 +39,10 @@ class StageSetup:
     """What the loop needs to train one stage.
 
     ``joined(trainable)`` puts the (possibly accelerate-wrapped) trainable network into the ``ControlledUNet``
-    that is called as ``model(noisy, t, cond)``; ``condition(labels, generator)`` turns a batch's int64 label maps
-    ``(B, S, S)`` into the condition (or ``None``); ``save(folder, trainable)`` writes a loadable model folder.
+    that is called as ``model(noisy, t, cond)``; ``condition(labels, generator, images, case_ids)`` turns a batch
+    (int64 label maps ``(B, S, S)``, images ``(B, 1, S, S)``, its case ids) into the condition with dropout (or
+    ``None``), ``maker.make`` into the whole condition (validation); ``save(folder, trainable)`` writes a
+    loadable model folder.
     """
 
     stage: Stage
@@ -43,12 +51,22 @@ class StageSetup:
     diffusion: DiffusionConfig
     labels: dict[str, int]
     joined: Callable[[nn.Module], ControlledUNet]
-    condition: Callable[[torch.Tensor | None, torch.Generator], torch.Tensor | None]
+    maker: ConditionMaker
+    cond_drop: float
     card: ModelCard  # hashes and step are filled in at each save
 
     @property
     def needs_labels(self) -> bool:
-        return bool(self.labels)
+        return "mask" in self.maker.names
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the model reads a condition (maps or attributes) at all."""
+        return bool(self.maker.names or self.maker.vocab)
+
+    def condition(self, labels: torch.Tensor | None, generator: torch.Generator, images: torch.Tensor | None = None,
+                  case_ids: list[str] | None = None):
+        return self.maker.drop(self.maker.make(labels, images, case_ids), self.cond_drop, generator)
 
     def save(self, folder: Path, trainable: nn.Module, step: int) -> Path:
         card = dataclasses.replace(self.card, step=step)
@@ -58,7 +76,7 @@ class StageSetup:
 
 
 def setup_stage(cfg: TrainConfig, stage: Stage, ds: Dataset) -> StageSetup:
-    return _setup_base(cfg) if stage == "base" else _setup_controlnet(cfg, ds)
+    return _setup_base(cfg, ds) if stage == "base" else _setup_controlnet(cfg, ds)
 
 
 def _card(cfg: TrainConfig, stage: Stage, diff: DiffusionConfig, labels: dict[str, int], unet_config: dict,
@@ -70,17 +88,29 @@ def _card(cfg: TrainConfig, stage: Stage, diff: DiffusionConfig, labels: dict[st
                      maskray_version=metadata.version("maskray"), **extra)
 
 
-def _setup_base(cfg: TrainConfig) -> StageSetup:
+def _setup_base(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     diff = cfg.diffusion_config()
-    unet = build_unet(cfg.unet_config(), cfg.image_size)
+    case_attrs, vocab = _attribute_vocabulary(cfg, ds)
+    unet = build_unet(cfg.unet_config(), cfg.image_size, attribute_dim=vector_size(vocab))
+    maker = ConditionMaker((), [], None, vocab, case_attrs)
     return StageSetup(stage="base", trainable=unet, frozen=None, diffusion=diff, labels={},
-                      joined=lambda trained: ControlledUNet(trained, None),
-                      condition=lambda labels, generator: None,
-                      card=_card(cfg, "base", diff, {}, to_jsonable(cfg.unet_config())))
+                      joined=lambda trained: ControlledUNet(trained, None), maker=maker, cond_drop=cfg.cond_drop,
+                      card=_card(cfg, "base", diff, {}, to_jsonable(cfg.unet_config()),
+                                 attributes={k: list(v) for k, v in vocab.items()}))
+
+
+def _attribute_vocabulary(cfg: TrainConfig, ds: Dataset) -> tuple[dict, dict]:
+    """The dataset's per-case attributes and the vocabulary of ``--attributes`` over the training split."""
+    if not cfg.attributes:
+        return {}, {}
+    case_attrs = read_case_attributes(ds.root)
+    train = set(ds.case_ids(cfg.split))
+    return case_attrs, vocabulary_of({c: a for c, a in case_attrs.items() if c in train}, cfg.attributes)
 
 
 def _setup_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
-    if not ds.has_labels:
+    check_condition_names(cfg.conditions)
+    if "mask" in cfg.conditions and not ds.has_labels:
         raise MaskrayError(f"{ds.root}: has no label maps (or dataset.json names no foreground label); stage 2 "
                            f"learns from image/mask pairs")
     base_model, base_card = load_model(cfg.base)
@@ -89,19 +119,23 @@ def _setup_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     if base_card.image_size != cfg.image_size:
         raise MaskrayError(f"{cfg.base}: base was trained at {base_card.image_size} px but --image-size is "
                            f"{cfg.image_size}; use the base's size")
+    vocab = base_card.vocabulary
+    if cfg.attributes and tuple(cfg.attributes) != tuple(vocab):
+        raise MaskrayError(f"--attributes {','.join(cfg.attributes)}: stage 2 takes the attributes of its base "
+                           f"({', '.join(vocab) or 'none'}); leave --attributes out")
     # target and schedule come from the base; the loss weighting is this stage's own
     diff = dataclasses.replace(DiffusionConfig(**base_card.diffusion), min_snr_gamma=cfg.min_snr_gamma,
                                timestep_bias=cfg.timestep_bias)
     unet = base_model.unet
     unet.requires_grad_(False).eval()
-    labels = ds.info.foreground
-    values = list(labels.values())
-    controlnet = build_controlnet(unet, len(labels), cfg.cond_embedding_channels)
-
-    def condition(lab: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
-        return drop_conditions(one_hot(lab, values), cfg.cond_drop, generator)
-
+    labels = ds.info.foreground if "mask" in cfg.conditions else {}
+    maker = ConditionMaker(tuple(cfg.conditions), list(labels.values()), cfg.edge_config(), vocab,
+                           read_case_attributes(ds.root) if vocab else {})
+    nets = {n: build_controlnet(unet, maker.channels(n), cfg.cond_embedding_channels) for n in maker.names}
+    controlnet = nets["mask"] if maker.card_conditions() == {} else ControlNetSet(nets)
     card = _card(cfg, "controlnet", diff, labels, base_card.unet_config, base_unet_sha256=base_card.unet_sha256,
-                 cond_embedding_channels=tuple(cfg.cond_embedding_channels))
+                 cond_embedding_channels=tuple(cfg.cond_embedding_channels), conditions=maker.card_conditions(),
+                 attributes=dict(base_card.attributes))
     return StageSetup(stage="controlnet", trainable=controlnet, frozen=unet, diffusion=diff, labels=labels,
-                      joined=lambda trained: ControlledUNet(unet, trained), condition=condition, card=card)
+                      joined=lambda trained: ControlledUNet(unet, trained), maker=maker, cond_drop=cfg.cond_drop,
+                      card=card)

@@ -115,7 +115,8 @@ class _Loop:
         self.model = setup.joined(wrapped)  # called for the loss
         self.sampling_model = setup.joined(trainable)  # called for validation images
         self.strip = ValidationStrip(out / "validation", arrays, list(setup.labels.values()), cfg.validation_cases,
-                                     cfg.seed, cfg.validation_sampler_steps, self.noise_sched.config, cfg.precision)
+                                     cfg.seed, cfg.validation_sampler_steps, self.noise_sched.config, cfg.precision,
+                                     condition=setup.maker.make)
 
     def run(self, start: int) -> None:
         cfg, acc = self.cfg, self.acc
@@ -155,12 +156,13 @@ class _Loop:
     def forward_backward(self, step: int, k: int) -> float:
         cfg, acc = self.cfg, self.acc
         micro = (step * cfg.grad_accum + k) * acc.num_processes + acc.process_index
-        x0, lab = self.arrays.batch(self.arrays.indices(micro, cfg.batch_size, cfg.seed))
+        idx = self.arrays.indices(micro, cfg.batch_size, cfg.seed)
+        x0, lab = self.arrays.batch(idx)
         gen = step_generator(cfg.seed, micro)
         x0 = x0.to(acc.device)
         if cfg.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        cond = self.setup.condition(lab, gen)
+        cond = self.setup.condition(lab, gen, x0, [self.arrays.case_ids[i] for i in idx.tolist()])
         cond = cond.to(acc.device) if cond is not None else None
 
         def model_fn(noisy, t):
@@ -195,7 +197,7 @@ class _Loop:
             return
         with self.ema_weights():
             self.trainable.eval()
-            self.strip.add(self.sampling_model, step, conditional=self.setup.needs_labels, device=self.acc.device)
+            self.strip.add(self.sampling_model, step, conditional=self.setup.conditional, device=self.acc.device)
             self.trainable.train()
 
     def checkpoint(self, step: int) -> None:
