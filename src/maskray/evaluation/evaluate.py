@@ -39,6 +39,8 @@ from maskray.config import option
 from maskray.data.layout import Dataset, prepare_output_dir
 from maskray.errors import MaskrayError
 from maskray.evaluation import features as feat
+from maskray.evaluation.attributes import attribute_scores
+from maskray.evaluation.edges import edge_scores
 from maskray.evaluation.metrics import SSIM_DESCRIPTION, dice, ms_ssim, psnr, ssim, summarize
 from maskray.evaluation.pairs import (groups_by_source, open_pair, load_images, load_labels,
                                       read_manifest, test_split, working_size)
@@ -164,6 +166,8 @@ def _evaluate(real: Path, synthetic: Path, out: Path, cfg: EvaluateConfig) -> di
         "adherence": lambda: _adherence(cfg, segmenter, xs, ys, xte, yte, fg),
         "diversity": lambda: _diversity(cfg, groups, syn_index, xs, xte),
         "memorisation": lambda: _memorisation(cfg, xs, xtr, xte, syn_ids, train_ids),
+        "attributes": lambda: attribute_scores(real_ds, syn_ds, train_ids, test_ids, xtr, xte, syn_ids, xs, cfg.seed),
+        "edges": lambda: edge_scores(real_ds, syn_ds, syn_ids, xs),
     }
     for name, fn in parts.items():
         t = time.perf_counter()
@@ -316,7 +320,8 @@ def flatten(metrics: dict) -> list[dict]:
             rows.append({"section": path[0], "method": "/".join(path[1:-1]), "metric": path[-1],
                          "mean": float(d), "std": "", "n": ""})
 
-    for section in ("fidelity", "realism", "adherence", "diversity", "memorisation", "results"):
+    for section in ("fidelity", "realism", "adherence", "diversity", "memorisation", "attributes", "edges",
+                    "results"):
         if section in metrics:
             walk(metrics[section], [section])
     return rows
