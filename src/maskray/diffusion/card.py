@@ -44,8 +44,22 @@ class ModelCard:
     conditions: dict[str, Any] = field(default_factory=dict)
     # patient-attribute vocabulary in vector order: attribute -> allowed values (empty: no attributes)
     attributes: dict[str, Any] = field(default_factory=dict)
+    # latent models: {"factor", "latent_channels", "scaling_factor", "autoencoder_sha256"}; the autoencoder's
+    # weights sit in the model folder's autoencoder/ (None: the model works on pixels)
+    latent: dict[str, Any] | None = None
     maskray_version: str = ""
     format_version: int = CARD_VERSION
+
+    @property
+    def factor(self) -> int:
+        """Pixels per sample element along each side: 1 for pixel models, the autoencoder's factor for latents."""
+        return int(self.latent["factor"]) if self.latent else 1
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of what the UNet denoises (an image, or a latent)."""
+        side = self.image_size // self.factor
+        return (int(self.latent["latent_channels"]) if self.latent else 1, side, side)
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / CARD_FILE
@@ -107,6 +121,10 @@ class ModelCard:
                or not all(isinstance(x, str) for x in v)]
         if bad:
             raise MaskrayError(f"{where}: attributes {bad} need a non-empty list of string values")
+        if self.latent is not None:
+            need = {"factor", "latent_channels", "scaling_factor", "autoencoder_sha256"}
+            if set(self.latent) != need or self.latent["factor"] not in (4, 8) or self.image_size % self.latent["factor"]:
+                raise MaskrayError(f"{where}: latent must hold {sorted(need)} with factor 4 or 8 dividing image_size")
         if any(not isinstance(v, int) or isinstance(v, bool) for v in self.labels.values()):
             raise MaskrayError(f"{where}: label values must be integers")
 

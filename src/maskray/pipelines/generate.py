@@ -24,8 +24,8 @@ from maskray.data.layout import (Dataset, DatasetInfo, image_path, label_path, p
                                  write_dataset_info, write_image_file, write_label_file)
 from maskray.data.resize import resize_label
 from maskray.diffusion.card import ModelCard
-from maskray.diffusion.sampling import SCHEDULERS, make_scheduler, sample
-from maskray.diffusion.store import load_model, model_folder
+from maskray.diffusion.sampling import SCHEDULERS, composite_region, make_scheduler, sample
+from maskray.diffusion.store import load_codec, load_model, model_folder
 from maskray.errors import MaskrayError
 from maskray.pipelines.conditions import GenerationConditions, parse_scales
 from maskray.provenance import atomic_write_text, to_jsonable, write_run_info
@@ -141,6 +141,7 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
         cfg = dataclasses.replace(cfg, masks=cfg.edges_from)
     _check_config(cfg)
     model, card = load_model(cfg.model, need_controlnet=True)
+    codec = load_codec(cfg.model, card)
     make_scheduler(cfg.scheduler, card.scheduler_config)  # fail early on a bad name
     masks = Dataset(cfg.masks)
     job = _Job(cfg, card, masks, _condition_mapping(card, masks, cfg.model),
@@ -150,17 +151,18 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     todo = [p for p in job.plan if not (image_path(out, p[0]).is_file() and label_path(out, p[0]).is_file())]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
+    if codec is not None:
+        codec.vae.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     scheduler = make_scheduler(cfg.scheduler, card.scheduler_config)
+    draw = _Drawer(cfg, card, model, codec, scheduler, device, job.scales)
     bar = tqdm(total=len(job.plan), initial=len(job.plan) - len(todo), desc="generate", unit="img",
                disable=not progress, dynamic_ncols=True)
     for start in range(0, len(todo), cfg.batch_size):
         chunk = todo[start: start + cfg.batch_size]
         labs, kw = job.inputs(chunk)
-        imgs = sample(model, scheduler, (cfg.batch_size, 1, card.image_size, card.image_size), kw.pop("gens"),
-                      num_steps=cfg.steps, precision=cfg.precision, device=device, channels_last=cfg.channels_last,
-                      **job.scales, **kw)
+        imgs = draw(**kw)
         for (out_id, _, _), img, lab in zip(chunk, imgs, labs):
             # label first: a case counts as done only once its image (written last) exists
             write_label_file(label_path(out, out_id), lab.numpy())
@@ -169,6 +171,36 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     bar.close()
     job.write_records(out)
     return out
+
+
+class _Drawer:
+    """One padded batch of images: sampled in pixel space, or in latent space then decoded. In region-preserving
+    mode a latent model keeps the latents of the real image outside the (latent-resolution) region while
+    sampling, and the decoded result is composited in pixel space, so every pixel outside the region keeps its
+    value exactly."""
+
+    def __init__(self, cfg: GenerateConfig, card: ModelCard, model, codec, scheduler, device, scales: dict):
+        self.cfg, self.card, self.model, self.codec, self.scheduler, self.device = cfg, card, model, codec, \
+            scheduler, device
+        self.scales = scales  # guidance_scale, conditioning_scale, attribute_guidance (pipelines/conditions.py)
+
+    @torch.no_grad()
+    def __call__(self, gens, cond, known=None, keep=None, blend=None) -> torch.Tensor:
+        cfg = self.cfg
+        kw = dict(num_steps=cfg.steps, precision=cfg.precision, device=self.device, channels_last=cfg.channels_last,
+                  **self.scales)
+        shape = (len(gens), *self.card.sample_shape)
+        if self.codec is None:
+            return sample(self.model, self.scheduler, shape, gens, cond=cond, known=known, keep=keep, blend=blend,
+                          **kw)
+        region = {}
+        if known is not None:
+            f = self.card.factor
+            region = dict(known=self.codec.encode(known).cpu(), composite=False,
+                          keep=1 - torch.nn.functional.max_pool2d(1 - keep, f))  # any edited pixel frees its latent
+        z = sample(self.model, self.scheduler, shape, gens, cond=cond, clip=False, **region, **kw)
+        x = self.codec.decode(z).cpu()
+        return composite_region(x, known, blend).cpu() if known is not None else x
 
 
 class _Job:

@@ -31,6 +31,7 @@ from maskray.provenance import to_jsonable, write_run_info
 from maskray.training.checkpoints import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from maskray.training.config import Stage, TrainConfig, validate
 from maskray.training.data import load_arrays
+from maskray.training.latent_cache import cached_latents
 from maskray.training.stages import setup_stage
 from maskray.training.validation import ValidationStrip
 
@@ -72,6 +73,8 @@ def _train(cfg: TrainConfig, stage: Stage, progress: bool) -> Path:
     accelerator = Accelerator(mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.grad_accum,
                               log_with="tensorboard" if cfg.log == "tensorboard" else None, project_dir=str(out))
     arrays = load_arrays(ds, cfg.image_size, cfg.split, need_labels=setup.needs_labels, progress=progress)
+    if setup.codec is not None:
+        arrays.latents = cached_latents(arrays, setup.codec, out / "cache", progress=progress)
     trainable = setup.trainable.train()
     if cfg.channels_last:
         trainable.to(memory_format=torch.channels_last)
@@ -116,7 +119,7 @@ class _Loop:
         self.sampling_model = setup.joined(trainable)  # called for validation images
         self.strip = ValidationStrip(out / "validation", arrays, list(setup.labels.values()), cfg.validation_cases,
                                      cfg.seed, cfg.validation_sampler_steps, self.noise_sched.config, cfg.precision,
-                                     condition=setup.maker.make)
+                                     codec=setup.codec, condition=setup.maker.make)
 
     def run(self, start: int) -> None:
         cfg, acc = self.cfg, self.acc
@@ -162,7 +165,7 @@ class _Loop:
         x0 = x0.to(acc.device)
         if cfg.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        cond = self.setup.condition(lab, gen, x0, [self.arrays.case_ids[i] for i in idx.tolist()])
+        cond = self.setup.condition(lab, gen, self.arrays.pixels(idx), [self.arrays.case_ids[i] for i in idx.tolist()])
         cond = cond.to(acc.device) if cond is not None else None
 
         def model_fn(noisy, t):
