@@ -1,8 +1,9 @@
 """Networks: a diffusers ``UNet2DConditionModel`` as the frozen base and a diffusers ``ControlNetModel``
 built from it (Zhang, Rao & Agrawala, ICCV 2023).
 
-The base has no cross-attention (maskray conditions on masks, not text), so its
-``encoder_hidden_states`` is ``None``. The ControlNet is a trainable copy of the base's encoder whose
+maskray's own base has no cross-attention (it conditions on masks, not text), so its
+``encoder_hidden_states`` is ``None``; a Stable Diffusion base (diffusion/pretrained.py) reads a fixed prompt
+embedding there instead, the same for every sample. The ControlNet is a trainable copy of the base's encoder whose
 outputs join the base through zero-initialised 1x1 convolutions, so a fresh ControlNet leaves the base's
 output unchanged. Its conditioning embedding downsamples the mask by ``2 ** (len(cond_channels) - 1)``:
 one entry for a pixel-space backbone (mask and sample at one resolution), four for an 8x latent backbone.
@@ -92,20 +93,20 @@ class ControlNetSet(nn.Module):
     """Named ControlNets, one per condition, whose residuals add (what diffusers' ``MultiControlNetModel`` does,
     keyed by name, and skipping a condition that is left out or scaled to 0, so that it costs nothing).
 
-    ``forward(sample, t, maps, scales, class_labels) -> (down residuals, mid residual)`` or ``(None, None)`` when
-    every condition is left out."""
+    ``forward(sample, t, maps, scales, class_labels, context) -> (down residuals, mid residual)``, or
+    ``(None, None)`` when every condition is left out."""
 
     def __init__(self, nets: dict[str, ControlNetModel]):
         super().__init__()
         self.nets = nn.ModuleDict(nets)
 
-    def forward(self, sample, timesteps, maps: dict, scales: dict, class_labels=None):
+    def forward(self, sample, timesteps, maps: dict, scales: dict, class_labels=None, context=None):
         down = mid = None
         for name, net in self.nets.items():
             cond, scale = maps.get(name), float(scales.get(name, 1.0))
             if cond is None or scale == 0.0:
                 continue
-            d, m = net(sample, timesteps, encoder_hidden_states=None, controlnet_cond=cond,
+            d, m = net(sample, timesteps, encoder_hidden_states=context, controlnet_cond=cond,
                        conditioning_scale=scale, class_labels=class_labels, return_dict=False)
             down = list(d) if down is None else [a + b for a, b in zip(down, d)]
             mid = m if mid is None else mid + m
@@ -120,33 +121,46 @@ class ControlledUNet(nn.Module):
     base alone). ``controlnet``: one ``ControlNetModel`` (the mask), a :class:`ControlNetSet`, or ``None``.
     ``conditioning_scale``: a number for every ControlNet, or ``{condition: scale}``. A base with an attribute
     embedding gets an all-zero attribute vector ("not given") when ``cond`` carries none.
+    ``context``: float ``(1, L, D)`` fixed cross-attention context (a Stable Diffusion base's encoded prompt),
+    expanded to the batch; ``None`` for a base without cross-attention.
     """
 
-    def __init__(self, unet: UNet2DConditionModel, controlnet: ControlNetModel | ControlNetSet | None = None):
+    def __init__(self, unet: UNet2DConditionModel, controlnet: ControlNetModel | ControlNetSet | None = None,
+                 context: torch.Tensor | None = None):
         super().__init__()
         self.unet = unet
         self.controlnet = controlnet
+        self.context = context
+
+    def encoder_states(self, sample: torch.Tensor) -> torch.Tensor | None:
+        """The context for a batch like ``sample``: ``(N, L, D)`` on its device, or ``None``."""
+        if self.context is None:
+            return None
+        return self.context.to(sample.device).expand(sample.shape[0], -1, -1)
 
     def forward(self, sample: torch.Tensor, timesteps: torch.Tensor, cond=None,
                 conditioning_scale: float | dict[str, float] = 1.0) -> torch.Tensor:
         conds = as_conditions(cond)
         labels = self.class_labels(conds.attributes, sample)
+        context = self.encoder_states(sample)
         down = mid = None
         if isinstance(self.controlnet, ControlNetSet):
             scales = conditioning_scale if isinstance(conditioning_scale, dict) else \
                 {k: conditioning_scale for k in self.controlnet.nets}
-            down, mid = self.controlnet(sample, timesteps, conds.maps, scales, labels)
+            down, mid = self.controlnet(sample, timesteps, conds.maps, scales, labels, context)
         elif self.controlnet is not None and conds.maps:
             (name, cmap), = conds.maps.items()
             scale = conditioning_scale.get(name, 1.0) if isinstance(conditioning_scale, dict) else conditioning_scale
             if cmap is not None and scale != 0.0:
-                down, mid = self.controlnet(sample, timesteps, encoder_hidden_states=None, controlnet_cond=cmap,
+                down, mid = self.controlnet(sample, timesteps, encoder_hidden_states=context, controlnet_cond=cmap,
                                             conditioning_scale=float(scale), class_labels=labels, return_dict=False)
-        return self.unet(sample, timesteps, encoder_hidden_states=None, class_labels=labels,
+        return self.unet(sample, timesteps, encoder_hidden_states=context, class_labels=labels,
                          down_block_additional_residuals=down, mid_block_additional_residual=mid,
                          return_dict=False)[0]
 
     def class_labels(self, attributes: torch.Tensor | None, sample: torch.Tensor) -> torch.Tensor | None:
+        """The attribute vector for the UNet's class embedding (zeros when none is given), or ``None`` for a
+        UNet without one."""
         dim = self.unet.config.get("projection_class_embeddings_input_dim") if \
             self.unet.config.get("class_embed_type") == "projection" else None
         if not dim:

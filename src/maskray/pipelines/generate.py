@@ -60,6 +60,10 @@ class GenerateConfig:
     bit_depth: int = option(8, help="PNG bit depth (8 or 16)")
     inpaint_from: str | None = option(None, help="real dataset: regenerate only the changed region of its images")
     inpaint_margin: int = option(4, help="pixels the changed region is dilated by (region-preserving mode)")
+    prompt: str | None = option(None, help="Stable Diffusion models: the prompt (default: the one it was trained "
+                                "with)")
+    pretrained: str | None = option(None, help="Stable Diffusion models: the folder of its base (default: the one "
+                                    "named in MODEL/pretrained.json; its parts must match the model card's hashes)")
     resume: bool = option(False, help="continue an interrupted run in --out")
     overwrite: bool = option(False, help="replace an existing --out")
 
@@ -105,7 +109,7 @@ def _region(new: np.ndarray, old: np.ndarray, margin: int) -> tuple[np.ndarray, 
 
 
 # settings that change no pixel: everything else must match for --resume to continue a run
-_NOT_PIXELS = ("resume", "overwrite", "out")
+_NOT_PIXELS = ("resume", "overwrite", "out", "pretrained")  # a moved SD folder is checked by its hashes
 
 
 def _check_config(cfg: GenerateConfig) -> None:
@@ -140,8 +144,8 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     if not cfg.masks and cfg.edges_from:  # structure-preserving variation of real images: their own masks
         cfg = dataclasses.replace(cfg, masks=cfg.edges_from)
     _check_config(cfg)
-    model, card = load_model(cfg.model, need_controlnet=True)
-    codec = load_codec(cfg.model, card)
+    model, card = load_model(cfg.model, need_controlnet=True, prompt=cfg.prompt, pretrained=cfg.pretrained)
+    codec = load_codec(cfg.model, card, pretrained=cfg.pretrained)
     make_scheduler(cfg.scheduler, card.scheduler_config)  # fail early on a bad name
     masks = Dataset(cfg.masks)
     job = _Job(cfg, card, masks, _condition_mapping(card, masks, cfg.model),
@@ -256,10 +260,17 @@ class _Job:
         info = DatasetInfo(labels=dict(self.masks.info.labels), spacing=_scaled_spacing(self.masks, self.size),
                            extra={"synthetic": True, "maskray": {"unet_sha256": card.unet_sha256,
                                                                  "controlnet_sha256": card.controlnet_sha256,
-                                                                 "step": card.step}})
+                                                                 "step": card.step, **_prompt_record(cfg, card)}})
         write_dataset_info(out, info, len(self.plan))
         write_run_info(out, "generate", cfg, seed=cfg.seed, checkpoint=folder,
                        extra={"model_card": to_jsonable(card)})
+
+
+def _prompt_record(cfg: GenerateConfig, card: ModelCard) -> dict:
+    """The prompt a Stable Diffusion model's images were made with (nothing for maskray's own models)."""
+    if card.pretrained is None:
+        return {}
+    return {"prompt": card.pretrained["prompt"] if cfg.prompt is None else cfg.prompt}
 
 
 def _mask_origins(masks: Dataset) -> dict[str, str]:

@@ -12,6 +12,10 @@ model card of the result. The training loop (trainer.py) is the same for every s
 With an autoencoder (``--autoencoder RUN``) both stages learn on its latents (Rombach et al. 2022): the UNet
 denoises ``(latent_channels, S/f, S/f)`` samples, and the mask still enters the ControlNet at image resolution
 through a conditioning embedding that downsamples by the factor ``f``.
+
+With a Stable Diffusion folder (``--pretrained DIR``, stage 2 only) its UNet is the frozen base, its RGB VAE the
+codec and its encoded prompt the fixed cross-attention context; the run's model folder stores the ControlNet and
+the card, and names the folder instead of copying it (diffusion/pretrained.py).
 """
 
 from __future__ import annotations
@@ -27,12 +31,13 @@ from torch import nn
 
 from maskray.data.attributes import read_case_attributes
 from maskray.data.layout import Dataset
+from maskray.diffusion import pretrained as sd
 from maskray.diffusion.autoencoder import LatentCodec
 from maskray.diffusion.card import ModelCard
 from maskray.diffusion.attributes import vector_size, vocabulary_of
 from maskray.diffusion.networks import ControlledUNet, ControlNetSet, build_controlnet, build_unet
 from maskray.diffusion.objective import DiffusionConfig, make_train_scheduler
-from maskray.diffusion.store import load_codec, load_model, save_model
+from maskray.diffusion.store import load_codec, load_model, save_model, save_pretrained_model
 from maskray.errors import MaskrayError
 from maskray.provenance import to_jsonable
 from maskray.training.conditions import ConditionMaker, check_condition_names
@@ -59,7 +64,9 @@ class StageSetup:
     maker: ConditionMaker
     cond_drop: float
     card: ModelCard  # hashes and step are filled in at each save
-    codec: LatentCodec | None = None  # latent models: the frozen autoencoder
+    codec: LatentCodec | sd.RGBLatentCodec | None = None  # latent models: the frozen autoencoder
+    # writes the model folder instead of save_model (a ControlNet on a Stable Diffusion folder)
+    saver: Callable[[Path, nn.Module, ModelCard], Path] | None = None
 
     @property
     def needs_labels(self) -> bool:
@@ -76,12 +83,16 @@ class StageSetup:
 
     def save(self, folder: Path, trainable: nn.Module, step: int) -> Path:
         card = dataclasses.replace(self.card, step=step)
+        if self.saver is not None:
+            return self.saver(folder, trainable, card)
         if self.stage == "base":
             return save_model(folder, trainable, card, codec=self.codec)
         return save_model(folder, self.frozen, card, controlnet=trainable, codec=self.codec)
 
 
 def setup_stage(cfg: TrainConfig, stage: Stage, ds: Dataset) -> StageSetup:
+    if stage == "controlnet" and cfg.pretrained:
+        return _setup_pretrained_controlnet(cfg, ds)
     return _setup_base(cfg, ds) if stage == "base" else _setup_controlnet(cfg, ds)
 
 
@@ -144,11 +155,16 @@ def embedding_channels(requested: tuple[int, ...], factor: int) -> tuple[int, ..
     return tuple(requested)
 
 
-def _setup_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
-    check_condition_names(cfg.conditions)
-    if "mask" in cfg.conditions and not ds.has_labels:
+def _need_labels(ds: Dataset) -> None:
+    if not ds.has_labels:
         raise MaskrayError(f"{ds.root}: has no label maps (or dataset.json names no foreground label); stage 2 "
                            f"learns from image/mask pairs")
+
+
+def _setup_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
+    check_condition_names(cfg.conditions)
+    if "mask" in cfg.conditions:
+        _need_labels(ds)
     base_model, base_card = load_model(cfg.base)
     if base_card.stage != "base":
         raise MaskrayError(f"{cfg.base}: is a '{base_card.stage}' run; --base needs a stage-1 run")
@@ -180,3 +196,38 @@ def _setup_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     return StageSetup(stage="controlnet", trainable=controlnet, frozen=unet, diffusion=diff, labels=labels,
                       joined=lambda trained: ControlledUNet(unet, trained), maker=maker, cond_drop=cfg.cond_drop,
                       card=card, codec=codec)
+
+
+def _setup_pretrained_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
+    """Stage 2 on a Stable Diffusion folder: its UNet frozen, its VAE as the codec, its prompt encoded once."""
+    _need_labels(ds)
+    if tuple(cfg.conditions) != ("mask",) or cfg.attributes:
+        raise MaskrayError("--pretrained (Stable Diffusion) trains a mask ControlNet only; --conditions and "
+                           "--attributes are for maskray's own bases")
+    root = sd.check_folder(cfg.pretrained)
+    hashes = sd.parts_sha256(root)
+    scheduler_config, diff = sd.read_scheduler(root)
+    diff = dataclasses.replace(diff, min_snr_gamma=cfg.min_snr_gamma, timestep_bias=cfg.timestep_bias)
+    codec = sd.RGBLatentCodec.load(root, hashes["vae"])
+    if cfg.image_size % codec.factor:
+        raise MaskrayError(f"--image-size {cfg.image_size} is not divisible by the VAE's factor {codec.factor}")
+    unet = sd.load_unet(root)
+    if unet.config.in_channels != codec.latent_channels:
+        raise MaskrayError(f"{root / 'unet'}: takes {unet.config.in_channels} channels but the VAE makes "
+                           f"{codec.latent_channels}")
+    prompt = sd.DEFAULT_PROMPT if cfg.prompt is None else cfg.prompt
+    context = sd.prompt_context(root, prompt)
+    labels = ds.info.foreground
+    values = list(labels.values())
+    emb = embedding_channels(tuple(cfg.cond_embedding_channels), codec.factor)
+    controlnet = build_controlnet(unet, len(labels), emb)
+    summary = {k: to_jsonable(unet.config[k]) for k in ("in_channels", "block_out_channels", "cross_attention_dim",
+                                                        "sample_size")}
+    card = dataclasses.replace(
+        _card(cfg, "controlnet", diff, labels, summary, base_unet_sha256=hashes["unet"], cond_embedding_channels=emb,
+              latent=codec.latent_card(), pretrained={"prompt": prompt, "parts_sha256": hashes}),
+        unet_sha256=hashes["unet"], scheduler_config=scheduler_config)
+    return StageSetup(stage="controlnet", trainable=controlnet, frozen=unet, diffusion=diff, labels=labels,
+                      joined=lambda trained: ControlledUNet(unet, trained, context), card=card, codec=codec,
+                      maker=ConditionMaker(("mask",), values, None, {}, {}), cond_drop=cfg.cond_drop,
+                      saver=lambda folder, trained, c: save_pretrained_model(folder, trained, c, root))

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from maskray.data.layout import Dataset, prepare_output_dir
 from maskray.diffusion.networks import count_parameters
-from maskray.diffusion.objective import diffusion_loss, make_train_scheduler
+from maskray.diffusion.objective import diffusion_loss, train_scheduler
 from maskray.errors import MaskrayError
 from maskray.provenance import to_jsonable, write_run_info
 from maskray.training.checkpoints import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
@@ -74,6 +74,7 @@ def _train(cfg: TrainConfig, stage: Stage, progress: bool) -> Path:
                               log_with="tensorboard" if cfg.log == "tensorboard" else None, project_dir=str(out))
     arrays = load_arrays(ds, cfg.image_size, cfg.split, need_labels=setup.needs_labels, progress=progress)
     if setup.codec is not None:
+        setup.codec.vae.to(accelerator.device)  # encode (and decode validation images) where the networks run
         arrays.latents = cached_latents(arrays, setup.codec, out / "cache", progress=progress)
     trainable = setup.trainable.train()
     if cfg.channels_last:
@@ -114,7 +115,7 @@ class _Loop:
         self.wrapped, self.trainable, self.optimizer, self.lr_sched, self.ema = wrapped, trainable, optimizer, \
             lr_sched, ema
         self.arrays, self.out, self.progress = arrays, out, progress
-        self.noise_sched = make_train_scheduler(setup.diffusion)
+        self.noise_sched = train_scheduler(setup.card.scheduler_config)  # the card's: samplers share it
         self.model = setup.joined(wrapped)  # called for the loss
         self.sampling_model = setup.joined(trainable)  # called for validation images
         self.strip = ValidationStrip(out / "validation", arrays, list(setup.labels.values()), cfg.validation_cases,
@@ -165,7 +166,8 @@ class _Loop:
         x0 = x0.to(acc.device)
         if cfg.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        cond = self.setup.condition(lab, gen, self.arrays.pixels(idx), [self.arrays.case_ids[i] for i in idx.tolist()])
+        ids = [self.arrays.case_ids[i] for i in idx.tolist()]
+        cond = self.setup.condition(lab, gen, self.arrays.pixels(idx), ids)  # edges come from pixels, not latents
         cond = cond.to(acc.device) if cond is not None else None
 
         def model_fn(noisy, t):
