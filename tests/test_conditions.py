@@ -292,3 +292,21 @@ def test_two_conditions_and_attributes_end_to_end(tmp_path):
     assert scores["sex"]["n_generated"] == len(sids) and 0 <= scores["sex"]["generated_accuracy"] <= 1
     edges = edge_scores(real, syn, sids, xs)
     assert edges["n_cases"] == len(sids) and 0 <= edges["edge_f1"] <= 1 and edges["texture_std_between_samples"] > 0
+
+
+def test_generate_refuses_guidance_on_what_it_does_not_give(tmp_path):
+    from maskray.pipelines.conditions import GenerationConditions
+
+    card = ModelCard(stage="controlnet", image_size=32, labels={"lung": 1}, unet_config={}, diffusion={},
+                     scheduler_config={}, step=0, unet_sha256="x", controlnet_sha256="y",
+                     conditions={"mask": {"channels": 1}, "edges": EdgeConfig().to_card()},
+                     attributes={k: list(v) for k, v in VOCAB.items()})
+    conds = GenerationConditions(card, [1], None, None, {})
+    with pytest.raises(MaskrayError, match="edges need --edges-from"):
+        conds.check_guidance({"edges": 2.0}, 1.0)
+    with pytest.raises(MaskrayError, match="--attribute-guidance needs --attributes"):
+        conds.check_guidance(1.0, 2.0)
+    conds.check_guidance({"mask": 2.0}, 1.0)  # the mask is given: no error
+    edges_only = ModelCard(**{**card.__dict__, "conditions": {"edges": EdgeConfig().to_card()}, "labels": {}})
+    with pytest.raises(MaskrayError, match="give --edges-from REAL"):
+        GenerationConditions(edges_only, [], None, None, {})

@@ -63,6 +63,9 @@ def guidance_terms(cond: Conditions, guidance_scale: float | dict[str, float],
         unknown = sorted(set(guidance_scale) - set(cond.maps))
         if unknown:
             raise MaskrayError(f"guidance for unknown condition(s) {unknown} (this model's: {', '.join(cond.maps)})")
+        absent = sorted(k for k, g in guidance_scale.items() if float(g) != 1.0 and cond.maps[k] is None)
+        if absent:
+            raise MaskrayError(f"guidance on condition(s) {absent}, which are not given (edges need --edges-from)")
         terms += [(float(g), cond.without(k)) for k, g in guidance_scale.items() if float(g) != 1.0]
     elif guidance_scale != 1.0 and cond.maps:
         terms.append((float(guidance_scale), cond.without(None)))

@@ -56,6 +56,18 @@ class GenerationConditions:
         self.edges = EdgeConfig.from_card(card.conditions["edges"]) if edges_from is not None else None
         self.request = parse_request(attributes or "", card.vocabulary)
         self.single_mask = self.names == ["mask"] and not card.vocabulary
+        if "mask" not in self.names and edges_from is None:
+            raise MaskrayError(f"this model follows {', '.join(self.names)} and not the mask; give --edges-from REAL")
+
+    def check_guidance(self, guidance: float | dict[str, float], attribute_guidance: float) -> None:
+        """Guidance on a condition or attributes this run does not give is a one-line error (before any output)."""
+        if attribute_guidance != 1.0 and not self.request:
+            raise MaskrayError("--attribute-guidance needs --attributes NAME=VALUE,... (what to guide towards)")
+        if isinstance(guidance, dict):
+            absent = sorted(k for k, g in guidance.items() if g != 1.0 and k == "edges" and self.edges_from is None)
+            if absent:
+                raise MaskrayError(f"--guidance-scale names {', '.join(absent)}, which this run does not give "
+                                   f"(edges need --edges-from REAL)")
 
     def build(self, labels: torch.Tensor, source_ids: list[str]) -> torch.Tensor | Conditions:
         """int ``(N, H, W)`` label maps and the mask cases they come from -> the model's condition."""

@@ -89,6 +89,8 @@ def _plan(cfg: GenerateConfig, masks: Dataset) -> list[tuple[str, str, int]]:
 
 def _condition_mapping(card: ModelCard, masks: Dataset, run: str) -> list[int | None]:
     """For each model condition channel, the value of that label in the masks' dataset (None if absent)."""
+    if "mask" not in card.condition_names:  # an edges-only model: the label maps are only carried to the output
+        return list(masks.info.foreground.values())
     model_labels = card.labels
     unknown = [n for n in masks.info.foreground if n not in model_labels]
     if unknown:
@@ -222,6 +224,7 @@ class _Job:
         self.scales = {"guidance_scale": parse_scales(cfg.guidance_scale, names, "--guidance-scale"),
                        "conditioning_scale": parse_scales(cfg.conditioning_scale, names, "--conditioning-scale"),
                        "attribute_guidance": float(cfg.attribute_guidance)}
+        self.conds.check_guidance(self.scales["guidance_scale"], self.scales["attribute_guidance"])
 
     def inputs(self, chunk: list[tuple[str, str, int]]) -> tuple[list[torch.Tensor], dict]:
         """Label maps of ``chunk`` and the sampler's keyword inputs, padded to ``batch_size`` with copies of
