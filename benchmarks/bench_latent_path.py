@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -24,12 +25,18 @@ ROOT = Path(__file__).resolve().parents[1]
 CXR = ROOT.parent / "shared" / "data" / "cxr-lungs"
 
 
+CPU_S: dict[str, float] = {}
+
+
 def run(name: str, argv: list[str], times: dict, env: dict) -> None:
+    """Run one stage; wall seconds into ``times``, CPU seconds (user + system of the child) into ``CPU_S``."""
     print(f"--- {name}: maskray {' '.join(argv)}", flush=True)
-    t = time.time()
+    t, before = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run([sys.executable, "-m", "maskray", *argv], check=True, env=env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     times[name] = round(time.time() - t, 1)
-    print(f"--- {name}: {times[name]} s", flush=True)
+    CPU_S[name] = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)
+    print(f"--- {name}: {times[name]} s wall, {CPU_S[name]} CPU-s", flush=True)
 
 
 def make_data(a, work: Path, times: dict, env: dict) -> Path:
@@ -109,10 +116,12 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     per_image = sampling_seconds(lat / "cn", data)
-    latent_total = sum(v for k, v in times.items() if k == "data" or k.endswith("_latent") or k == "train_autoencoder")
+    on_latent = [k for k in times if k == "data" or k.endswith("_latent") or k == "train_autoencoder"]
     result = {
         "data": a.data, "threads": a.threads, "cpu": os.cpu_count(), "args": vars(a), "times_s": times,
-        "latent_path_total_min": round(latent_total / 60, 1),
+        "cpu_s": CPU_S, "load_average_at_end": os.getloadavg(),
+        "latent_path_wall_min": round(sum(times[k] for k in on_latent) / 60, 1),
+        "latent_path_cpu_min": round(sum(CPU_S[k] for k in on_latent) / 60, 1),
         "sample_256px_20_steps_s_per_image": round(per_image, 3),
         "autoencoder_report": json.loads((lat / "ae" / "report.json").read_text()),
         "latent_eval": json.loads((lat / "eval" / "metrics.json").read_text()),
@@ -120,7 +129,7 @@ def main() -> None:
     }
     out = ROOT / "benchmarks" / "results" / f"latent_path_{a.data}.json"
     out.write_text(json.dumps(result, indent=2, default=float))
-    print(json.dumps({k: result[k] for k in ("times_s", "latent_path_total_min",
+    print(json.dumps({k: result[k] for k in ("times_s", "cpu_s", "latent_path_wall_min", "latent_path_cpu_min",
                                              "sample_256px_20_steps_s_per_image")}, indent=2))
     print(f"wrote {out}")
 

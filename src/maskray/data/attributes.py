@@ -8,34 +8,24 @@ the key; the networks read that as "not given".
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from pathlib import Path
 
-from maskray.data.readers import stem_of
-from maskray.data.splits import CASES_FILE, read_csv
+from maskray.data.io import stem_of
+from maskray.data.schema import CASES_FILE, read_cases_file
+from maskray.data.splits import read_csv
 from maskray.errors import MaskrayError
 
 
 def read_case_attributes(root: str | os.PathLike) -> dict[str, dict[str, str]]:
     """``{case: {attribute: value}}`` from ``ROOT/cases.json`` (empty when the dataset records none)."""
-    path = Path(root) / CASES_FILE
-    if not path.is_file():
-        return {}
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MaskrayError(f"{path}: cannot read ({e})") from None
-    if not isinstance(rec, dict):
-        raise MaskrayError(f"{path}: must be a JSON object of case -> record")
     out = {}
-    for cid, r in rec.items():
-        attrs = r.get("attributes") if isinstance(r, dict) else None
+    for cid, rec in read_cases_file(root).items():
+        attrs = rec.get("attributes")
         if attrs is None:
             continue
         if not isinstance(attrs, dict):
-            raise MaskrayError(f"{path}: case {cid}: 'attributes' must be an object of name -> value")
+            raise MaskrayError(f"{root}/{CASES_FILE}: case {cid}: 'attributes' must be an object of name -> value")
         out[cid] = {str(k): str(v) for k, v in attrs.items()}
     return out
 

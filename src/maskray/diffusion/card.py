@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from maskray.errors import MaskrayError
+from maskray.files import read_json
 from maskray.provenance import atomic_write_text, to_jsonable
 
 CARD_FILE = "maskray.json"
@@ -73,13 +74,10 @@ class ModelCard:
     @classmethod
     def load(cls, folder: str | Path) -> "ModelCard":
         path = Path(folder) / CARD_FILE
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
+        if not path.is_file():
             raise MaskrayError(f"{folder}: not a trained maskray run (missing {CARD_FILE}); train one with "
-                               f"'maskray train base' or 'maskray train controlnet'") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise MaskrayError(f"{path}: cannot read the model card ({e})") from None
+                               f"'maskray train base' or 'maskray train controlnet'")
+        data = read_json(path, expect=(dict, list, str, int, float, type(None)), what="model card")
         return cls.from_dict(data, where=str(path))
 
     @classmethod

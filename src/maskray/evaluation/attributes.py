@@ -10,7 +10,6 @@ The classifier is scikit-learn's logistic regression on the principal components
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import numpy as np
@@ -23,7 +22,7 @@ from sklearn.preprocessing import StandardScaler
 
 from maskray.data.attributes import read_case_attributes
 from maskray.data.layout import Dataset
-from maskray.errors import MaskrayError
+from maskray.data.schema import read_manifest
 
 FEATURE_SIDE = 32
 MANIFEST = "manifest.json"
@@ -34,12 +33,8 @@ def requested_attributes(syn: Dataset) -> dict[str, dict[str, str]]:
     path = syn.root / MANIFEST
     if not path.is_file():
         return {}
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise MaskrayError(f"{path}: cannot read ({e})") from None
-    cases = raw.get("cases", raw) if isinstance(raw, dict) else {}
-    return {c: dict(e["attributes"]) for c, e in cases.items() if isinstance(e, dict) and e.get("attributes")}
+    cases = read_manifest(path)["cases"]
+    return {c: dict(e["attributes"]) for c, e in cases.items() if e.get("attributes")}
 
 
 def features(x: torch.Tensor) -> np.ndarray:

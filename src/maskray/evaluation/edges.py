@@ -10,16 +10,16 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import torch
 from scipy import ndimage
 
 from maskray.data.layout import Dataset
 from maskray.data.resize import resize_image
+from maskray.data.schema import read_manifest
 from maskray.diffusion.edges import EdgeConfig, edge_map
 from maskray.evaluation.attributes import MANIFEST
+from maskray.files import read_json
 
 TOLERANCE_PX = 1
 
@@ -35,12 +35,11 @@ def edge_f1(pred: np.ndarray, ref: np.ndarray, tol: int = TOLERANCE_PX) -> float
 
 def _edge_sources(syn: Dataset) -> tuple[dict[str, str], dict | None]:
     """Synthetic case -> real case its edges came from; and the model's edge settings (from run.json)."""
-    try:
-        manifest = json.loads((syn.root / MANIFEST).read_text()).get("cases", {})
-        card = json.loads((syn.root / "run.json").read_text()).get("model_card", {})
-    except (OSError, json.JSONDecodeError, AttributeError):
+    if not (syn.root / MANIFEST).is_file() or not (syn.root / "run.json").is_file():
         return {}, None
-    src = {c: e["edges_from"] for c, e in manifest.items() if isinstance(e, dict) and e.get("edges_from")}
+    manifest = read_manifest(syn.root / MANIFEST)["cases"]
+    card = read_json(syn.root / "run.json", what="run record").get("model_card") or {}
+    src = {c: e["edges_from"] for c, e in manifest.items() if e.get("edges_from")}
     return src, (card.get("conditions") or {}).get("edges")
 
 

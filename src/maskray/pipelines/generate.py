@@ -23,10 +23,12 @@ from maskray.config import option
 from maskray.data.layout import (Dataset, DatasetInfo, image_path, label_path, prepare_output_dir, read_label_file,
                                  write_dataset_info, write_image_file, write_label_file)
 from maskray.data.resize import resize_label
+from maskray.data.schema import read_manifest
 from maskray.diffusion.card import ModelCard
 from maskray.diffusion.sampling import SCHEDULERS, composite_region, make_scheduler, sample
 from maskray.diffusion.store import load_codec, load_model, model_folder
 from maskray.errors import MaskrayError
+from maskray.files import read_json
 from maskray.pipelines.conditions import GenerationConditions, parse_scales
 from maskray.provenance import atomic_write_text, to_jsonable, write_run_info
 
@@ -129,12 +131,9 @@ def _open_out(cfg: GenerateConfig) -> Path:
     out = Path(cfg.out)
     prev = out / "generate_config.json"
     if cfg.resume and prev.is_file():
-        try:
-            old = json.loads(prev.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise MaskrayError(f"{prev}: cannot read ({e}); cannot resume") from None
+        old = read_json(prev, what="generate config")
         mine = to_jsonable(cfg)
-        diff = [k for k in mine if k not in _NOT_PIXELS and (not isinstance(old, dict) or old.get(k) != mine[k])]
+        diff = [k for k in mine if k not in _NOT_PIXELS and old.get(k) != mine[k]]
         if diff:
             raise MaskrayError(f"{out}: was made with other settings ({', '.join(diff)}); cannot resume")
     elif not (cfg.resume and out.is_dir()):
@@ -281,8 +280,8 @@ def _mask_origins(masks: Dataset) -> dict[str, str]:
     path = masks.root / "masks.json"
     if not path.is_file():
         return {}
-    cases = json.loads(path.read_text()).get("cases", {})
-    return {cid: e["source_case"] for cid, e in cases.items() if isinstance(e, dict) and "source_case" in e}
+    cases = read_manifest(path)["cases"]  # a corrupt masks.json is a one-line error, not a traceback
+    return {cid: e["source_case"] for cid, e in cases.items() if "source_case" in e}
 
 
 def _scaled_spacing(ds: Dataset, size: int):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
-import os
 import time
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from maskray.training.data import load_arrays
 from maskray.training.latent_cache import cached_latents
 from maskray.training.stages import setup_stage
 from maskray.training.validation import ValidationStrip
+from maskray.files import atomic_path
 
 LOG_COLUMNS = ["step", "loss", "lr", "images_per_s", "elapsed_s"]
 
@@ -225,10 +225,8 @@ class _CsvLog:
             with open(path, newline="") as f:
                 rows = [r for r in csv.reader(f)][1:]
         rows = [r for r in rows if r and r[0].isdigit() and int(r[0]) <= start]
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:  # a kill leaves the old log, never a cut one
             csv.writer(f).writerows([LOG_COLUMNS] + rows)
-        os.replace(tmp, path)  # a kill during the rewrite leaves the old log, never a cut one
         self.file = open(path, "a", newline="")
         self.writer = csv.writer(self.file)
 
