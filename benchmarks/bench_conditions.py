@@ -37,7 +37,7 @@ from maskray.diffusion.attributes import encode
 from maskray.diffusion.card import ModelCard
 from maskray.diffusion.conditioning import Conditions
 from maskray.diffusion.edges import EdgeConfig, edge_map
-from maskray.diffusion.networks import ControlledUNet, ControlNetSet
+from maskray.diffusion.networks import ControlNetSet
 from maskray.diffusion.sampling import make_scheduler, sample
 from maskray.diffusion.store import load_model, save_model
 from maskray.evaluation.attributes import fit_classifier, features
