@@ -63,6 +63,9 @@ def timed(name: str, fn, **info):
 
 
 def train_stage(name, a, data, out, stage, steps, **kw):
+    if a.reuse and (Path(out) / "model" / "maskray.json").is_file():  # trained by an earlier, interrupted run
+        COST[name] = {"reused": str(out), "steps": steps, "batch_size": a.batch}
+        return
     cfg = TrainConfig(data=str(data), out=str(out), image_size=a.size, steps=steps, batch_size=a.batch,
                       validate_every=steps, validation_cases=2, checkpoint_every=steps, overwrite=True,
                       seed=a.seed, **kw)
@@ -238,24 +241,32 @@ def main() -> int:
     p.add_argument("--attr-g", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-cxr", action="store_true")
+    p.add_argument("--reuse", action="store_true", help="keep --work and skip training where a model exists")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     work = Path(a.work)
-    if work.exists():
+    if work.exists() and not a.reuse:
         shutil.rmtree(work)
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)
     load0, c0 = os.getloadavg(), time.process_time()
     res = {"command": " ".join(sys.argv), "threads": a.threads, "cpu_count": os.cpu_count(),
            "settings": vars(a), "loadavg_at_start": load0,
            "note": "machine shared with other agents' jobs; CPU seconds are this process's own"}
+    out = ROOT / "benchmarks" / "results" / "conditions.json"
+
+    def save():  # after each part, so an interrupted run keeps what it measured
+        res["cost"], res["cpu_s_total"], res["loadavg_at_end"] = COST, round(time.process_time() - c0, 1), \
+            os.getloadavg()
+        out.write_text(json.dumps(res, indent=2))
+
     res["phantom"] = phantom(a, work)
+    res["cxr_lungs"] = "not run yet"
+    save()
     if CXR.is_dir() and not a.skip_cxr:
         res["cxr_lungs"] = cxr(a, work)
     else:
         res["cxr_lungs"] = "skipped (../shared/data/cxr-lungs not found or --skip-cxr)"
-    res["cost"], res["cpu_s_total"], res["loadavg_at_end"] = COST, round(time.process_time() - c0, 1), os.getloadavg()
-    out = ROOT / "benchmarks" / "results" / "conditions.json"
-    out.write_text(json.dumps(res, indent=2))
+    save()
     print(json.dumps({k: res[k] for k in ("phantom", "cxr_lungs")}, indent=1))
     print(f"wrote {out}")
     return 0
