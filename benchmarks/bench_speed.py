@@ -39,13 +39,10 @@ if mode == "flops":
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         model(x[:1], t[:1], c[:1])
     out["gflop_per_image_step"] = fc.get_total_flops() / 1e9
-    # matmul peak
+    # matmul peak: the one measurement maskray reports beside every time (maskray.hardware)
+    from maskray.hardware import matmul_peak_gflops
     for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a = torch.randn(2048, 2048, dtype=dt); b = torch.randn(2048, 2048, dtype=dt)
-        for _ in range(2): a @ b
-        t0 = time.perf_counter(); n = 10
-        for _ in range(n): a @ b
-        out[f"matmul_peak_gflops_{name}"] = 2 * 2048 ** 3 * n / (time.perf_counter() - t0) / 1e9
+        out[f"matmul_peak_gflops_{name}"] = matmul_peak_gflops(dt, 2048, 10)
 elif mode == "train":
     # stage 2: the ControlNet trains, the base is frozen but back-propagated through
     unet.requires_grad_(False)

@@ -237,11 +237,11 @@ def test_malformed_attribute_csv_is_one_line_and_writes_nothing(tmp_path, text, 
 
 
 def test_phantom_attributes_vary_the_anatomy(tmp_path):
-    from maskray.data.phantom import _Grid, project, sample_anatomy
+    from maskray.data.phantom_body import Grid, project, sample_anatomy
     from maskray.data.phantom_attributes import with_attributes
 
     a = sample_anatomy(np.random.default_rng(0))
-    g = _Grid.make(64, 400.0, 0.0)
+    g = Grid.make(64, 400.0, 0.0)
 
     def scene(sex, age):
         return project(with_attributes(a, {"sex": sex, "age": age}), g)

@@ -12,6 +12,7 @@ from maskray.errors import MaskrayError
 # Order is the order shown by ``maskray --help``.
 COMMAND_MODULES = (
     "phantom", "data", "train", "generate", "masks", "export", "evaluate", "downstream", "demo",
+    "serve",
 )
 
 
