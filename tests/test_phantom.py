@@ -112,7 +112,7 @@ def test_same_seed_is_byte_identical_and_independent_of_workers(tmp_path):
     b = make_phantom(PhantomConfig(out=tmp_path / "b", n=4, size=32, seed=7, workers=2), progress=False)
     c = make_phantom(PhantomConfig(out=tmp_path / "c", n=4, size=32, seed=8), progress=False)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name != "run.json")
-    assert len(files) == 4 * 2 + 3
+    assert len(files) == 4 * 2 + 4  # images, labels; dataset.json, splits.json, cases.json, phantom.json
     for f in files:
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
     assert any((a / f).read_bytes() != (c / f).read_bytes() for f in files if f.suffix == ".png")

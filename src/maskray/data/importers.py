@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from maskray.config import option
 from maskray.data import layout
+from maskray.data.attributes import attributes_from_csv, parse_bins
 from maskray.data.import_case import _Job, _Plan, die_with_parent, run_job
 from maskray.data.io import DEFAULT_MAX_PIXELS, is_supported, stem_of
 from maskray.data.schema import CASES_FILE
@@ -76,6 +77,10 @@ class ImportConfig:
     patient_csv: Path | None = option(None, help="CSV mapping file name (--nodule-file-column) to patient")
     max_pixels: int = option(DEFAULT_MAX_PIXELS, help="refuse images with more pixels than this (checked from "
                                                       "the file header, before decoding)")
+    attributes_csv: Path | None = option(None, help="CSV of patient attributes, one row per image (docs/conditions.md)")
+    attribute_columns: tuple[str, ...] = option((), help="columns of --attributes-csv to record, e.g. sex,age")
+    attribute_file_column: str = option("file", help="column of --attributes-csv with the image file name")
+    attribute_bins: str | None = option(None, help="bin numeric columns into bands, e.g. age=10 (60-70)")
 
 
 @dataclass
@@ -294,6 +299,17 @@ def _patients(cfg: ImportConfig, names: dict[str, str]) -> dict[str, str]:
     return dict(names)
 
 
+def _attributes(cfg: ImportConfig, names: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Case -> attributes from ``--attributes-csv`` (empty without it); a malformed CSV is a one-line error."""
+    if cfg.attributes_csv is None:
+        if cfg.attribute_columns:
+            raise MaskrayError("--attribute-columns needs --attributes-csv FILE")
+        return {}
+    by_stem = attributes_from_csv(cfg.attributes_csv, tuple(cfg.attribute_columns), cfg.attribute_file_column,
+                                  list(names.values()), parse_bins(cfg.attribute_bins))
+    return {cid: by_stem[stem] for cid, stem in names.items() if stem in by_stem}
+
+
 # ---------------------------------------------------------------------------------------------- public
 def import_folder(cfg: ImportConfig, progress: bool = True) -> ImportResult:
     """Import ``cfg``'s source into ``cfg.out`` atomically; raises :class:`MaskrayError` listing every bad file.
@@ -304,12 +320,16 @@ def import_folder(cfg: ImportConfig, progress: bool = True) -> ImportResult:
     out = _check_paths(cfg, [p for p in (cfg.images, cfg.masks, cfg.nnunet) if p is not None])
     jobs, plan, labels, names = _plan(cfg, out)
     patients = _patients(cfg, names)  # before any work: a bad pattern fails fast
+    attributes = _attributes(cfg, names)  # likewise a malformed attribute CSV
     with staged_output(out, cfg.overwrite) as tmp:
         results = _run_jobs(jobs, replace(plan, root=tmp), cfg.workers, progress)
         errors = [r for r in results.values() if isinstance(r, str)]
         if errors:
             raise MaskrayError(one_line_first(errors, f"{len(errors)} of {len(jobs)} cases could not be imported"))
         records: dict[str, dict] = {c: dict(r, patient=patients.get(c, c)) for c, r in sorted(results.items())}
+        for c, attrs in attributes.items():
+            if c in records:
+                records[c]["attributes"] = attrs
         warnings = [w for r in records.values() for w in r["warnings"]]
         spacings = {tuple(r["spacing"]) if r["spacing"] else None for r in records.values()}
         common = next(iter(spacings)) if len(spacings) == 1 else None

@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from maskray.config import option
+from maskray.data.phantom_attributes import sample_attributes, with_attributes
 from maskray.data.phantom_body import (MU_LUNG, MU_TISSUE, Anatomy, Grid, Scene, ellipse_chord, pixel_box, project,
                                        sample_anatomy)
 from maskray.data.rng import case_rng
@@ -214,6 +215,8 @@ def render_case(cfg: PhantomConfig, index: int) -> PhantomCase:
     """Draw and render case ``index`` of ``cfg`` (pure function of ``cfg.seed`` and ``index``)."""
     rng = case_rng(cfg.seed, index)
     a = sample_anatomy(rng)
+    attributes = sample_attributes(cfg.seed, index)
+    a = with_attributes(a, attributes)
     n = cfg.size
     g = Grid.make(n, cfg.fov_mm, a.tilt)
     scene = project(a, g)
@@ -249,6 +252,7 @@ def render_case(cfg: PhantomConfig, index: int) -> PhantomCase:
             "axes_mm": [round(2 * nod.a, 2), round(2 * nod.b, 2)],
             "rib_overlap": round(float((scene.rib & _single(nod, g)).sum() / _single(nod, g).sum()), 3),
         } for nod in nodules],
+        "attributes": attributes,
         "anatomy": {"inspiration": round(a.insp, 3), "cardiothoracic_ratio": round(a.ctr, 3),
                     "rotation_deg": round(a.rot, 2), "tilt_deg": round(a.tilt, 2),
                     "exposure": round(a.exposure, 3), "chest_half_width_mm": round(a.width, 1)},
@@ -279,7 +283,8 @@ def make_phantom(cfg: PhantomConfig, progress: bool = True) -> Path:
     """Write ``cfg.n`` phantom cases to ``cfg.out`` in the native layout; return the folder.
 
     Writes ``imagesTr/``, ``labelsTr/``, ``dataset.json`` (labels, spacing), ``splits.json``
-    (patient = case: one image per patient), ``phantom.json`` (per case: nodules and anatomy) and
+    (patient = case: one image per patient), ``cases.json`` (per case: patient, spacing and the attributes sex and
+    age band), ``phantom.json`` (per case: nodules, attributes and anatomy) and
     ``run.json``. Files other than ``run.json`` are byte-identical for the same config.
     """
     from tqdm import tqdm
@@ -323,6 +328,9 @@ def make_phantom(cfg: PhantomConfig, progress: bool = True) -> Path:
     val = [ids[i] for i in perm[n_test:n_test + n_val]]
     train = [ids[i] for i in perm[n_test + n_val:]]
     write_splits(root, {"train": train, "val": val, "test": test}, patients={c: c for c in ids}, seed=cfg.seed)
+    atomic_write_text(root / "cases.json", json.dumps(  # the import record: patient, spacing, attributes
+        {c: {"patient": c, "spacing": [cfg.spacing, cfg.spacing], "attributes": results[c]["attributes"]}
+         for c in ids}, indent=1))
     atomic_write_text(root / "phantom.json", json.dumps({
         "spacing_mm": cfg.spacing, "size": cfg.size, "seed": cfg.seed,
         "note": "center_px is (row, column); center_mm is (y, x) from the top-left corner",

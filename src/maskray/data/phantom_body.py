@@ -131,6 +131,7 @@ class Anatomy:
     dome_l: float
     gastric: bool
     vessels: list  # (p0, p1, radius) segments
+    bone: float = 1.0  # bone attenuation relative to a young adult's (lower with age; phantom_attributes.py)
 
 
 def sample_anatomy(rng: np.random.Generator) -> Anatomy:
@@ -195,9 +196,11 @@ def project(a: Anatomy, g: Grid) -> Scene:
     lung_field = (lung_depth > 0) & (heart <= 0) & (med <= 0)
     P -= (MU_TISSUE - MU_LUNG) * lung_depth
     _air_and_vessels(a, g, P, sh, lung_depth)
+    soft = P.copy()  # what follows is bone, scaled by the case's bone density at the end
     spx, pitch, y_t1 = _spine(a, g, P, sh)
     rib_fp = _ribs(a, g, P, sh, spx, pitch, y_t1)
     clav_fp = _clavicles(a, g, P, sh)
+    P = soft + a.bone * (P - soft)
     # The heart's silhouette ends at the diaphragm, as drawn on films.
     return Scene(P=P.astype(np.float32), lung_depth=lung_depth, lung=lung_field, heart=(heart > 0) & (Y <= dome + 4),
                  clavicle=clav_fp, rib=rib_fp)

@@ -41,6 +41,11 @@ class ModelCard:
     base_unet_sha256: str | None = None  # stage 2: the frozen base it was trained on
     cond_embedding_channels: tuple[int, ...] = ()
     training: dict[str, Any] = field(default_factory=dict)  # hyper-parameters (no paths)
+    # stage 2: condition name -> its parameters (edges: the Canny settings) and, beyond the first, "sha256" of its
+    # ControlNet folder; empty = the mask alone (cards written before several conditions existed)
+    conditions: dict[str, Any] = field(default_factory=dict)
+    # patient-attribute vocabulary in vector order: attribute -> allowed values (empty: no attributes)
+    attributes: dict[str, Any] = field(default_factory=dict)
     # latent models: {"factor", "latent_channels", "scaling_factor", "autoencoder_sha256"}; the autoencoder's
     # weights sit in the model folder's autoencoder/ (None: the model works on pixels)
     latent: dict[str, Any] | None = None
@@ -96,11 +101,28 @@ class ModelCard:
         card._validate(where)
         return card
 
+    @property
+    def condition_names(self) -> list[str]:
+        """The conditions a stage-2 model follows, in ControlNet order (none for a base)."""
+        if self.stage != "controlnet":
+            return []
+        return list(self.conditions) or ["mask"]
+
+    @property
+    def vocabulary(self) -> dict[str, tuple[str, ...]]:
+        return {k: tuple(v) for k, v in self.attributes.items()}
+
     def _validate(self, where: str) -> None:
         if self.image_size < 8:
             raise MaskrayError(f"{where}: image_size {self.image_size} is not a usable size")
-        if self.stage == "controlnet" and (not self.labels or self.controlnet_sha256 is None):
-            raise MaskrayError(f"{where}: a controlnet card needs labels and controlnet_sha256")
+        if self.stage == "controlnet" and ((not self.labels and "mask" in self.condition_names)
+                                           or self.controlnet_sha256 is None):
+            raise MaskrayError(f"{where}: a controlnet card needs labels (for a mask condition) and "
+                               f"controlnet_sha256")
+        bad = [k for k, v in self.attributes.items() if not isinstance(v, list) or not v
+               or not all(isinstance(x, str) for x in v)]
+        if bad:
+            raise MaskrayError(f"{where}: attributes {bad} need a non-empty list of string values")
         if self.latent is not None:
             need = {"factor", "latent_channels", "scaling_factor", "autoencoder_sha256"}
             if set(self.latent) != need or self.latent["factor"] not in (4, 8) or self.image_size % self.latent["factor"]:

@@ -3,9 +3,14 @@
 The mask enters as a one-hot stack of the model's foreground labels (background excluded), in the channel order the
 model card records, at the model's resolution. A label the mask's dataset lacks becomes an all-zero channel, which is
 also what conditioning dropout trains the ControlNet to read as "no mask here".
+
+Several conditions at once (mask, edges) and the patient attributes travel together as one :class:`Conditions`;
+edge maps are made in diffusion/edges.py and attribute vectors in diffusion/attributes.py.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 
@@ -36,3 +41,51 @@ def drop_conditions(cond: torch.Tensor, p: float, generator: torch.Generator) ->
     tensor; ``cond`` is not modified."""
     drop = torch.rand(cond.shape[0], generator=generator) < p
     return cond * (~drop).to(cond.dtype).view(-1, *([1] * (cond.ndim - 1))).to(cond.device)
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """Everything one batch is conditioned on: named condition maps and the patient-attribute vector.
+
+    ``maps``: condition name -> float ``(N, C_k, H, W)`` (``None``: that condition is left out, so its ControlNet
+    does not run); ``attributes``: float ``(N, D)`` multi-hot attribute vector (diffusion/attributes.py; an
+    all-zero block means "unknown", which is what attribute dropout trains) or ``None``. Methods return new
+    objects; no tensor is changed in place.
+    """
+
+    maps: dict[str, torch.Tensor | None] = field(default_factory=dict)
+    attributes: torch.Tensor | None = None
+
+    def to(self, device, memory_format: torch.memory_format = torch.contiguous_format) -> "Conditions":
+        maps = {k: None if v is None else v.to(device).contiguous(memory_format=memory_format)
+                for k, v in self.maps.items()}
+        return Conditions(maps, None if self.attributes is None else self.attributes.to(device))
+
+    def without(self, name: str | None) -> "Conditions":
+        """The same with condition ``name`` zeroed (``"attributes"``: the attribute vector; ``None``: every map),
+        which is what dropout in training taught the networks to read as "not given"."""
+        if name == ATTRIBUTES:
+            return Conditions(dict(self.maps), None if self.attributes is None else torch.zeros_like(self.attributes))
+        maps = {k: None if v is None else (torch.zeros_like(v) if name in (None, k) else v)
+                for k, v in self.maps.items()}
+        return Conditions(maps, self.attributes)
+
+    @staticmethod
+    def cat(items: list["Conditions"]) -> "Conditions":
+        """Stack several batches along the batch dimension (the guided passes of one sampling step)."""
+        maps = {k: None if items[0].maps[k] is None else torch.cat([c.maps[k] for c in items])
+                for k in items[0].maps}
+        attrs = None if items[0].attributes is None else torch.cat([c.attributes for c in items])
+        return Conditions(maps, attrs)
+
+
+ATTRIBUTES = "attributes"  # the guidance / scale key of the attribute vector
+
+
+def as_conditions(cond: "torch.Tensor | Conditions | None") -> Conditions:
+    """A bare tensor is the one condition map of a single-ControlNet model (the mask)."""
+    if cond is None:
+        return Conditions()
+    if isinstance(cond, Conditions):
+        return cond
+    return Conditions({"mask": cond})

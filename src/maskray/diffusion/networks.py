@@ -7,8 +7,10 @@ embedding there instead, the same for every sample. The ControlNet is a trainabl
 outputs join the base through zero-initialised 1x1 convolutions, so a fresh ControlNet leaves the base's
 output unchanged. Its conditioning embedding downsamples the mask by ``2 ** (len(cond_channels) - 1)``:
 one entry for a pixel-space backbone (mask and sample at one resolution), four for an 8x latent backbone.
-:class:`ControlledUNet` is the one place where the base and a ControlNet are joined: training, validation,
-generation and region-preserving generation all call it. Nothing here knows about noise or pixel space.
+:class:`ControlledUNet` is the one place where the base and its ControlNet(s) are joined: training, validation,
+generation and region-preserving generation all call it. Several conditions (mask, edges) are one ControlNet each
+(:class:`ControlNetSet`), their residuals summed with a scale each; patient attributes enter base and ControlNets
+as an embedding added to the time embedding (``class_labels``). Nothing here knows about noise or pixel space.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from torch import nn
 
 from maskray.config import option
+from maskray.diffusion.conditioning import as_conditions
 from maskray.errors import MaskrayError
 
 
@@ -34,8 +37,11 @@ class UNetConfig:
     in_channels: int = option(1, help="image channels (1 for radiographs; 4 for an SD latent)")
 
 
-def build_unet(cfg: UNetConfig, sample_size: int) -> UNet2DConditionModel:
-    """A base UNet for ``(N, in_channels, sample_size, sample_size)`` samples."""
+def build_unet(cfg: UNetConfig, sample_size: int, attribute_dim: int = 0) -> UNet2DConditionModel:
+    """A base UNet for ``(N, in_channels, sample_size, sample_size)`` samples.
+
+    ``attribute_dim > 0``: the UNet takes ``class_labels`` float ``(N, attribute_dim)`` (the patient-attribute
+    vector), projected by an MLP and added to the time embedding (diffusers' ``class_embed_type="projection"``)."""
     levels = len(cfg.block_out_channels)
     if sample_size % (2 ** (levels - 1)):
         raise MaskrayError(f"image size {sample_size} is not divisible by {2 ** (levels - 1)}, which a UNet with "
@@ -60,7 +66,15 @@ def build_unet(cfg: UNetConfig, sample_size: int) -> UNet2DConditionModel:
         norm_num_groups=cfg.norm_num_groups,
         attention_head_dim=8,
         cross_attention_dim=8,  # unused: no cross-attention blocks
+        **attribute_embedding(attribute_dim),
     )
+
+
+def attribute_embedding(attribute_dim: int) -> dict:
+    """UNet constructor arguments for an attribute vector of ``attribute_dim`` entries (none for 0)."""
+    if attribute_dim <= 0:
+        return {}
+    return {"class_embed_type": "projection", "projection_class_embeddings_input_dim": attribute_dim}
 
 
 def build_controlnet(unet: UNet2DConditionModel, conditioning_channels: int,
@@ -75,16 +89,43 @@ def build_controlnet(unet: UNet2DConditionModel, conditioning_channels: int,
                                      conditioning_embedding_out_channels=tuple(cond_embedding_channels))
 
 
-class ControlledUNet(nn.Module):
-    """The frozen base plus an optional ControlNet: ``forward(sample, t, cond) -> model output``.
+class ControlNetSet(nn.Module):
+    """Named ControlNets, one per condition, whose residuals add (what diffusers' ``MultiControlNetModel`` does,
+    keyed by name, and skipping a condition that is left out or scaled to 0, so that it costs nothing).
 
-    ``sample``: float ``(N, C, H, W)``; ``timesteps``: ``(N,)``; ``cond``: float ``(N, K, H, W)`` one-hot mask
-    or ``None`` (then the base alone runs). ``conditioning_scale`` multiplies the ControlNet residuals.
+    ``forward(sample, t, maps, scales, class_labels, context) -> (down residuals, mid residual)``, or
+    ``(None, None)`` when every condition is left out."""
+
+    def __init__(self, nets: dict[str, ControlNetModel]):
+        super().__init__()
+        self.nets = nn.ModuleDict(nets)
+
+    def forward(self, sample, timesteps, maps: dict, scales: dict, class_labels=None, context=None):
+        down = mid = None
+        for name, net in self.nets.items():
+            cond, scale = maps.get(name), float(scales.get(name, 1.0))
+            if cond is None or scale == 0.0:
+                continue
+            d, m = net(sample, timesteps, encoder_hidden_states=context, controlnet_cond=cond,
+                       conditioning_scale=scale, class_labels=class_labels, return_dict=False)
+            down = list(d) if down is None else [a + b for a, b in zip(down, d)]
+            mid = m if mid is None else mid + m
+        return down, mid
+
+
+class ControlledUNet(nn.Module):
+    """The frozen base plus optional ControlNet(s): ``forward(sample, t, cond) -> model output``.
+
+    ``sample``: float ``(N, C, H, W)``; ``timesteps``: ``(N,)``; ``cond``: float ``(N, K, H, W)`` one-hot mask, a
+    :class:`~maskray.diffusion.conditioning.Conditions` (named maps and the attribute vector), or ``None`` (the
+    base alone). ``controlnet``: one ``ControlNetModel`` (the mask), a :class:`ControlNetSet`, or ``None``.
+    ``conditioning_scale``: a number for every ControlNet, or ``{condition: scale}``. A base with an attribute
+    embedding gets an all-zero attribute vector ("not given") when ``cond`` carries none.
     ``context``: float ``(1, L, D)`` fixed cross-attention context (a Stable Diffusion base's encoded prompt),
     expanded to the batch; ``None`` for a base without cross-attention.
     """
 
-    def __init__(self, unet: UNet2DConditionModel, controlnet: ControlNetModel | None = None,
+    def __init__(self, unet: UNet2DConditionModel, controlnet: ControlNetModel | ControlNetSet | None = None,
                  context: torch.Tensor | None = None):
         super().__init__()
         self.unet = unet
@@ -97,15 +138,38 @@ class ControlledUNet(nn.Module):
             return None
         return self.context.to(sample.device).expand(sample.shape[0], -1, -1)
 
-    def forward(self, sample: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor | None = None,
-                conditioning_scale: float = 1.0) -> torch.Tensor:
-        down = mid = None
+    def forward(self, sample: torch.Tensor, timesteps: torch.Tensor, cond=None,
+                conditioning_scale: float | dict[str, float] = 1.0) -> torch.Tensor:
+        conds = as_conditions(cond)
+        labels = self.class_labels(conds.attributes, sample)
         context = self.encoder_states(sample)
-        if self.controlnet is not None and cond is not None:
-            down, mid = self.controlnet(sample, timesteps, encoder_hidden_states=context, controlnet_cond=cond,
-                                        conditioning_scale=conditioning_scale, return_dict=False)
-        return self.unet(sample, timesteps, encoder_hidden_states=context, down_block_additional_residuals=down,
-                         mid_block_additional_residual=mid, return_dict=False)[0]
+        down = mid = None
+        if isinstance(self.controlnet, ControlNetSet):
+            scales = conditioning_scale if isinstance(conditioning_scale, dict) else \
+                {k: conditioning_scale for k in self.controlnet.nets}
+            down, mid = self.controlnet(sample, timesteps, conds.maps, scales, labels, context)
+        elif self.controlnet is not None and conds.maps:
+            (name, cmap), = conds.maps.items()
+            scale = conditioning_scale.get(name, 1.0) if isinstance(conditioning_scale, dict) else conditioning_scale
+            if cmap is not None and scale != 0.0:
+                down, mid = self.controlnet(sample, timesteps, encoder_hidden_states=context, controlnet_cond=cmap,
+                                            conditioning_scale=float(scale), class_labels=labels, return_dict=False)
+        return self.unet(sample, timesteps, encoder_hidden_states=context, class_labels=labels,
+                         down_block_additional_residuals=down, mid_block_additional_residual=mid,
+                         return_dict=False)[0]
+
+    def class_labels(self, attributes: torch.Tensor | None, sample: torch.Tensor) -> torch.Tensor | None:
+        """The attribute vector for the UNet's class embedding (zeros when none is given), or ``None`` for a
+        UNet without one."""
+        dim = self.unet.config.get("projection_class_embeddings_input_dim") if \
+            self.unet.config.get("class_embed_type") == "projection" else None
+        if not dim:
+            if attributes is not None and attributes.shape[-1]:
+                raise MaskrayError("attributes were given but this model was trained without attributes")
+            return None
+        if attributes is None:
+            return torch.zeros(sample.shape[0], dim, device=sample.device, dtype=sample.dtype)
+        return attributes.to(sample.device, sample.dtype)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

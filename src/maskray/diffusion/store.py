@@ -3,7 +3,8 @@
 ::
 
     FOLDER/unet/          config.json + diffusion_pytorch_model.safetensors of the base UNet (EMA weights)
-    FOLDER/controlnet/    the same for the ControlNet (stage 2 only)
+    FOLDER/controlnet/    the same for the ControlNet (stage 2 only; the mask's, or the first condition's)
+    FOLDER/controlnet_NAME/  one more per further condition (``--conditions mask,edges``: controlnet_edges/)
     FOLDER/autoencoder/   latent models only: the autoencoder (diffusion/autoencoder.py), so the folder is whole
     FOLDER/maskray.json   the model card (diffusion/card.py)
 
@@ -26,7 +27,7 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from maskray.diffusion import pretrained as sd
 from maskray.diffusion.autoencoder import LatentCodec
 from maskray.diffusion.card import CARD_FILE, ModelCard
-from maskray.diffusion.networks import ControlledUNet
+from maskray.diffusion.networks import ControlledUNet, ControlNetSet
 from maskray.errors import MaskrayError
 from maskray.provenance import file_sha256
 
@@ -35,7 +36,7 @@ PICKLE_ENDINGS = (".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt")
 
 
 def save_model(folder: str | os.PathLike, unet: UNet2DConditionModel, card: ModelCard,
-               controlnet: ControlNetModel | None = None, codec: LatentCodec | None = None) -> Path:
+               controlnet: ControlNetModel | ControlNetSet | None = None, codec: LatentCodec | None = None) -> Path:
     """Write the networks, the autoencoder (latent models) and the card (with the weight hashes filled in)."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -43,11 +44,27 @@ def save_model(folder: str | os.PathLike, unet: UNet2DConditionModel, card: Mode
         codec.save(out / "autoencoder")
     unet.save_pretrained(out / "unet", safe_serialization=True)
     hashes = {"unet_sha256": weights_hash(out / "unet")}
-    if controlnet is not None:
+    if isinstance(controlnet, ControlNetSet):
+        hashes.update(_save_controlnet_set(out, controlnet, card))
+    elif controlnet is not None:
         controlnet.save_pretrained(out / "controlnet", safe_serialization=True)
         hashes["controlnet_sha256"] = weights_hash(out / "controlnet")
     dataclasses.replace(card, **hashes).save(out)  # the card last: a folder with a card is complete
     return out
+
+
+def controlnet_dir(index: int, name: str) -> str:
+    """Folder of a model's ``index``-th ControlNet: ``controlnet`` for the first, ``controlnet_NAME`` after."""
+    return "controlnet" if index == 0 else f"controlnet_{name}"
+
+
+def _save_controlnet_set(out: Path, nets: ControlNetSet, card: ModelCard) -> dict:
+    conditions = {}
+    for i, (name, net) in enumerate(nets.nets.items()):
+        net.save_pretrained(out / controlnet_dir(i, name), safe_serialization=True)
+        conditions[name] = {**card.conditions.get(name, {}), "sha256": weights_hash(out / controlnet_dir(i, name))}
+    first = next(iter(conditions))
+    return {"controlnet_sha256": conditions[first]["sha256"], "conditions": conditions}
 
 
 def save_pretrained_model(folder: str | os.PathLike, controlnet: ControlNetModel, card: ModelCard,
@@ -107,11 +124,15 @@ def load_model(path: str | os.PathLike, need_controlnet: bool = False, prompt: s
     else:
         unet, context = _load_pretrained_base(folder, card, prompt, pretrained)
     controlnet = None
-    if card.stage == "controlnet":
+    if card.stage == "controlnet" and not card.conditions:
         controlnet = _load_net(ControlNetModel, folder / "controlnet", card.controlnet_sha256)
         if controlnet.config.conditioning_channels != len(card.labels):
             raise MaskrayError(f"{folder / 'controlnet'}: takes {controlnet.config.conditioning_channels} condition "
                                f"channels but the model card names {len(card.labels)} labels")
+    elif card.stage == "controlnet":
+        controlnet = ControlNetSet({name: _load_net(ControlNetModel, folder / controlnet_dir(i, name),
+                                                    card.conditions[name].get("sha256"))
+                                    for i, name in enumerate(card.conditions)})
     model = ControlledUNet(unet, controlnet, context).eval()
     model.requires_grad_(False)
     return model, card

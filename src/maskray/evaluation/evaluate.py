@@ -43,6 +43,8 @@ from maskray.data.layout import Dataset, prepare_output_dir
 from maskray.errors import MaskrayError
 from maskray.evaluation import features as feat
 from maskray.evaluation import figures, scores
+from maskray.evaluation.attributes import attribute_scores
+from maskray.evaluation.edges import edge_scores
 from maskray.evaluation.pairs import (groups_by_source, load_images, load_labels, open_pair, read_manifest,
                                       test_split, working_size)
 from maskray.evaluation.realism import realism
@@ -141,6 +143,8 @@ def _evaluate(real: Path, synthetic: Path, out: Path, cfg: EvaluateConfig, progr
                                                                   (xte, yte)}, fg, cfg.lesion_label),
         "diversity": lambda: scores.diversity([xs[[data.syn_index[c] for c in ids]] for ids in groups.values()], xte),
         "memorisation": lambda: scores.memorisation(xs, xtr, xte, syn_ids, train_ids, cfg.memorisation_percentile),
+        "attributes": lambda: attribute_scores(real_ds, syn_ds, train_ids, test_ids, xtr, xte, syn_ids, xs, cfg.seed),
+        "edges": lambda: edge_scores(real_ds, syn_ds, syn_ids, xs),
     }
     for name, fn in parts.items():
         t = time.perf_counter()
@@ -284,7 +288,8 @@ def flatten(metrics: dict) -> list[dict]:
             rows.append({"section": path[0], "method": "/".join(path[1:-1]), "metric": path[-1],
                          "mean": float(d), "std": "", "n": ""})
 
-    for section in ("fidelity", "realism", "adherence", "diversity", "memorisation", "results"):
+    for section in ("fidelity", "realism", "adherence", "diversity", "memorisation", "attributes", "edges",
+                    "results"):
         if section in metrics:
             walk(metrics[section], [section])
     return rows

@@ -7,6 +7,7 @@ temporary name and renamed, and ``--resume`` continues an interrupted run withou
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -24,11 +25,11 @@ from maskray.data.layout import (Dataset, DatasetInfo, image_path, label_path, p
 from maskray.data.resize import resize_label
 from maskray.data.schema import read_manifest
 from maskray.diffusion.card import ModelCard
-from maskray.diffusion.conditioning import mask_condition
 from maskray.diffusion.sampling import SCHEDULERS, composite_region, make_scheduler, sample
 from maskray.diffusion.store import load_codec, load_model, model_folder
 from maskray.errors import MaskrayError
 from maskray.files import read_json
+from maskray.pipelines.conditions import GenerationConditions, parse_scales
 from maskray.provenance import atomic_write_text, to_jsonable, write_run_info
 
 SYNTHETIC_TEXT = {"Comment": "maskray synthetic image (not a real patient)", "Software": "maskray"}
@@ -44,8 +45,14 @@ class GenerateConfig:
     samples_per_mask: int = option(1, help="images per label map")
     scheduler: str = option("dpm++", help=f"sampler: {', '.join(SCHEDULERS)}")
     steps: int = option(25, help="sampler steps")
-    guidance_scale: float = option(1.0, help="classifier-free guidance on the mask (1 = off)")
-    conditioning_scale: float = option(1.0, help="ControlNet residual scale")
+    guidance_scale: str = option("1", help="classifier-free guidance on the conditions (1 = off): a number for all "
+                                      "at once, or per condition, e.g. mask=2,edges=1")
+    conditioning_scale: str = option("1", help="ControlNet residual scale: a number, or per condition, e.g. "
+                                           "mask=1,edges=0.5 (0 leaves a condition out)")
+    edges_from: str | None = option(None, help="real dataset whose images' edge maps condition each case (a model "
+                                               "trained with --conditions mask,edges); default for --masks")
+    attributes: str | None = option(None, help="patient attributes to ask for, e.g. sex=F,age=60-70")
+    attribute_guidance: float = option(1.0, help="classifier-free guidance on --attributes (1 = off)")
     batch_size: int = option(16, help="images per batch (every batch is padded to this size, so a case's pixels "
                                       "do not depend on which cases share its batch)")
     seed: int = option(0, help="run seed; each case's seed derives from it and the case id")
@@ -84,6 +91,8 @@ def _plan(cfg: GenerateConfig, masks: Dataset) -> list[tuple[str, str, int]]:
 
 def _condition_mapping(card: ModelCard, masks: Dataset, run: str) -> list[int | None]:
     """For each model condition channel, the value of that label in the masks' dataset (None if absent)."""
+    if "mask" not in card.condition_names:  # an edges-only model: the label maps are only carried to the output
+        return list(masks.info.foreground.values())
     model_labels = card.labels
     unknown = [n for n in masks.info.foreground if n not in model_labels]
     if unknown:
@@ -133,6 +142,8 @@ def _open_out(cfg: GenerateConfig) -> Path:
 
 
 def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
+    if not cfg.masks and cfg.edges_from:  # structure-preserving variation of real images: their own masks
+        cfg = dataclasses.replace(cfg, masks=cfg.edges_from)
     _check_config(cfg)
     model, card = load_model(cfg.model, need_controlnet=True, prompt=cfg.prompt, pretrained=cfg.pretrained)
     codec = load_codec(cfg.model, card, pretrained=cfg.pretrained)
@@ -150,7 +161,7 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     scheduler = make_scheduler(cfg.scheduler, card.scheduler_config)
-    draw = _Drawer(cfg, card, model, codec, scheduler, device)
+    draw = _Drawer(cfg, card, model, codec, scheduler, device, job.scales)
     bar = tqdm(total=len(job.plan), initial=len(job.plan) - len(todo), desc="generate", unit="img",
                disable=not progress, dynamic_ncols=True)
     for start in range(0, len(todo), cfg.batch_size):
@@ -173,15 +184,16 @@ class _Drawer:
     sampling, and the decoded result is composited in pixel space, so every pixel outside the region keeps its
     value exactly."""
 
-    def __init__(self, cfg: GenerateConfig, card: ModelCard, model, codec, scheduler, device):
+    def __init__(self, cfg: GenerateConfig, card: ModelCard, model, codec, scheduler, device, scales: dict):
         self.cfg, self.card, self.model, self.codec, self.scheduler, self.device = cfg, card, model, codec, \
             scheduler, device
+        self.scales = scales  # guidance_scale, conditioning_scale, attribute_guidance (pipelines/conditions.py)
 
     @torch.no_grad()
     def __call__(self, gens, cond, known=None, keep=None, blend=None) -> torch.Tensor:
         cfg = self.cfg
-        kw = dict(num_steps=cfg.steps, guidance_scale=cfg.guidance_scale, conditioning_scale=cfg.conditioning_scale,
-                  precision=cfg.precision, device=self.device, channels_last=cfg.channels_last)
+        kw = dict(num_steps=cfg.steps, precision=cfg.precision, device=self.device, channels_last=cfg.channels_last,
+                  **self.scales)
         shape = (len(gens), *self.card.sample_shape)
         if self.codec is None:
             return sample(self.model, self.scheduler, shape, gens, cond=cond, known=known, keep=keep, blend=blend,
@@ -205,6 +217,13 @@ class _Job:
         self.size = card.image_size
         self.plan = _plan(cfg, masks)
         self.origin = _mask_origins(masks)
+        self.conds = GenerationConditions(card, mapping, Dataset(cfg.edges_from) if cfg.edges_from else None,
+                                          cfg.attributes, self.origin)
+        names = card.condition_names
+        self.scales = {"guidance_scale": parse_scales(cfg.guidance_scale, names, "--guidance-scale"),
+                       "conditioning_scale": parse_scales(cfg.conditioning_scale, names, "--conditioning-scale"),
+                       "attribute_guidance": float(cfg.attribute_guidance)}
+        self.conds.check_guidance(self.scales["guidance_scale"], self.scales["attribute_guidance"])
 
     def inputs(self, chunk: list[tuple[str, str, int]]) -> tuple[list[torch.Tensor], dict]:
         """Label maps of ``chunk`` and the sampler's keyword inputs, padded to ``batch_size`` with copies of
@@ -222,7 +241,8 @@ class _Job:
         pad = self.cfg.batch_size - len(chunk)
         padded = labs + [labs[-1]] * pad
         gens += [torch.Generator().manual_seed(0) for _ in range(pad)]
-        kw = {"gens": gens, "cond": mask_condition(torch.stack(padded), self.mapping, self.size)}
+        sources = [src for _, src, _ in chunk]
+        kw = {"gens": gens, "cond": self.conds.build(torch.stack(padded), sources + [sources[-1]] * pad)}
         if self.real is not None:
             kw.update(known=torch.stack(knowns + [knowns[-1]] * pad),
                       keep=torch.stack(keeps + [keeps[-1]] * pad)[:, None],
@@ -235,7 +255,8 @@ class _Job:
         folder = str(model_folder(cfg.model).resolve())
         mode = "region-preserving" if self.real is not None else "full"
         manifest = {"cases": {out_id: {"source_case": self.origin.get(src, src), "mask_case": src, "sample": k,
-                                       "seed": case_seed(cfg.seed, src, k), "checkpoint": folder, "mode": mode}
+                                       "seed": case_seed(cfg.seed, src, k), "checkpoint": folder, "mode": mode,
+                                       **self.conds.record(src)}
                               for out_id, src, k in self.plan}}
         atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
         info = DatasetInfo(labels=dict(self.masks.info.labels), spacing=_scaled_spacing(self.masks, self.size),

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from maskray.config import option
+from maskray.diffusion.edges import EdgeConfig
 from maskray.diffusion.networks import UNetConfig
 from maskray.diffusion.objective import DiffusionConfig
 from maskray.errors import MaskrayError
@@ -46,6 +47,12 @@ class TrainConfig:
     validation_sampler_steps: int = option(20, help="DDIM steps for validation images")
     cond_drop: float = option(0.1, help="fraction of steps with the mask dropped (stage 2)")
     conditioning_scale: float = option(1.0, help="ControlNet residual scale during training")
+    conditions: tuple[str, ...] = option(("mask",), help="stage 2: conditions, one ControlNet each (mask, edges)")
+    edge_sigma: float = option(1.0, help="Canny edge maps: Gaussian sigma in pixels at the training size")
+    edge_low_threshold: float = option(0.75, help="Canny low threshold (a quantile of the gradient magnitude)")
+    edge_high_threshold: float = option(0.9, help="Canny high threshold (a quantile of the gradient magnitude)")
+    attributes: tuple[str, ...] = option((), help="stage 1: patient attributes from cases.json to condition on, "
+                                         "e.g. sex,age (stage 2 takes its base's)")
     seed: int = option(0, help="seed for weights, batches, noise")
     log: Literal["csv", "tensorboard"] = option("csv", help="log format (always CSV; tensorboard adds events)")
     resume: bool = option(False, help="continue from the latest checkpoint in --out")
@@ -69,6 +76,10 @@ class TrainConfig:
     def unet_config(self) -> UNetConfig:
         return UNetConfig(block_out_channels=self.block_out_channels, layers_per_block=self.layers_per_block,
                           attention_levels=self.attention_levels, norm_num_groups=self.norm_num_groups)
+
+    def edge_config(self) -> EdgeConfig:
+        return EdgeConfig(sigma=self.edge_sigma, low_threshold=self.edge_low_threshold,
+                          high_threshold=self.edge_high_threshold, use_quantiles=True)
 
     def diffusion_config(self) -> DiffusionConfig:
         return DiffusionConfig(prediction_type=self.prediction_type, beta_schedule=self.beta_schedule,

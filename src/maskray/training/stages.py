@@ -4,6 +4,10 @@ model card of the result. The training loop (trainer.py) is the same for every s
 - ``base`` (stage 1): a fresh UNet learns the look of radiographs; no condition.
 - ``controlnet`` (stage 2): the base is loaded and frozen; a ControlNet copied from it (zero-initialised joins)
   learns to follow the one-hot mask, which is dropped for ``cond_drop`` of the samples (guidance).
+  ``--conditions mask,edges``: one ControlNet per condition, trained jointly (their residuals add, as at
+  generation), each condition dropped independently (training/conditions.py).
+- ``--attributes sex,age`` (stage 1; stage 2 inherits the base's): the patient attributes enter the UNet (and the
+  ControlNets copied from it) as an embedding added to the time embedding, dropped like the conditions.
 
 With an autoencoder (``--autoencoder RUN``) both stages learn on its latents (Rombach et al. 2022): the UNet
 denoises ``(latent_channels, S/f, S/f)`` samples, and the mask still enters the ControlNet at image resolution
@@ -25,16 +29,18 @@ from typing import Callable
 import torch
 from torch import nn
 
+from maskray.data.attributes import read_case_attributes
 from maskray.data.layout import Dataset
 from maskray.diffusion import pretrained as sd
 from maskray.diffusion.autoencoder import LatentCodec
 from maskray.diffusion.card import ModelCard
-from maskray.diffusion.conditioning import drop_conditions, one_hot
-from maskray.diffusion.networks import ControlledUNet, build_controlnet, build_unet
+from maskray.diffusion.attributes import vector_size, vocabulary_of
+from maskray.diffusion.networks import ControlledUNet, ControlNetSet, build_controlnet, build_unet
 from maskray.diffusion.objective import DiffusionConfig, make_train_scheduler
 from maskray.diffusion.store import load_codec, load_model, save_model, save_pretrained_model
 from maskray.errors import MaskrayError
 from maskray.provenance import to_jsonable
+from maskray.training.conditions import ConditionMaker, check_condition_names
 from maskray.training.config import PATH_FIELDS, Stage, TrainConfig
 
 
@@ -43,8 +49,10 @@ class StageSetup:
     """What the loop needs to train one stage.
 
     ``joined(trainable)`` puts the (possibly accelerate-wrapped) trainable network into the ``ControlledUNet``
-    that is called as ``model(noisy, t, cond)``; ``condition(labels, generator)`` turns a batch's int64 label maps
-    ``(B, S, S)`` into the condition (or ``None``); ``save(folder, trainable)`` writes a loadable model folder.
+    that is called as ``model(noisy, t, cond)``; ``condition(labels, generator, images, case_ids)`` turns a batch
+    (int64 label maps ``(B, S, S)``, images ``(B, 1, S, S)``, its case ids) into the condition with dropout (or
+    ``None``), ``maker.make`` into the whole condition (validation); ``save(folder, trainable)`` writes a
+    loadable model folder.
     """
 
     stage: Stage
@@ -53,7 +61,8 @@ class StageSetup:
     diffusion: DiffusionConfig
     labels: dict[str, int]
     joined: Callable[[nn.Module], ControlledUNet]
-    condition: Callable[[torch.Tensor | None, torch.Generator], torch.Tensor | None]
+    maker: ConditionMaker
+    cond_drop: float
     card: ModelCard  # hashes and step are filled in at each save
     codec: LatentCodec | sd.RGBLatentCodec | None = None  # latent models: the frozen autoencoder
     # writes the model folder instead of save_model (a ControlNet on a Stable Diffusion folder)
@@ -61,7 +70,16 @@ class StageSetup:
 
     @property
     def needs_labels(self) -> bool:
-        return bool(self.labels)
+        return "mask" in self.maker.names
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the model reads a condition (maps or attributes) at all."""
+        return bool(self.maker.names or self.maker.vocab)
+
+    def condition(self, labels: torch.Tensor | None, generator: torch.Generator, images: torch.Tensor | None = None,
+                  case_ids: list[str] | None = None):
+        return self.maker.drop(self.maker.make(labels, images, case_ids), self.cond_drop, generator)
 
     def save(self, folder: Path, trainable: nn.Module, step: int) -> Path:
         card = dataclasses.replace(self.card, step=step)
@@ -75,7 +93,7 @@ class StageSetup:
 def setup_stage(cfg: TrainConfig, stage: Stage, ds: Dataset) -> StageSetup:
     if stage == "controlnet" and cfg.pretrained:
         return _setup_pretrained_controlnet(cfg, ds)
-    return _setup_base(cfg) if stage == "base" else _setup_controlnet(cfg, ds)
+    return _setup_base(cfg, ds) if stage == "base" else _setup_controlnet(cfg, ds)
 
 
 def _card(cfg: TrainConfig, stage: Stage, diff: DiffusionConfig, labels: dict[str, int], unet_config: dict,
@@ -102,17 +120,28 @@ def _latent_card(codec: LatentCodec | None) -> dict | None:
             "scaling_factor": codec.scaling_factor, "autoencoder_sha256": codec.weights_hash()}
 
 
-def _setup_base(cfg: TrainConfig) -> StageSetup:
+def _setup_base(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     diff = cfg.diffusion_config()
     codec = _open_codec(cfg) if cfg.autoencoder else None
     unet_cfg = cfg.unet_config()
     if codec is not None:
         unet_cfg = dataclasses.replace(unet_cfg, in_channels=codec.config.latent_channels)
-    unet = build_unet(unet_cfg, cfg.image_size // (codec.factor if codec else 1))
+    case_attrs, vocab = _attribute_vocabulary(cfg, ds)
+    unet = build_unet(unet_cfg, cfg.image_size // (codec.factor if codec else 1), attribute_dim=vector_size(vocab))
+    maker = ConditionMaker((), [], None, vocab, case_attrs)
     return StageSetup(stage="base", trainable=unet, frozen=None, diffusion=diff, labels={},
-                      joined=lambda trained: ControlledUNet(trained, None),
-                      condition=lambda labels, generator: None, codec=codec,
-                      card=_card(cfg, "base", diff, {}, to_jsonable(unet_cfg), latent=_latent_card(codec)))
+                      joined=lambda trained: ControlledUNet(trained, None), maker=maker, cond_drop=cfg.cond_drop,
+                      codec=codec, card=_card(cfg, "base", diff, {}, to_jsonable(unet_cfg), latent=_latent_card(codec),
+                                              attributes={k: list(v) for k, v in vocab.items()}))
+
+
+def _attribute_vocabulary(cfg: TrainConfig, ds: Dataset) -> tuple[dict, dict]:
+    """The dataset's per-case attributes and the vocabulary of ``--attributes`` over the training split."""
+    if not cfg.attributes:
+        return {}, {}
+    case_attrs = read_case_attributes(ds.root)
+    train = set(ds.case_ids(cfg.split))
+    return case_attrs, vocabulary_of({c: a for c, a in case_attrs.items() if c in train}, cfg.attributes)
 
 
 def embedding_channels(requested: tuple[int, ...], factor: int) -> tuple[int, ...]:
@@ -133,13 +162,19 @@ def _need_labels(ds: Dataset) -> None:
 
 
 def _setup_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
-    _need_labels(ds)
+    check_condition_names(cfg.conditions)
+    if "mask" in cfg.conditions:
+        _need_labels(ds)
     base_model, base_card = load_model(cfg.base)
     if base_card.stage != "base":
         raise MaskrayError(f"{cfg.base}: is a '{base_card.stage}' run; --base needs a stage-1 run")
     if base_card.image_size != cfg.image_size:
         raise MaskrayError(f"{cfg.base}: base was trained at {base_card.image_size} px but --image-size is "
                            f"{cfg.image_size}; use the base's size")
+    vocab = base_card.vocabulary
+    if cfg.attributes and tuple(cfg.attributes) != tuple(vocab):
+        raise MaskrayError(f"--attributes {','.join(cfg.attributes)}: stage 2 takes the attributes of its base "
+                           f"({', '.join(vocab) or 'none'}); leave --attributes out")
     # target and schedule come from the base; the loss weighting is this stage's own
     diff = dataclasses.replace(DiffusionConfig(**base_card.diffusion), min_snr_gamma=cfg.min_snr_gamma,
                                timestep_bias=cfg.timestep_bias)
@@ -149,24 +184,26 @@ def _setup_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
                            f"base's (leave --autoencoder out)")
     unet = base_model.unet
     unet.requires_grad_(False).eval()
-    labels = ds.info.foreground
-    values = list(labels.values())
+    labels = ds.info.foreground if "mask" in cfg.conditions else {}
+    maker = ConditionMaker(tuple(cfg.conditions), list(labels.values()), cfg.edge_config(), vocab,
+                           read_case_attributes(ds.root) if vocab else {})
     emb = embedding_channels(tuple(cfg.cond_embedding_channels), base_card.factor)
-    controlnet = build_controlnet(unet, len(labels), emb)
-
-    def condition(lab: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
-        return drop_conditions(one_hot(lab, values), cfg.cond_drop, generator)
-
+    nets = {n: build_controlnet(unet, maker.channels(n), emb) for n in maker.names}
+    controlnet = nets["mask"] if maker.card_conditions() == {} else ControlNetSet(nets)
     card = _card(cfg, "controlnet", diff, labels, base_card.unet_config, base_unet_sha256=base_card.unet_sha256,
-                 cond_embedding_channels=emb, latent=base_card.latent)
+                 cond_embedding_channels=emb, latent=base_card.latent, conditions=maker.card_conditions(),
+                 attributes=dict(base_card.attributes))
     return StageSetup(stage="controlnet", trainable=controlnet, frozen=unet, diffusion=diff, labels=labels,
-                      joined=lambda trained: ControlledUNet(unet, trained), condition=condition, card=card,
-                      codec=codec)
+                      joined=lambda trained: ControlledUNet(unet, trained), maker=maker, cond_drop=cfg.cond_drop,
+                      card=card, codec=codec)
 
 
 def _setup_pretrained_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     """Stage 2 on a Stable Diffusion folder: its UNet frozen, its VAE as the codec, its prompt encoded once."""
     _need_labels(ds)
+    if tuple(cfg.conditions) != ("mask",) or cfg.attributes:
+        raise MaskrayError("--pretrained (Stable Diffusion) trains a mask ControlNet only; --conditions and "
+                           "--attributes are for maskray's own bases")
     root = sd.check_folder(cfg.pretrained)
     hashes = sd.parts_sha256(root)
     scheduler_config, diff = sd.read_scheduler(root)
@@ -184,10 +221,6 @@ def _setup_pretrained_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     values = list(labels.values())
     emb = embedding_channels(tuple(cfg.cond_embedding_channels), codec.factor)
     controlnet = build_controlnet(unet, len(labels), emb)
-
-    def condition(lab: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
-        return drop_conditions(one_hot(lab, values), cfg.cond_drop, generator)
-
     summary = {k: to_jsonable(unet.config[k]) for k in ("in_channels", "block_out_channels", "cross_attention_dim",
                                                         "sample_size")}
     card = dataclasses.replace(
@@ -195,5 +228,6 @@ def _setup_pretrained_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
               latent=codec.latent_card(), pretrained={"prompt": prompt, "parts_sha256": hashes}),
         unet_sha256=hashes["unet"], scheduler_config=scheduler_config)
     return StageSetup(stage="controlnet", trainable=controlnet, frozen=unet, diffusion=diff, labels=labels,
-                      joined=lambda trained: ControlledUNet(unet, trained, context), condition=condition, card=card,
-                      codec=codec, saver=lambda folder, trained, c: save_pretrained_model(folder, trained, c, root))
+                      joined=lambda trained: ControlledUNet(unet, trained, context), card=card, codec=codec,
+                      maker=ConditionMaker(("mask",), values, None, {}, {}), cond_drop=cfg.cond_drop,
+                      saver=lambda folder, trained, c: save_pretrained_model(folder, trained, c, root))

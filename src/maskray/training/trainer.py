@@ -120,7 +120,7 @@ class _Loop:
         self.sampling_model = setup.joined(trainable)  # called for validation images
         self.strip = ValidationStrip(out / "validation", arrays, list(setup.labels.values()), cfg.validation_cases,
                                      cfg.seed, cfg.validation_sampler_steps, self.noise_sched.config, cfg.precision,
-                                     codec=setup.codec)
+                                     codec=setup.codec, condition=setup.maker.make)
 
     def run(self, start: int) -> None:
         cfg, acc = self.cfg, self.acc
@@ -160,12 +160,14 @@ class _Loop:
     def forward_backward(self, step: int, k: int) -> float:
         cfg, acc = self.cfg, self.acc
         micro = (step * cfg.grad_accum + k) * acc.num_processes + acc.process_index
-        x0, lab = self.arrays.batch(self.arrays.indices(micro, cfg.batch_size, cfg.seed))
+        idx = self.arrays.indices(micro, cfg.batch_size, cfg.seed)
+        x0, lab = self.arrays.batch(idx)
         gen = step_generator(cfg.seed, micro)
         x0 = x0.to(acc.device)
         if cfg.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        cond = self.setup.condition(lab, gen)
+        ids = [self.arrays.case_ids[i] for i in idx.tolist()]
+        cond = self.setup.condition(lab, gen, self.arrays.pixels(idx), ids)  # edges come from pixels, not latents
         cond = cond.to(acc.device) if cond is not None else None
 
         def model_fn(noisy, t):
@@ -200,7 +202,7 @@ class _Loop:
             return
         with self.ema_weights():
             self.trainable.eval()
-            self.strip.add(self.sampling_model, step, conditional=self.setup.needs_labels, device=self.acc.device)
+            self.strip.add(self.sampling_model, step, conditional=self.setup.conditional, device=self.acc.device)
             self.trainable.train()
 
     def checkpoint(self, step: int) -> None:

@@ -47,7 +47,9 @@ def grid_image(columns: list[list[np.ndarray]], titles: list[str], scale: int = 
 
 class ValidationStrip:
     def __init__(self, out_dir: Path, arrays, label_values: list[int], n_cases: int, seed: int,
-                 sampler_steps: int, scheduler_config: dict, precision: str, codec=None):
+                 sampler_steps: int, scheduler_config: dict, precision: str, codec=None, condition=None):
+        """``condition(labels, images, case_ids)``: the stage's whole condition of the strip's cases (else the
+        one-hot mask)."""
         self.out_dir = Path(out_dir)
         n = min(n_cases, len(arrays))
         idx = torch.arange(n)
@@ -57,6 +59,8 @@ class ValidationStrip:
         self.codec = codec
         self.labels = lab
         self.cond = one_hot(lab, label_values) if lab is not None and label_values else None
+        if condition is not None:
+            self.cond = condition(lab, self.real, list(arrays.case_ids[:n]))
         self.seeds = [seed * 1000 + i for i in range(n)]
         self.sampler_steps = sampler_steps
         self.scheduler_config = scheduler_config
