@@ -26,7 +26,10 @@ from maskray.diffusion.card import ModelCard
 from maskray.diffusion.conditioning import mask_condition
 from maskray.diffusion.sampling import SCHEDULERS, make_scheduler, sample
 from maskray.diffusion.store import load_model, model_folder
+from maskray import distributed
+from maskray.distributed import on_main
 from maskray.errors import MaskrayError
+from maskray.pipelines.sharding import Shard
 from maskray.provenance import atomic_write_text, to_jsonable, write_run_info
 
 SYNTHETIC_TEXT = {"Comment": "maskray synthetic image (not a real patient)", "Software": "maskray"}
@@ -126,6 +129,7 @@ def _open_out(cfg: GenerateConfig) -> Path:
             raise MaskrayError(f"{out}: was made with other settings ({', '.join(diff)}); cannot resume")
     elif not (cfg.resume and out.is_dir()):
         prepare_output_dir(out, overwrite=cfg.overwrite, hint="--resume (continue) or --overwrite (replace)")
+    atomic_write_text(out / "generate_config.json", json.dumps(to_jsonable(cfg), indent=2))
     return out
 
 
@@ -136,16 +140,19 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     masks = Dataset(cfg.masks)
     job = _Job(cfg, card, masks, _condition_mapping(card, masks, cfg.model),
                Dataset(cfg.inpaint_from) if cfg.inpaint_from else None)
-    out = _open_out(cfg)
-    atomic_write_text(out / "generate_config.json", json.dumps(to_jsonable(cfg), indent=2))
-    todo = [p for p in job.plan if not (image_path(out, p[0]).is_file() and label_path(out, p[0]).is_file())]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    shard = Shard.current()  # one process, or this process's share under accelerate launch
+    on_main(lambda: _open_out(cfg))
+    out = Path(cfg.out)
+    todo = [p for p in shard.take(job.plan)
+            if not (image_path(out, p[0]).is_file() and label_path(out, p[0]).is_file())]
+    device = distributed.device()
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     scheduler = make_scheduler(cfg.scheduler, card.scheduler_config)
-    bar = tqdm(total=len(job.plan), initial=len(job.plan) - len(todo), desc="generate", unit="img",
-               disable=not progress, dynamic_ncols=True)
+    mine = len(shard.take(job.plan))
+    bar = tqdm(total=mine, initial=mine - len(todo), desc="generate", unit="img",
+               disable=not progress or not shard.is_main, dynamic_ncols=True)
     for start in range(0, len(todo), cfg.batch_size):
         chunk = todo[start: start + cfg.batch_size]
         labs, kw = job.inputs(chunk)
@@ -159,7 +166,8 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
             write_image_file(image_path(out, out_id), (img[0].numpy() + 1) / 2, cfg.bit_depth, text=SYNTHETIC_TEXT)
         bar.update(len(chunk))
     bar.close()
-    job.write_records(out)
+    if shard.finish(out, [p[0] for p in job.plan]):
+        job.write_records(out)
     return out
 
 

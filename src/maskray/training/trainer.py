@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from maskray.data.layout import Dataset, prepare_output_dir
 from maskray.diffusion.networks import count_parameters
+from maskray.distributed import on_main
 from maskray.diffusion.objective import diffusion_loss, make_train_scheduler
 from maskray.errors import MaskrayError
 from maskray.provenance import to_jsonable, write_run_info
@@ -68,7 +69,8 @@ def _train(cfg: TrainConfig, stage: Stage, progress: bool) -> Path:
     ds = Dataset(cfg.data)
     torch.manual_seed(cfg.seed)  # weight initialisation; the one global seed, set at the edge of the run
     setup = setup_stage(cfg, stage, ds)
-    out = _prepare_out(cfg)
+    on_main(lambda: _prepare_out(cfg))  # under accelerate launch the main process alone creates or replaces it
+    out = Path(cfg.out)
     accelerator = Accelerator(mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.grad_accum,
                               log_with="tensorboard" if cfg.log == "tensorboard" else None, project_dir=str(out))
     arrays = load_arrays(ds, cfg.image_size, cfg.split, need_labels=setup.needs_labels, progress=progress)
@@ -80,7 +82,9 @@ def _train(cfg: TrainConfig, stage: Stage, progress: bool) -> Path:
     optimizer = torch.optim.AdamW([p for p in trainable.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     lr_sched = get_scheduler(cfg.lr_schedule if cfg.lr_schedule != "constant" else "constant_with_warmup",
-                             optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
+                             optimizer, num_warmup_steps=cfg.warmup_steps * accelerator.num_processes,
+                             # accelerate steps a prepared schedule once per process per optimizer step
+                             num_training_steps=cfg.steps * accelerator.num_processes)
     ema = EMAModel(trainable.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=2 / 3) \
         if cfg.ema_decay > 0 else None
     wrapped, optimizer, lr_sched = accelerator.prepare(trainable, optimizer, lr_sched)
