@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from maskray.cli import add_config_argument
+from maskray.commands.train_autoencoder import register_stage as register_autoencoder
 from maskray.config import add_arguments, from_args
 from maskray.training.trainer import TrainConfig, train
 
@@ -16,6 +17,7 @@ def register(sub) -> None:
         add_config_argument(sp)
         add_arguments(sp, TrainConfig)
         sp.set_defaults(func=_run, stage=stage)
+    register_autoencoder(stages)
 
 
 def _run(args) -> int:

@@ -7,4 +7,6 @@
 - :mod:`~maskray.diffusion.conditioning`: label maps to condition tensors (resize, one-hot, dropout).
 - :mod:`~maskray.diffusion.card`: the typed, versioned model card a run rebuilds itself from.
 - :mod:`~maskray.diffusion.store`: saving and loading model folders (safetensors only).
+- :mod:`~maskray.diffusion.autoencoder` and :mod:`~maskray.diffusion.autoencoder_losses`: the latent codec
+  (diffusers ``AutoencoderKL`` with its measured scale) and the losses that train it.
 """

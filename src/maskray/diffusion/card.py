@@ -39,8 +39,22 @@ class ModelCard:
     base_unet_sha256: str | None = None  # stage 2: the frozen base it was trained on
     cond_embedding_channels: tuple[int, ...] = ()
     training: dict[str, Any] = field(default_factory=dict)  # hyper-parameters (no paths)
+    # latent models: {"factor", "latent_channels", "scaling_factor", "autoencoder_sha256"}; the autoencoder's
+    # weights sit in the model folder's autoencoder/ (None: the model works on pixels)
+    latent: dict[str, Any] | None = None
     maskray_version: str = ""
     format_version: int = CARD_VERSION
+
+    @property
+    def factor(self) -> int:
+        """Pixels per sample element along each side: 1 for pixel models, the autoencoder's factor for latents."""
+        return int(self.latent["factor"]) if self.latent else 1
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of what the UNet denoises (an image, or a latent)."""
+        side = self.image_size // self.factor
+        return (int(self.latent["latent_channels"]) if self.latent else 1, side, side)
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / CARD_FILE
@@ -85,6 +99,10 @@ class ModelCard:
             raise MaskrayError(f"{where}: image_size {self.image_size} is not a usable size")
         if self.stage == "controlnet" and (not self.labels or self.controlnet_sha256 is None):
             raise MaskrayError(f"{where}: a controlnet card needs labels and controlnet_sha256")
+        if self.latent is not None:
+            need = {"factor", "latent_channels", "scaling_factor", "autoencoder_sha256"}
+            if set(self.latent) != need or self.latent["factor"] not in (4, 8) or self.image_size % self.latent["factor"]:
+                raise MaskrayError(f"{where}: latent must hold {sorted(need)} with factor 4 or 8 dividing image_size")
         if any(not isinstance(v, int) or isinstance(v, bool) for v in self.labels.values()):
             raise MaskrayError(f"{where}: label values must be integers")
 

@@ -53,14 +53,16 @@ def sample(model: ControlledUNet, scheduler, shape: tuple[int, ...], generators:
            cond: torch.Tensor | None = None, num_steps: int = 25, guidance_scale: float = 1.0,
            conditioning_scale: float = 1.0, known: torch.Tensor | None = None, keep: torch.Tensor | None = None,
            blend: torch.Tensor | None = None, precision: str = "bf16", device: torch.device | str = "cpu",
-           channels_last: bool = False) -> torch.Tensor:
-    """Draw ``shape[0]`` samples; returns float32 ``(N, C, H, W)`` clipped to ``[-1, 1]``.
+           channels_last: bool = False, clip: bool = True, composite: bool = True) -> torch.Tensor:
+    """Draw ``shape[0]`` samples; returns float32 ``(N, C, H, W)``, clipped to ``[-1, 1]`` when ``clip`` (images;
+    latents are not clipped).
 
     ``generators``: one per sample, so each sample depends on its own seed alone. ``cond``: one-hot mask
     ``(N, K, H, W)`` or ``None`` (base model). ``known``/``keep``/``blend``: region-preserving mode; ``known``
     is the real image ``(N, C, H, W)`` in ``[-1, 1]``, ``keep`` is 1 where its noised copy replaces the sample
     during sampling, and ``blend`` in ``[0, 1]`` (0 outside the region) weights the generated pixels in the
-    final composite.
+    final composite. ``composite=False`` leaves the final composite to the caller (latent models composite in
+    pixel space, after decoding, with :func:`composite_region`).
     """
     device = torch.device(device)
     if len(generators) != shape[0]:
@@ -97,8 +99,15 @@ def sample(model: ControlledUNet, scheduler, shape: tuple[int, ...], generators:
             t_next = timesteps[i + 1]
             noisy_known = scheduler.add_noise(known, noise, t_next.expand(x.shape[0]) if t_next.ndim == 0 else t_next)
             x = keep * noisy_known + (1 - keep) * x
-    x = x.clamp(-1, 1)
-    if known is not None:
-        w = blend.to(device) if blend is not None else (1 - keep)
-        x = torch.where(w > 0, w * x + (1 - w) * known, known)
+    if clip:
+        x = x.clamp(-1, 1)
+    if known is not None and composite:
+        x = composite_region(x, known, blend.to(device) if blend is not None else (1 - keep))
     return x.cpu()
+
+
+def composite_region(x: torch.Tensor, known: torch.Tensor, blend: torch.Tensor) -> torch.Tensor:
+    """``blend * x + (1 - blend) * known`` inside the region, and exactly ``known`` where ``blend`` is 0."""
+    blend = blend.to(x.device)
+    known = known.to(x.device)
+    return torch.where(blend > 0, blend * x + (1 - blend) * known, known)

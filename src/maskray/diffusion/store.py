@@ -4,6 +4,7 @@
 
     FOLDER/unet/          config.json + diffusion_pytorch_model.safetensors of the base UNet (EMA weights)
     FOLDER/controlnet/    the same for the ControlNet (stage 2 only)
+    FOLDER/autoencoder/   latent models only: the autoencoder (diffusion/autoencoder.py), so the folder is whole
     FOLDER/maskray.json   the model card (diffusion/card.py)
 
 A finished run keeps its model in ``RUN/model``; every checkpoint keeps one in ``RUN/checkpoints/step-N/model``,
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from diffusers import ControlNetModel, UNet2DConditionModel
 
+from maskray.diffusion.autoencoder import LatentCodec
 from maskray.diffusion.card import CARD_FILE, ModelCard
 from maskray.diffusion.networks import ControlledUNet
 from maskray.errors import MaskrayError
@@ -29,10 +31,12 @@ PICKLE_ENDINGS = (".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt")
 
 
 def save_model(folder: str | os.PathLike, unet: UNet2DConditionModel, card: ModelCard,
-               controlnet: ControlNetModel | None = None) -> Path:
-    """Write the networks and the card (with the weight hashes filled in) into ``folder``."""
+               controlnet: ControlNetModel | None = None, codec: LatentCodec | None = None) -> Path:
+    """Write the networks, the autoencoder (latent models) and the card (with the weight hashes filled in)."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
+    if codec is not None:
+        codec.save(out / "autoencoder")
     unet.save_pretrained(out / "unet", safe_serialization=True)
     hashes = {"unet_sha256": weights_hash(out / "unet")}
     if controlnet is not None:
@@ -83,6 +87,17 @@ def load_model(path: str | os.PathLike, need_controlnet: bool = False) -> tuple[
     model = ControlledUNet(unet, controlnet).eval()
     model.requires_grad_(False)
     return model, card
+
+
+def load_codec(path: str | os.PathLike, card: ModelCard) -> LatentCodec | None:
+    """The autoencoder of a latent model (``None`` for a pixel model), checked against the card."""
+    if card.latent is None:
+        return None
+    folder = model_folder(path) / "autoencoder"
+    codec = LatentCodec.load(folder)
+    if codec.weights_hash() != card.latent["autoencoder_sha256"] or codec.factor != card.factor:
+        raise MaskrayError(f"{folder}: is not the autoencoder the model card names (hash or factor differ)")
+    return codec
 
 
 def _load_net(cls, folder: Path, expected_sha: str | None):

@@ -24,8 +24,8 @@ from maskray.data.layout import (Dataset, DatasetInfo, image_path, label_path, p
 from maskray.data.resize import resize_label
 from maskray.diffusion.card import ModelCard
 from maskray.diffusion.conditioning import mask_condition
-from maskray.diffusion.sampling import SCHEDULERS, make_scheduler, sample
-from maskray.diffusion.store import load_model, model_folder
+from maskray.diffusion.sampling import SCHEDULERS, composite_region, make_scheduler, sample
+from maskray.diffusion.store import load_codec, load_model, model_folder
 from maskray import distributed
 from maskray.distributed import on_main
 from maskray.errors import MaskrayError
@@ -136,6 +136,7 @@ def _open_out(cfg: GenerateConfig) -> Path:
 def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     _check_config(cfg)
     model, card = load_model(cfg.model, need_controlnet=True)
+    codec = load_codec(cfg.model, card)
     make_scheduler(cfg.scheduler, card.scheduler_config)  # fail early on a bad name
     masks = Dataset(cfg.masks)
     job = _Job(cfg, card, masks, _condition_mapping(card, masks, cfg.model),
@@ -147,19 +148,19 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
             if not (image_path(out, p[0]).is_file() and label_path(out, p[0]).is_file())]
     device = distributed.device()
     model.to(device)
+    if codec is not None:
+        codec.vae.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     scheduler = make_scheduler(cfg.scheduler, card.scheduler_config)
+    draw = _Drawer(cfg, card, model, codec, scheduler, device)
     mine = len(shard.take(job.plan))
     bar = tqdm(total=mine, initial=mine - len(todo), desc="generate", unit="img",
                disable=not progress or not shard.is_main, dynamic_ncols=True)
     for start in range(0, len(todo), cfg.batch_size):
         chunk = todo[start: start + cfg.batch_size]
         labs, kw = job.inputs(chunk)
-        imgs = sample(model, scheduler, (cfg.batch_size, 1, card.image_size, card.image_size), kw.pop("gens"),
-                      num_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                      conditioning_scale=cfg.conditioning_scale, precision=cfg.precision, device=device,
-                      channels_last=cfg.channels_last, **kw)
+        imgs = draw(**kw)
         for (out_id, _, _), img, lab in zip(chunk, imgs, labs):
             # label first: a case counts as done only once its image (written last) exists
             write_label_file(label_path(out, out_id), lab.numpy())
@@ -169,6 +170,35 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     if shard.finish(out, [p[0] for p in job.plan]):
         job.write_records(out)
     return out
+
+
+class _Drawer:
+    """One padded batch of images: sampled in pixel space, or in latent space then decoded. In region-preserving
+    mode a latent model keeps the latents of the real image outside the (latent-resolution) region while
+    sampling, and the decoded result is composited in pixel space, so every pixel outside the region keeps its
+    value exactly."""
+
+    def __init__(self, cfg: GenerateConfig, card: ModelCard, model, codec, scheduler, device):
+        self.cfg, self.card, self.model, self.codec, self.scheduler, self.device = cfg, card, model, codec, \
+            scheduler, device
+
+    @torch.no_grad()
+    def __call__(self, gens, cond, known=None, keep=None, blend=None) -> torch.Tensor:
+        cfg = self.cfg
+        kw = dict(num_steps=cfg.steps, guidance_scale=cfg.guidance_scale, conditioning_scale=cfg.conditioning_scale,
+                  precision=cfg.precision, device=self.device, channels_last=cfg.channels_last)
+        shape = (len(gens), *self.card.sample_shape)
+        if self.codec is None:
+            return sample(self.model, self.scheduler, shape, gens, cond=cond, known=known, keep=keep, blend=blend,
+                          **kw)
+        region = {}
+        if known is not None:
+            f = self.card.factor
+            region = dict(known=self.codec.encode(known).cpu(), composite=False,
+                          keep=1 - torch.nn.functional.max_pool2d(1 - keep, f))  # any edited pixel frees its latent
+        z = sample(self.model, self.scheduler, shape, gens, cond=cond, clip=False, **region, **kw)
+        x = self.codec.decode(z).cpu()
+        return composite_region(x, known, blend).cpu() if known is not None else x
 
 
 class _Job:

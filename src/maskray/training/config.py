@@ -11,7 +11,7 @@ from maskray.diffusion.objective import DiffusionConfig
 from maskray.errors import MaskrayError
 
 Stage = Literal["base", "controlnet"]
-PATH_FIELDS = ("data", "out", "base")  # kept out of the model card, which travels with exported data
+PATH_FIELDS = ("data", "out", "base", "autoencoder")  # kept out of the model card, which travels with exported data
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,8 @@ class TrainConfig:
     data: str = option("", help="dataset folder in the native layout")
     out: str = option("", help="run folder to write")
     base: str | None = option(None, help="stage-1 run folder (stage 2 only)")
+    autoencoder: str | None = option(None, help="'maskray train autoencoder' run: stage 1 learns in its latent "
+                                     "space (stage 2 takes its base's autoencoder)")
     image_size: int = option(64, help="training resolution (64..512, divisible by 2**(levels-1))")
     split: str = option("train", help="split to train on")
     steps: int = option(800, help="optimizer steps")
@@ -51,7 +53,8 @@ class TrainConfig:
     attention_levels: tuple[int, ...] = option((), help="UNet levels with self-attention (0 = full res)")
     norm_num_groups: int = option(8, help="GroupNorm groups")
     cond_embedding_channels: tuple[int, ...] = option((16,), help="ControlNet mask encoder channels; "
-                                                      "len-1 = pixel space, len-4 = 8x latent")
+                                                      "it downsamples by 2**(len-1): len 1 for pixels, 3 for a 4x "
+                                                      "latent, 4 for 8x (a len-1 value is widened to fit)")
     # diffusion (stage 1; stage 2 inherits target and schedule from its base)
     prediction_type: Literal["epsilon", "v_prediction"] = option("v_prediction", help="network target")
     beta_schedule: Literal["squaredcos_cap_v2", "linear", "scaled_linear"] = option("squaredcos_cap_v2",

@@ -24,6 +24,7 @@ class TrainingArrays:
     case_ids: list[str]
     images: torch.Tensor  # int32 (N, 1, S, S), 0..65535
     labels: torch.Tensor | None  # uint8 (N, S, S)
+    latents: torch.Tensor | None = None  # float32 (N, C, S/f, S/f): what a latent model trains on
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -40,9 +41,14 @@ class TrainingArrays:
             out.extend(perm[offset: offset + batch_size - len(out)].tolist())
         return torch.tensor(out)
 
+    def pixels(self, idx: torch.Tensor) -> torch.Tensor:
+        """float32 ``(B, 1, S, S)`` images in ``[-1, 1]``."""
+        return self.images[idx].float() / 65535.0 * 2.0 - 1.0
+
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(x, label)``: float32 ``(B, 1, S, S)`` in ``[-1, 1]`` and int64 ``(B, S, S)`` (or ``None``)."""
-        x = self.images[idx].float() / 65535.0 * 2.0 - 1.0
+        """``(x, label)``: what the model denoises (images float32 ``(B, 1, S, S)`` in ``[-1, 1]``, or their
+        latents when set) and int64 ``(B, S, S)`` label maps (or ``None``)."""
+        x = self.latents[idx] if self.latents is not None else self.pixels(idx)
         lab = self.labels[idx].long() if self.labels is not None else None
         return x, lab
 

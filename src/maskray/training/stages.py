@@ -4,6 +4,10 @@ model card of the result. The training loop (trainer.py) is the same for every s
 - ``base`` (stage 1): a fresh UNet learns the look of radiographs; no condition.
 - ``controlnet`` (stage 2): the base is loaded and frozen; a ControlNet copied from it (zero-initialised joins)
   learns to follow the one-hot mask, which is dropped for ``cond_drop`` of the samples (guidance).
+
+With an autoencoder (``--autoencoder RUN``) both stages learn on its latents (Rombach et al. 2022): the UNet
+denoises ``(latent_channels, S/f, S/f)`` samples, and the mask still enters the ControlNet at image resolution
+through a conditioning embedding that downsamples by the factor ``f``.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ import torch
 from torch import nn
 
 from maskray.data.layout import Dataset
+from maskray.diffusion.autoencoder import LatentCodec
 from maskray.diffusion.card import ModelCard
 from maskray.diffusion.conditioning import drop_conditions, one_hot
 from maskray.diffusion.networks import ControlledUNet, build_controlnet, build_unet
 from maskray.diffusion.objective import DiffusionConfig, make_train_scheduler
-from maskray.diffusion.store import load_model, save_model
+from maskray.diffusion.store import load_codec, load_model, save_model
 from maskray.errors import MaskrayError
 from maskray.provenance import to_jsonable
 from maskray.training.config import PATH_FIELDS, Stage, TrainConfig
@@ -45,6 +50,7 @@ class StageSetup:
     joined: Callable[[nn.Module], ControlledUNet]
     condition: Callable[[torch.Tensor | None, torch.Generator], torch.Tensor | None]
     card: ModelCard  # hashes and step are filled in at each save
+    codec: LatentCodec | None = None  # latent models: the frozen autoencoder
 
     @property
     def needs_labels(self) -> bool:
@@ -53,8 +59,8 @@ class StageSetup:
     def save(self, folder: Path, trainable: nn.Module, step: int) -> Path:
         card = dataclasses.replace(self.card, step=step)
         if self.stage == "base":
-            return save_model(folder, trainable, card)
-        return save_model(folder, self.frozen, card, controlnet=trainable)
+            return save_model(folder, trainable, card, codec=self.codec)
+        return save_model(folder, self.frozen, card, controlnet=trainable, codec=self.codec)
 
 
 def setup_stage(cfg: TrainConfig, stage: Stage, ds: Dataset) -> StageSetup:
@@ -70,13 +76,43 @@ def _card(cfg: TrainConfig, stage: Stage, diff: DiffusionConfig, labels: dict[st
                      maskray_version=metadata.version("maskray"), **extra)
 
 
+def _open_codec(cfg: TrainConfig) -> LatentCodec:
+    path = Path(cfg.autoencoder)
+    codec = LatentCodec.load(path / "autoencoder" if (path / "autoencoder").is_dir() else path)
+    if cfg.image_size % codec.factor:
+        raise MaskrayError(f"--image-size {cfg.image_size} is not divisible by the autoencoder's factor {codec.factor}")
+    return codec
+
+
+def _latent_card(codec: LatentCodec | None) -> dict | None:
+    if codec is None:
+        return None
+    return {"factor": codec.factor, "latent_channels": codec.config.latent_channels,
+            "scaling_factor": codec.scaling_factor, "autoencoder_sha256": codec.weights_hash()}
+
+
 def _setup_base(cfg: TrainConfig) -> StageSetup:
     diff = cfg.diffusion_config()
-    unet = build_unet(cfg.unet_config(), cfg.image_size)
+    codec = _open_codec(cfg) if cfg.autoencoder else None
+    unet_cfg = cfg.unet_config()
+    if codec is not None:
+        unet_cfg = dataclasses.replace(unet_cfg, in_channels=codec.config.latent_channels)
+    unet = build_unet(unet_cfg, cfg.image_size // (codec.factor if codec else 1))
     return StageSetup(stage="base", trainable=unet, frozen=None, diffusion=diff, labels={},
                       joined=lambda trained: ControlledUNet(trained, None),
-                      condition=lambda labels, generator: None,
-                      card=_card(cfg, "base", diff, {}, to_jsonable(cfg.unet_config())))
+                      condition=lambda labels, generator: None, codec=codec,
+                      card=_card(cfg, "base", diff, {}, to_jsonable(unet_cfg), latent=_latent_card(codec)))
+
+
+def embedding_channels(requested: tuple[int, ...], factor: int) -> tuple[int, ...]:
+    """ControlNet conditioning-embedding channels that downsample the mask by ``factor`` (2 per extra entry)."""
+    if len(requested) == 1 and factor > 1:
+        widths = {4: (16, 32, 64), 8: (16, 32, 64, 128)}
+        return widths[factor]
+    if 2 ** (len(requested) - 1) != factor:
+        raise MaskrayError(f"--cond-embedding-channels {','.join(map(str, requested))} downsamples by "
+                           f"{2 ** (len(requested) - 1)} but the model's factor is {factor}")
+    return tuple(requested)
 
 
 def _setup_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
@@ -92,16 +128,22 @@ def _setup_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     # target and schedule come from the base; the loss weighting is this stage's own
     diff = dataclasses.replace(DiffusionConfig(**base_card.diffusion), min_snr_gamma=cfg.min_snr_gamma,
                                timestep_bias=cfg.timestep_bias)
+    codec = load_codec(cfg.base, base_card)
+    if cfg.autoencoder and (codec is None or _open_codec(cfg).weights_hash() != codec.weights_hash()):
+        raise MaskrayError(f"{cfg.autoencoder}: is not the autoencoder of the base {cfg.base}; stage 2 uses its "
+                           f"base's (leave --autoencoder out)")
     unet = base_model.unet
     unet.requires_grad_(False).eval()
     labels = ds.info.foreground
     values = list(labels.values())
-    controlnet = build_controlnet(unet, len(labels), cfg.cond_embedding_channels)
+    emb = embedding_channels(tuple(cfg.cond_embedding_channels), base_card.factor)
+    controlnet = build_controlnet(unet, len(labels), emb)
 
     def condition(lab: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         return drop_conditions(one_hot(lab, values), cfg.cond_drop, generator)
 
     card = _card(cfg, "controlnet", diff, labels, base_card.unet_config, base_unet_sha256=base_card.unet_sha256,
-                 cond_embedding_channels=tuple(cfg.cond_embedding_channels))
+                 cond_embedding_channels=emb, latent=base_card.latent)
     return StageSetup(stage="controlnet", trainable=controlnet, frozen=unet, diffusion=diff, labels=labels,
-                      joined=lambda trained: ControlledUNet(unet, trained), condition=condition, card=card)
+                      joined=lambda trained: ControlledUNet(unet, trained), condition=condition, card=card,
+                      codec=codec)

@@ -32,6 +32,7 @@ from maskray.provenance import to_jsonable, write_run_info
 from maskray.training.checkpoints import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from maskray.training.config import Stage, TrainConfig, validate
 from maskray.training.data import load_arrays
+from maskray.training.latent_cache import cached_latents
 from maskray.training.stages import setup_stage
 from maskray.training.validation import ValidationStrip
 
@@ -74,6 +75,8 @@ def _train(cfg: TrainConfig, stage: Stage, progress: bool) -> Path:
     accelerator = Accelerator(mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.grad_accum,
                               log_with="tensorboard" if cfg.log == "tensorboard" else None, project_dir=str(out))
     arrays = load_arrays(ds, cfg.image_size, cfg.split, need_labels=setup.needs_labels, progress=progress)
+    if setup.codec is not None:
+        arrays.latents = cached_latents(arrays, setup.codec, out / "cache", progress=progress)
     trainable = setup.trainable.train()
     if cfg.channels_last:
         trainable.to(memory_format=torch.channels_last)
@@ -119,7 +122,8 @@ class _Loop:
         self.model = setup.joined(wrapped)  # called for the loss
         self.sampling_model = setup.joined(trainable)  # called for validation images
         self.strip = ValidationStrip(out / "validation", arrays, list(setup.labels.values()), cfg.validation_cases,
-                                     cfg.seed, cfg.validation_sampler_steps, self.noise_sched.config, cfg.precision)
+                                     cfg.seed, cfg.validation_sampler_steps, self.noise_sched.config, cfg.precision,
+                                     codec=setup.codec)
 
     def run(self, start: int) -> None:
         cfg, acc = self.cfg, self.acc

@@ -46,11 +46,14 @@ def grid_image(columns: list[list[np.ndarray]], titles: list[str], scale: int = 
 
 class ValidationStrip:
     def __init__(self, out_dir: Path, arrays, label_values: list[int], n_cases: int, seed: int,
-                 sampler_steps: int, scheduler_config: dict, precision: str):
+                 sampler_steps: int, scheduler_config: dict, precision: str, codec=None):
         self.out_dir = Path(out_dir)
         n = min(n_cases, len(arrays))
         idx = torch.arange(n)
-        self.real, lab = arrays.batch(idx)
+        sample, lab = arrays.batch(idx)
+        self.shape = tuple(sample.shape)  # images, or latents for a latent model (decoded by ``codec``)
+        self.real = arrays.pixels(idx)
+        self.codec = codec
         self.labels = lab
         self.cond = one_hot(lab, label_values) if lab is not None and label_values else None
         self.seeds = [seed * 1000 + i for i in range(n)]
@@ -62,8 +65,12 @@ class ValidationStrip:
     def add(self, model, step: int, conditional: bool, device) -> None:
         gens = [torch.Generator().manual_seed(s) for s in self.seeds]
         sched = make_scheduler("ddim", self.scheduler_config)
-        imgs = sample(model, sched, tuple(self.real.shape), gens, cond=self.cond if conditional else None,
-                      num_steps=self.sampler_steps, precision=self.precision, device=device)
+        imgs = sample(model, sched, self.shape, gens, cond=self.cond if conditional else None,
+                      num_steps=self.sampler_steps, precision=self.precision, device=device,
+                      clip=self.codec is None)
+        if self.codec is not None:
+            with torch.no_grad():
+                imgs = self.codec.decode(imgs).cpu()
         self.columns.append((step, imgs))
         self.save()
 

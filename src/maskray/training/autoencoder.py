@@ -1,0 +1,278 @@
+"""``maskray train autoencoder``: the KL autoencoder of the latent path, trained on the training split.
+
+Random crops of the training images (the network is convolutional, so it reconstructs full images after
+training on crops), the objective of :mod:`maskray.diffusion.autoencoder_losses`, AdamW for the autoencoder and
+for the discriminator. Every batch, crop and posterior sample is a pure function of ``(seed, step)``, so
+``--resume`` continues exactly. Checkpoints hold tensors only (``torch.save`` of state dicts, read back with
+``weights_only=True``). At the end the latent scaling factor is measured on training images, the codec is
+saved to ``RUN/autoencoder/`` and held-out images are scored into ``RUN/report.json`` and
+``RUN/reconstructions.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tqdm import tqdm
+
+from maskray.config import option
+from maskray.data.layout import Dataset, prepare_output_dir
+from maskray.diffusion.autoencoder import AutoencoderConfig, LatentCodec
+from maskray.diffusion.autoencoder_losses import AutoencoderLoss, LossWeights
+from maskray.errors import MaskrayError
+from maskray.measures.features import FeatureNet, train_feature_net
+from maskray.provenance import atomic_write_text, to_jsonable, write_run_info
+from maskray.training.autoencoder_report import reconstruction_picture, reconstruction_report
+from maskray.training.data import TrainingArrays, load_arrays
+
+CHECKPOINT = "checkpoint.pt"
+LOG_FIELDS = ("step", "loss", "l1", "kl", "perceptual", "feature_matching", "adversarial", "adversarial_weight",
+              "disc", "lr", "images_per_s", "elapsed_s")
+
+
+@dataclass(frozen=True)
+class AutoencoderTrainConfig:
+    """One autoencoder run. Loss-weight defaults: benchmarks/bench_autoencoder.py (docs/latent.md)."""
+
+    data: str = option("", help="dataset folder in the native layout")
+    out: str = option("", help="run folder to write")
+    image_size: int = option(256, help="resolution the images are resized to")
+    crop_size: int = option(128, help="training crop side (0: whole images)")
+    factor: int = option(4, help="spatial downsampling, 4 or 8 (4: 256 px -> 64 x 64 latent)")
+    latent_channels: int = option(4, help="latent channels")
+    block_out_channels: tuple[int, ...] = option((32, 64, 64), help="channels per level, finest first")
+    split: str = option("train", help="split to train on")
+    eval_split: str = option("val", help="held-out split for the report (falls back to test)")
+    eval_cases: int = option(16, help="held-out images scored in the report")
+    steps: int = option(1000, help="optimizer steps")
+    batch_size: int = option(8, help="crops per step")
+    lr: float = option(1e-3, help="AdamW learning rate (autoencoder and discriminator)")
+    warmup_steps: int = option(50, help="linear learning-rate warm-up")
+    l1_weight: float = option(1.0, help="weight of the L1 reconstruction loss")
+    kl_weight: float = option(1e-6, help="weight of the KL term (per image pixel)")
+    perceptual_weight: float = option(1.0, help="weight of the perceptual loss (0: off)")
+    feature_matching_weight: float = option(0.0, help="weight of discriminator feature matching (0: off)")
+    adversarial_weight: float = option(0.0, help="weight of the hinge adversarial loss (0: off)")
+    disc_start: int = option(0, help="steps before the discriminator and its terms switch on (0: half the run)")
+    adaptive_weight: bool = option(True, help="latent diffusion's adaptive adversarial weight")
+    feature_net: str | None = option(None, help="a trained feature network folder (else one is trained)")
+    feature_steps: int = option(300, help="steps of self-supervised feature-network training")
+    scale_cases: int = option(64, help="training images used to measure the latent scaling factor")
+    mixed_precision: Literal["no", "bf16"] = option("bf16", help="autocast precision")
+    checkpoint_every: int = option(250, help="steps between checkpoints")
+    seed: int = option(0, help="seed for weights, batches, crops, noise")
+    resume: bool = option(False, help="continue from the checkpoint in --out")
+    overwrite: bool = option(False, help="replace an existing --out")
+    stop_after: int | None = option(None, help="stop (with a checkpoint) after this many steps in this invocation")
+
+    def autoencoder_config(self) -> AutoencoderConfig:
+        return AutoencoderConfig(factor=self.factor, latent_channels=self.latent_channels,
+                                 block_out_channels=self.block_out_channels)
+
+    def loss_weights(self) -> LossWeights:
+        start = self.disc_start or self.steps // 2
+        return LossWeights(l1=self.l1_weight, kl=self.kl_weight, perceptual=self.perceptual_weight,
+                           feature_matching=self.feature_matching_weight, adversarial=self.adversarial_weight,
+                           disc_start=start, adaptive=self.adaptive_weight)
+
+
+def _validate(cfg: AutoencoderTrainConfig) -> None:
+    if not cfg.data or not cfg.out:
+        raise MaskrayError("--data and --out are required")
+    cfg.autoencoder_config()  # raises on a bad factor or channel list
+    for name in ("steps", "batch_size", "checkpoint_every", "eval_cases", "scale_cases"):
+        if getattr(cfg, name) < 1:
+            raise MaskrayError(f"--{name.replace('_', '-')} must be at least 1")
+    side = cfg.crop_size or cfg.image_size
+    if side > cfg.image_size or side % 16 or cfg.image_size % 16:
+        raise MaskrayError(f"--image-size {cfg.image_size} and --crop-size {cfg.crop_size} must be multiples of 16 "
+                           f"with the crop no larger than the image")
+    for name in ("l1_weight", "kl_weight", "perceptual_weight", "feature_matching_weight", "adversarial_weight"):
+        if getattr(cfg, name) < 0:
+            raise MaskrayError(f"--{name.replace('_', '-')} must not be negative")
+
+
+def crops(arrays: TrainingArrays, step: int, batch_size: int, side: int, seed: int) -> torch.Tensor:
+    """Batch ``step``: random ``side`` x ``side`` crops (and horizontal flips) of the images, ``(B, 1, side, side)``
+    in ``[-1, 1]``; a pure function of ``(seed, step)``."""
+    x, _ = arrays.batch(arrays.indices(step, batch_size, seed))
+    g = torch.Generator().manual_seed(seed * 7_654_321 + step)
+    size = x.shape[-1]
+    out = torch.empty(x.shape[0], 1, side, side)
+    for i in range(x.shape[0]):
+        r, c = (torch.randint(0, size - side + 1, (2,), generator=g).tolist())
+        out[i] = x[i, :, r:r + side, c:c + side]
+    flip = torch.rand(x.shape[0], generator=g) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), out.flip(-1), out)
+
+
+def _feature_net(cfg: AutoencoderTrainConfig, arrays: TrainingArrays, out: Path, progress: bool) -> FeatureNet | None:
+    if cfg.perceptual_weight <= 0:
+        return None
+    if cfg.feature_net:
+        return FeatureNet.load(cfg.feature_net)
+    if (out / "feature_net").is_dir():  # resumed run: the network it trained
+        return FeatureNet.load(out / "feature_net")
+    side = cfg.crop_size or cfg.image_size
+    images = torch.cat([crops(arrays, k, 16, side, cfg.seed + 1) for k in range(max(1, len(arrays) // 16))])
+    net = train_feature_net(images, steps=cfg.feature_steps, seed=cfg.seed, progress=progress)
+    net.save(out / "feature_net")
+    return net
+
+
+def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> Path:
+    """Run (or resume) autoencoder training; returns the run folder."""
+    _validate(cfg)
+    ds = Dataset(cfg.data)
+    out = Path(cfg.out)
+    if cfg.resume:
+        if not (out / CHECKPOINT).is_file():
+            raise MaskrayError(f"{out}: no {CHECKPOINT} to resume from")
+    else:
+        prepare_output_dir(out, overwrite=cfg.overwrite, hint="--resume (continue) or --overwrite (replace)")
+    arrays = load_arrays(ds, cfg.image_size, cfg.split, progress=progress)
+    weights = cfg.loss_weights()
+    torch.manual_seed(cfg.seed)  # initial weights: the one global seed, set at the edge of the run
+    codec = LatentCodec.new(cfg.autoencoder_config())
+    loss_fn = AutoencoderLoss(weights, _feature_net(cfg, arrays, out, progress))
+    vae = codec.vae.train()
+    opt_g = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+    opt_d = torch.optim.AdamW(loss_fn.discriminator.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) \
+        if loss_fn.discriminator is not None else None
+    start = _load_checkpoint(out, vae, loss_fn, opt_g, opt_d) if cfg.resume else 0
+    write_run_info(out, "train autoencoder", cfg, seed=cfg.seed, checkpoint=cfg.feature_net,
+                   extra={"train_cases": len(arrays), "dataset": str(ds.root), "loss_weights": weights,
+                          "parameters": sum(p.numel() for p in vae.parameters())})
+    end = cfg.steps if cfg.stop_after is None else min(cfg.steps, start + cfg.stop_after)
+    seconds = _loop(cfg, arrays, vae, loss_fn, opt_g, opt_d, out, start, end, progress)
+    if end < cfg.steps:
+        return out
+    return _finish(cfg, ds, arrays, codec, out, seconds, progress)
+
+
+def _autocast(cfg: AutoencoderTrainConfig):
+    if cfg.mixed_precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _loop(cfg, arrays, vae, loss_fn, opt_g, opt_d, out: Path, start: int, end: int, progress: bool) -> float:
+    side = cfg.crop_size or cfg.image_size
+    last_layer = vae.decoder.conv_out.weight
+    log_path = out / "log.csv"
+    new_log = not log_path.exists()
+    t0, seconds0 = time.time(), _elapsed(out)
+    with open(log_path, "a", newline="") as f:
+        writer = csv.DictWriter(f, LOG_FIELDS, restval="")
+        if new_log:
+            writer.writeheader()
+        bar = tqdm(total=cfg.steps, initial=start, desc="train autoencoder", unit="step", disable=not progress,
+                   dynamic_ncols=True)
+        for step in range(start, end):
+            lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+            for opt in (opt_g, opt_d):
+                for group in (opt.param_groups if opt is not None else ()):
+                    group["lr"] = lr
+            x = crops(arrays, step, cfg.batch_size, side, cfg.seed)
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 17)
+            with _autocast(cfg):
+                post = vae.encode(x).latent_dist
+                xrec = vae.decode(post.sample(generator=gen)).sample.float()
+                loss, parts = loss_fn.generator_loss(x, xrec, post, step, last_layer)
+            opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_g.step()
+            loss = float(loss.detach())
+            if opt_d is not None and loss_fn.disc_active(step):
+                with _autocast(cfg):
+                    d_loss, d_parts = loss_fn.discriminator_loss(x, xrec, step)
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
+                parts.update(disc=d_parts["disc"])
+            done = step + 1
+            elapsed = seconds0 + time.time() - t0
+            writer.writerow({"step": done, "loss": f"{float(loss):.6f}", "lr": f"{lr:.3e}",
+                             "images_per_s": f"{(done - start) * cfg.batch_size / (time.time() - t0):.2f}",
+                             "elapsed_s": f"{elapsed:.1f}", **{k: f"{v:.6g}" for k, v in parts.items()}})
+            f.flush()
+            bar.set_postfix(loss=f"{float(loss):.4f}", l1=f"{parts['l1']:.4f}")
+            bar.update(1)
+            if done % cfg.checkpoint_every == 0 or done == end:
+                _save_checkpoint(out, vae, loss_fn, opt_g, opt_d, done, elapsed)
+        bar.close()
+    return seconds0 + time.time() - t0
+
+
+def _elapsed(out: Path) -> float:
+    path = out / "trainer_state.json"
+    return json.loads(path.read_text())["train_seconds"] if path.is_file() else 0.0
+
+
+def _save_checkpoint(out: Path, vae, loss_fn, opt_g, opt_d, step: int, seconds: float) -> None:
+    """Tensors and plain containers only, written under a temporary name and renamed."""
+    state = {"step": step, "vae": vae.state_dict(), "opt_g": opt_g.state_dict()}
+    if opt_d is not None:
+        state.update(disc=loss_fn.discriminator.state_dict(), opt_d=opt_d.state_dict())
+    tmp = out / f".{CHECKPOINT}.tmp"
+    torch.save(state, tmp)
+    tmp.replace(out / CHECKPOINT)
+    atomic_write_text(out / "trainer_state.json", json.dumps({"step": step, "train_seconds": seconds}))
+
+
+def _load_checkpoint(out: Path, vae, loss_fn, opt_g, opt_d) -> int:
+    path = out / CHECKPOINT
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        vae.load_state_dict(state["vae"])
+        opt_g.load_state_dict(state["opt_g"])
+        if opt_d is not None:
+            loss_fn.discriminator.load_state_dict(state["disc"])
+            opt_d.load_state_dict(state["opt_d"])
+        return int(state["step"])
+    except (RuntimeError, KeyError, ValueError, OSError) as e:
+        raise MaskrayError(f"{path}: cannot resume ({str(e).splitlines()[0]}); was the run started with other "
+                           f"settings?") from None
+
+
+def _held_out(ds: Dataset, cfg: AutoencoderTrainConfig) -> tuple[str, list[str]]:
+    for split in dict.fromkeys((cfg.eval_split, "val", "test")):
+        ids = ds.case_ids(split) if split in ds.splits else []
+        if ids:
+            return split, ids[: cfg.eval_cases]
+    raise MaskrayError(f"{ds.root}: no held-out images (splits '{cfg.eval_split}', 'val', 'test' are empty); "
+                       f"the report scores images the autoencoder did not train on")
+
+
+@torch.no_grad()
+def _finish(cfg, ds: Dataset, arrays: TrainingArrays, codec: LatentCodec, out: Path, seconds: float,
+            progress: bool) -> Path:
+    codec.vae.eval()
+    scale_images, _ = arrays.batch(torch.arange(min(cfg.scale_cases, len(arrays))))
+    codec.measure_scaling_factor(scale_images, batch_size=4)
+    split, ids = _held_out(ds, cfg)
+    labelled = all(ds.cases[c].label_path is not None for c in ids) and ds.has_labels
+    held = load_arrays(ds, cfg.image_size, split, need_labels=labelled, progress=progress)
+    keep = torch.tensor([held.case_ids.index(c) for c in ids])
+    real, labels = held.batch(keep)
+    recon = torch.cat([codec.decode(codec.encode(real[i:i + 4])) for i in
+                       tqdm(range(0, len(real), 4), desc="scoring held-out", disable=not progress, leave=False)])
+    report = reconstruction_report(real, recon, labels, ds.labels)
+    report.update(split=split, cases=ids, image_size=cfg.image_size, train_seconds=round(seconds, 1),
+                  steps=cfg.steps, scaling_factor=codec.scaling_factor, loss_weights=to_jsonable(cfg.loss_weights()),
+                  autoencoder=to_jsonable(codec.config))
+    codec.summary = {"steps": cfg.steps, "train_seconds": round(seconds, 1), "dataset": str(ds.root),
+                     "psnr_db": report["psnr_db"]["mean"], "ssim": report["ssim"]["mean"],
+                     "loss_weights": to_jsonable(cfg.loss_weights())}
+    codec.save(out / "autoencoder")
+    report["weights_sha256"] = codec.weights_hash()
+    reconstruction_picture(real, recon, out / "reconstructions.png")
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=True))
+    return out
