@@ -32,11 +32,12 @@ from maskray.provenance import to_jsonable, write_run_info
 from maskray.training.checkpoints import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from maskray.training.config import Stage, TrainConfig, validate
 from maskray.training.data import load_arrays
+from maskray.training.efficiency import Mfu, matmul_peak_flops, train_flops_per_image
 from maskray.training.latent_cache import cached_latents
 from maskray.training.stages import setup_stage
 from maskray.training.validation import ValidationStrip
 
-LOG_COLUMNS = ["step", "loss", "lr", "images_per_s", "elapsed_s"]
+LOG_COLUMNS = ["step", "loss", "lr", "images_per_s", "elapsed_s", "mfu"]
 
 
 def step_generator(seed: int, micro: int) -> torch.Generator:
@@ -124,6 +125,16 @@ class _Loop:
         self.strip = ValidationStrip(out / "validation", arrays, list(setup.labels.values()), cfg.validation_cases,
                                      cfg.seed, cfg.validation_sampler_steps, self.noise_sched.config, cfg.precision,
                                      codec=setup.codec)
+        self.mfu = self.efficiency() if accelerator.is_main_process else None
+
+    def efficiency(self) -> Mfu:
+        """FLOPs of one image's training step (counted once, on the unwrapped model) and the measured peak."""
+        x0, lab = self.arrays.batch(self.arrays.indices(0, 1, self.cfg.seed))
+        cond = self.setup.condition(lab, step_generator(self.cfg.seed, 0))
+        dev = self.acc.device
+        with self.acc.autocast():
+            flops = train_flops_per_image(self.sampling_model, x0.to(dev), None if cond is None else cond.to(dev))
+        return Mfu(flops, matmul_peak_flops(self.cfg.precision, dev), self.acc.num_processes)
 
     def run(self, start: int) -> None:
         cfg, acc = self.cfg, self.acc
@@ -144,7 +155,8 @@ class _Loop:
             bar.update(1)
             lr = self.lr_sched.get_last_lr()[0]
             if log:
-                log.write([done, f"{loss:.6f}", f"{lr:.3e}", f"{rate:.2f}", f"{elapsed:.1f}"])
+                log.write([done, f"{loss:.6f}", f"{lr:.3e}", f"{rate:.2f}", f"{elapsed:.1f}",
+                           f"{self.mfu.fraction(rate):.4f}"])
             if cfg.log == "tensorboard":
                 acc.log({"loss": loss, "lr": lr}, step=done)
             if done % validate_every == 0 or done == cfg.steps:
