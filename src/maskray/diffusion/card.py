@@ -42,6 +42,9 @@ class ModelCard:
     # latent models: {"factor", "latent_channels", "scaling_factor", "autoencoder_sha256"}; the autoencoder's
     # weights sit in the model folder's autoencoder/ (None: the model works on pixels)
     latent: dict[str, Any] | None = None
+    # the sampler the model is meant for, {"scheduler", "steps"} (a distilled student); empty: generate's defaults
+    sampling: dict[str, Any] = field(default_factory=dict)
+    distilled_from: str | None = None  # a distilled student: its teacher's controlnet_sha256
     maskray_version: str = ""
     format_version: int = CARD_VERSION
 

@@ -7,6 +7,7 @@ temporary name and renamed, and ``--resume`` continues an interrupted run withou
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from maskray.errors import MaskrayError
 from maskray.pipelines.sharding import Shard
 from maskray.provenance import atomic_write_text, to_jsonable, write_run_info
 
+DEFAULT_SAMPLER = ("dpm++", 25)  # benchmarks/bench_steps.py
 SYNTHETIC_TEXT = {"Comment": "maskray synthetic image (not a real patient)", "Software": "maskray"}
 
 
@@ -43,8 +45,9 @@ class GenerateConfig:
     split: str | None = option(None, help="use only this split of --masks (train/val/test)")
     cases: tuple[str, ...] = option((), help="only these case ids (comma list)")
     samples_per_mask: int = option(1, help="images per label map")
-    scheduler: str = option("dpm++", help=f"sampler: {', '.join(SCHEDULERS)}")
-    steps: int = option(25, help="sampler steps")
+    scheduler: str | None = option(None, help=f"sampler: {', '.join(SCHEDULERS)} (default: the one the model card "
+                                              f"names, e.g. a distilled model's; else {DEFAULT_SAMPLER[0]})")
+    steps: int | None = option(None, help=f"sampler steps (default: the model card's; else {DEFAULT_SAMPLER[1]})")
     guidance_scale: float = option(1.0, help="classifier-free guidance on the mask (1 = off)")
     conditioning_scale: float = option(1.0, help="ControlNet residual scale")
     batch_size: int = option(16, help="images per batch (every batch is padded to this size, so a case's pixels "
@@ -133,9 +136,21 @@ def _open_out(cfg: GenerateConfig) -> Path:
     return out
 
 
+def with_model_sampler(cfg: GenerateConfig, card: ModelCard) -> GenerateConfig:
+    """``cfg`` with an unset scheduler or step count taken from the model card (a distilled model names the
+    sampler it was trained for), else from ``DEFAULT_SAMPLER``."""
+    own = (card.sampling.get("scheduler"), card.sampling.get("steps"))
+    return dataclasses.replace(cfg, scheduler=cfg.scheduler or own[0] or DEFAULT_SAMPLER[0],
+                               steps=cfg.steps if cfg.steps is not None else own[1] or DEFAULT_SAMPLER[1])
+
+
 def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
-    _check_config(cfg)
+    for name in ("model", "masks", "out"):
+        if not getattr(cfg, name):
+            raise MaskrayError(f"--{name} is required")
     model, card = load_model(cfg.model, need_controlnet=True)
+    cfg = with_model_sampler(cfg, card)
+    _check_config(cfg)
     codec = load_codec(cfg.model, card)
     make_scheduler(cfg.scheduler, card.scheduler_config)  # fail early on a bad name
     masks = Dataset(cfg.masks)

@@ -26,7 +26,7 @@ from maskray.diffusion.autoencoder import LatentCodec
 from maskray.diffusion.card import ModelCard
 from maskray.diffusion.conditioning import drop_conditions, one_hot
 from maskray.diffusion.networks import ControlledUNet, build_controlnet, build_unet
-from maskray.diffusion.objective import DiffusionConfig, make_train_scheduler
+from maskray.diffusion.objective import DiffusionConfig, diffusion_loss, make_train_scheduler
 from maskray.diffusion.store import load_codec, load_model, save_model
 from maskray.errors import MaskrayError
 from maskray.provenance import to_jsonable
@@ -51,19 +51,35 @@ class StageSetup:
     condition: Callable[[torch.Tensor | None, torch.Generator], torch.Tensor | None]
     card: ModelCard  # hashes and step are filled in at each save
     codec: LatentCodec | None = None  # latent models: the frozen autoencoder
+    # a stage with its own loss (``objective(model_fn, x0, cond, noise_scheduler, generator)``) and its own way of
+    # writing the trained network (``writer(folder, trainable, card)``); None: the denoising loss, base/ControlNet
+    objective: Callable | None = None
+    writer: Callable[[Path, nn.Module, ModelCard], Path] | None = None
 
     @property
     def needs_labels(self) -> bool:
         return bool(self.labels)
 
+    def loss(self, model_fn, x0: torch.Tensor, cond: torch.Tensor | None, noise_scheduler,
+             generator: torch.Generator) -> torch.Tensor:
+        if self.objective is not None:
+            return self.objective(model_fn, x0, cond, noise_scheduler, generator)
+        return diffusion_loss(model_fn, x0, noise_scheduler, self.diffusion, generator)
+
     def save(self, folder: Path, trainable: nn.Module, step: int) -> Path:
         card = dataclasses.replace(self.card, step=step)
+        if self.writer is not None:
+            return self.writer(folder, trainable, card)
         if self.stage == "base":
             return save_model(folder, trainable, card, codec=self.codec)
         return save_model(folder, self.frozen, card, controlnet=trainable, codec=self.codec)
 
 
 def setup_stage(cfg: TrainConfig, stage: Stage, ds: Dataset) -> StageSetup:
+    if stage == "distil":
+        from maskray.training.distil import setup_distil  # its own module; it builds on this one's StageSetup
+
+        return setup_distil(cfg, ds)
     return _setup_base(cfg) if stage == "base" else _setup_controlnet(cfg, ds)
 
 

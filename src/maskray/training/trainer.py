@@ -26,7 +26,7 @@ from tqdm import tqdm
 from maskray.data.layout import Dataset, prepare_output_dir
 from maskray.diffusion.networks import count_parameters
 from maskray.distributed import on_main
-from maskray.diffusion.objective import diffusion_loss, make_train_scheduler
+from maskray.diffusion.objective import make_train_scheduler
 from maskray.errors import MaskrayError
 from maskray.provenance import to_jsonable, write_run_info
 from maskray.training.checkpoints import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
@@ -100,7 +100,7 @@ def _train(cfg: TrainConfig, stage: Stage, progress: bool) -> Path:
         if ema is not None:
             ema.to(accelerator.device)
     if accelerator.is_main_process:
-        write_run_info(out, f"train {stage}", cfg, seed=cfg.seed, checkpoint=cfg.base,
+        write_run_info(out, f"train {stage}", cfg, seed=cfg.seed, checkpoint=cfg.base or cfg.model,
                        extra={"parameters": count_parameters(trainable), "dataset": str(ds.root),
                               "train_cases": len(arrays)})
     if cfg.log == "tensorboard":
@@ -188,7 +188,7 @@ class _Loop:
                 return self.model(noisy, t.to(acc.device), cond, cfg.conditioning_scale)
 
         with acc.accumulate(self.wrapped):
-            loss = diffusion_loss(model_fn, x0, self.noise_sched, self.setup.diffusion, gen)
+            loss = self.setup.loss(model_fn, x0, cond, self.noise_sched, gen)
             acc.backward(loss)
             if acc.sync_gradients:
                 acc.clip_grad_norm_(self.wrapped.parameters(), 1.0)
