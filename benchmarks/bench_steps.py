@@ -87,10 +87,12 @@ def score(x: torch.Tensor, real: torch.Tensor, lab: torch.Tensor, seg: Segmenter
     return res
 
 
-def references(ds: Dataset, size: int, eval_steps: int, seed: int) -> dict:
-    """Real splits, the segmenter and the perfect-sampler bound, computed once."""
+def references(ds: Dataset, size: int, eval_steps: int, seed: int, test_masks: int | None = None) -> dict:
+    """Real splits, the segmenter and the perfect-sampler bound (over the first ``test_masks`` test cases)."""
     _, xtr, ytr = load_split(ds, "train", size)
     ids, xte, yte = load_split(ds, "test", size)
+    if test_masks:
+        ids, xte, yte = ids[:test_masks], xte[:test_masks], yte[:test_masks]
     fg = ds.info.foreground
     values = [0] + list(fg.values())
     scfg = SegmenterConfig(steps=eval_steps, seed=seed)
@@ -161,6 +163,8 @@ def main() -> int:
     p.add_argument("--schedulers", default=",".join(SCHEDULERS))
     p.add_argument("--steps", default=",".join(map(str, STEPS)))
     p.add_argument("--eval-steps", type=int, default=300, help="training steps of the segmenter and regression")
+    p.add_argument("--test-masks", type=int, default=None, help="score the first N test masks (default: all)")
+    p.add_argument("--append", action="store_true", help="keep the other models' rows of an existing --out")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(RESULTS / "steps.json"))
@@ -170,12 +174,16 @@ def main() -> int:
     ds = Dataset(a.data)
     _, card = load_model(next(iter(models.values())), need_controlnet=True)
     t0 = time.time()
-    ref = references(ds, card.image_size, a.eval_steps, a.seed)
+    ref = references(ds, card.image_size, a.eval_steps, a.seed, a.test_masks)
     rows = run(models, ref, a.schedulers.split(","), [int(s) for s in a.steps.split(",")], a.seed)
     out = Path(a.out)
+    earlier = json.loads(out.read_text()) if a.append and out.is_file() else {}
+    rows = [r for r in earlier.get("rows", []) if r["model"] not in models] + rows
+    models = {**earlier.get("models", {}), **models}
     out.parent.mkdir(parents=True, exist_ok=True)
     plot(rows, ref, out.with_suffix(".png"))
-    res = {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "models": models, "data": str(ds.root),
+    commands = earlier.get("commands", []) + [" ".join([Path(sys.argv[0]).name] + sys.argv[1:])]
+    res = {"commands": commands, "models": models, "data": str(ds.root),
            "image_size": card.image_size, "test_masks": len(ref["ids"]), "threads": a.threads,
            "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                        "bf16_matmul_peak_gflops": round(matmul_peak_gflops(torch.bfloat16), 1),
