@@ -40,7 +40,7 @@ def test_every_problem_listed(toy_dataset, capsys):
     (root / "splits.json").write_text(json.dumps(raw))
     rep = check_dataset(root, progress=False)
     text = "\n".join(rep.problems)
-    for needle in ("case001_0000.png: same pixels as case case000", "case002_0000.png: unreadable",
+    for needle in ("case001_0000.png: same pixels as case case000", "case002_0000.png: corrupt or unreadable",
                    "case003.png: label values [7]", "case004.png: label map 16x32 differs",
                    "case005_0000.png: image is empty or constant", "orphan.png: label map without an image",
                    "case case000 is in more than one split", "case case005 is in no split",

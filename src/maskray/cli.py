@@ -12,10 +12,13 @@ from maskray.errors import MaskrayError
 # Order is the order shown by ``maskray --help``.
 COMMAND_MODULES = (
     "phantom", "data", "train", "generate", "masks", "export", "evaluate", "downstream", "demo",
+    "serve",
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of ``only`` that one (its module alone is imported: each pulls in torch
+    and diffusers, so a command starts without loading the others)."""
     parser = argparse.ArgumentParser(
         prog="maskray",
         description="Learn from chest radiographs and their masks; generate new radiographs that follow a mask.",
@@ -23,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"maskray {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
+        if only is not None and name != only:
+            continue
         try:
             mod = importlib.import_module(f"maskray.commands.{name}")
         except ModuleNotFoundError as e:
@@ -38,7 +43,9 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(first if first in COMMAND_MODULES else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -68,7 +68,10 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def _convert(name: str, value: Any, tp: Any, where: str) -> Any:
+def _convert(name: str, value: Any, tp: Any, where: str, text: bool | None = None) -> Any:
+    """``value`` as ``tp``. ``text``: whether strings are to be parsed (command-line flags, comma lists); a
+    config file states its types, so a number given there as a string ("64") is refused."""
+    text = (where == "command line") if text is None else text
     tp, optional = _base_type(tp)
     if value is None:
         if optional:
@@ -93,13 +96,17 @@ def _convert(name: str, value: Any, tp: Any, where: str) -> Any:
             args = typing.get_args(tp)
             item = args[0] if args else str
             if isinstance(value, str):
-                value = [v.strip() for v in value.split(",") if v.strip()]
+                return tuple(_convert(name, v.strip(), item, where, True) for v in value.split(",") if v.strip())
             return tuple(_convert(name, v, item, where) for v in value)
         if tp in (int, float, str):
             if tp is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
             if tp is int and isinstance(value, str):
+                if not text:
+                    raise ValueError(value)
                 return int(value)
+            if tp is int and isinstance(value, bool):
+                raise ValueError(value)
             return tp(value)
         if tp is Path:
             return Path(value)

@@ -13,6 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from maskray.files import atomic_write
+
 _PACKAGES = ("maskray", "torch", "diffusers", "accelerate", "monai", "numpy", "scipy", "pillow", "pydicom", "nibabel")
 
 
@@ -49,11 +51,8 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write under a temporary name, then rename, so a reader never sees a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write under a temporary name, then rename (:func:`maskray.files.atomic_write`)."""
+    atomic_write(path, text)
 
 
 def write_run_info(out_dir: str | os.PathLike, command: str, config: Any, seed: int | None = None,

@@ -29,6 +29,8 @@ def register(subparsers) -> None:
                          description="Check a dataset in the native layout and print a summary.")
     chk.add_argument("dataset", help="dataset folder")
     chk.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    chk.add_argument("--max-pixels", type=int, metavar="N", default=None,
+                     help="refuse images with more pixels than N, checked from the header (default 100000000)")
     chk.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     chk.set_defaults(func=_check)
 
@@ -61,7 +63,7 @@ def _check(args: argparse.Namespace) -> int:
     from maskray.data.check import check_dataset
     from maskray.provenance import atomic_write_text
 
-    report = check_dataset(args.dataset, progress=not args.no_progress)
+    report = check_dataset(args.dataset, progress=not args.no_progress, max_pixels=args.max_pixels)
     print(report.format())
     if args.json:
         atomic_write_text(args.json, json.dumps({"problems": report.problems, "summary": report.summary}, indent=2))
@@ -69,12 +71,13 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _split(args: argparse.Namespace) -> int:
+    from maskray.data.schema import read_splits_file
     from maskray.data.splits import split_dataset
 
     path = split_dataset(args.dataset, args.val_fraction, args.test_fraction, args.seed,
                          patient_pattern=args.patient_pattern, patient_csv=args.patient_csv,
                          patient_column=args.patient_column, file_column=args.file_column,
                          overwrite=args.overwrite)
-    splits = json.loads(path.read_text())
+    splits = read_splits_file(path)
     print(f"wrote {path}: " + ", ".join(f"{k} {len(splits[k])}" for k in ("train", "val", "test")))
     return 0

@@ -12,7 +12,6 @@ where the dataset records pixel spacing.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from maskray.data import layout
-from maskray.data.splits import CASES_FILE
+from maskray.data.schema import read_cases_file, read_splits_file
 from maskray.errors import MaskrayError
 
 
@@ -63,15 +62,15 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def _case_spacings(root: Path, default: tuple[float, float] | None) -> dict[str, tuple[float, float] | None]:
-    path = root / CASES_FILE
-    out: dict[str, tuple[float, float] | None] = {}
-    if path.is_file():
-        try:
-            rec = json.loads(path.read_text())
-            out = {c: tuple(r["spacing"]) if r.get("spacing") else None for c, r in rec.items()}
-        except (json.JSONDecodeError, AttributeError, TypeError, KeyError):
-            pass
+def _case_spacings(root: Path, default: tuple[float, float] | None,
+                   problems: list[str]) -> dict[str, tuple[float, float] | None]:
+    """Per-case spacing from ``cases.json``; a corrupt or ill-shaped record is a problem, not an empty default."""
+    try:
+        rec = read_cases_file(root)
+    except MaskrayError as e:
+        problems.append(str(e))
+        rec = {}
+    out = {c: tuple(r["spacing"]) if r.get("spacing") else None for c, r in rec.items()}
     return out if out else {"*": default}
 
 
@@ -102,13 +101,13 @@ def _check_splits(root: Path, ds: layout.Dataset, problems: list[str]) -> tuple[
     if not path.is_file():
         return {k: len(v) for k, v in ds.splits.items()}, "imagesTr/imagesTs (no splits.json)"
     try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        problems.append(f"{path}: not valid JSON ({e})")
+        raw = read_splits_file(path)
+    except MaskrayError as e:
+        problems.append(str(e))
         return {}, str(path)
     where: dict[str, list[str]] = {}
     for k in layout.SPLIT_NAMES:
-        for c in raw.get(k, []) or []:
+        for c in raw[k]:
             where.setdefault(c, []).append(k)
     for c, ks in sorted(where.items()):
         if c not in ds.cases:
@@ -117,7 +116,7 @@ def _check_splits(root: Path, ds: layout.Dataset, problems: list[str]) -> tuple[
             problems.append(f"{path}: case {c} is in more than one split ({', '.join(ks)})")
     for c in sorted(set(ds.cases) - set(where)):
         problems.append(f"{path}: case {c} is in no split")
-    patients = raw.get("patients") or {}
+    patients = raw["patients"]
     by_patient: dict[str, set[str]] = {}
     for c, ks in where.items():
         if c in patients:
@@ -125,89 +124,67 @@ def _check_splits(root: Path, ds: layout.Dataset, problems: list[str]) -> tuple[
     for pid, ks in sorted(by_patient.items()):
         if len(ks) > 1:
             problems.append(f"{path}: patient {pid} has cases in several splits ({', '.join(sorted(ks))})")
-    return {k: len(raw.get(k, []) or []) for k in layout.SPLIT_NAMES}, str(path.name)
+    return {k: len(raw[k]) for k in layout.SPLIT_NAMES}, str(path.name)
 
 
-def check_dataset(path: str | os.PathLike, progress: bool = True) -> CheckReport:
-    """Check a dataset in the native layout; never raises for a problem in the data, lists it instead."""
-    root = Path(path)
-    report = CheckReport(summary={"root": str(root)})
-    try:
-        ds = layout.Dataset(root)
-    except MaskrayError as e:
-        report.problems.append(str(e))
-        return report
-    problems = report.problems
-    problems += _stray_files(root, ds)
-    values = ds.info.labels
-    known = set(values.values())
-    spacing_of = _case_spacings(root, ds.info.spacing)
-    nodule_value = values.get("nodule")
-    sizes: Counter = Counter()
-    label_cases: Counter = Counter()
-    label_pixels: Counter = Counter()
-    labelled_pixels = 0
-    hashes: dict[str, str] = {}
-    diameters: list[float] = []
-    cases_with_nodules = 0
-    units = set()
-    for cid, case in tqdm(sorted(ds.cases.items()), desc="check", unit="case", disable=not progress):
-        img = lab = None
-        if case.image_path is not None:  # None only in a mask-only dataset (``maskray masks`` output)
-            try:
-                img = layout.read_image_file(case.image_path)
-            except MaskrayError as e:
-                problems.append(str(e))
-        if img is not None:
-            sizes[f"{img.shape[0]}x{img.shape[1]}"] += 1
-            if float(img.max()) - float(img.min()) < 1e-6:
-                problems.append(f"{case.image_path}: image is empty or constant (every pixel is {float(img.min()):g})")
-            digest = hashlib.sha256(np.ascontiguousarray(img).tobytes() + str(img.shape).encode()).hexdigest()
-            if digest in hashes:
-                problems.append(f"{case.image_path}: same pixels as case {hashes[digest]} (duplicated case)")
-            else:
-                hashes[digest] = cid
-        if case.label_path is None:
-            continue
-        try:
-            lab = layout.read_label_file(case.label_path)
-        except MaskrayError as e:
-            problems.append(str(e))
-            continue
+@dataclass
+class _Tally:
+    """What the per-case pass collects: sizes, duplicate hashes, label frequencies, nodule diameters."""
+
+    values: dict[str, int]
+    spacing_of: dict[str, tuple[float, float] | None]
+    problems: list[str]
+    sizes: Counter = field(default_factory=Counter)
+    label_cases: Counter = field(default_factory=Counter)
+    label_pixels: Counter = field(default_factory=Counter)
+    labelled_pixels: int = 0
+    hashes: dict[str, str] = field(default_factory=dict)
+    diameters: list[float] = field(default_factory=list)
+    cases_with_nodules: int = 0
+    units: set = field(default_factory=set)
+
+    def image(self, cid: str, path: Path, img: np.ndarray) -> None:
+        self.sizes[f"{img.shape[0]}x{img.shape[1]}"] += 1
+        if float(img.max()) - float(img.min()) < 1e-6:
+            self.problems.append(f"{path}: image is empty or constant (every pixel is {float(img.min()):g})")
+        digest = hashlib.sha256(np.ascontiguousarray(img).tobytes() + str(img.shape).encode()).hexdigest()
+        if digest in self.hashes:
+            self.problems.append(f"{path}: same pixels as case {self.hashes[digest]} (duplicated case)")
+        else:
+            self.hashes[digest] = cid
+
+    def label(self, cid: str, path: Path, lab: np.ndarray, img: np.ndarray | None) -> None:
         if img is not None and lab.shape != img.shape:
-            problems.append(f"{case.label_path}: label map {lab.shape[0]}x{lab.shape[1]} differs from its image "
-                            f"{img.shape[0]}x{img.shape[1]}")
+            self.problems.append(f"{path}: label map {lab.shape[0]}x{lab.shape[1]} differs from its image "
+                                 f"{img.shape[0]}x{img.shape[1]}")
         present, counts = np.unique(lab, return_counts=True)
-        bad = sorted(set(present.tolist()) - known)
+        bad = sorted(set(present.tolist()) - set(self.values.values()))
         if bad:
-            problems.append(f"{case.label_path}: label values {bad} are not in dataset.json (known: {values})")
-        labelled_pixels += lab.size
+            self.problems.append(f"{path}: label values {bad} are not in dataset.json (known: {self.values})")
+        self.labelled_pixels += lab.size
         for v, n in zip(present.tolist(), counts.tolist()):
-            label_cases[v] += 1
-            label_pixels[v] += n
-        if nodule_value is not None and nodule_value in present:
-            comp, n = ndimage.label(lab == nodule_value, structure=np.ones((3, 3), int))
+            self.label_cases[v] += 1
+            self.label_pixels[v] += n
+        nodule = self.values.get("nodule")
+        if nodule is not None and nodule in present:
+            comp, n = ndimage.label(lab == nodule, structure=np.ones((3, 3), int))
             areas = np.bincount(comp.ravel())[1:]
-            sp = spacing_of.get(cid, spacing_of.get("*"))
-            scale = float(np.sqrt(sp[0] * sp[1])) if sp else 1.0
-            units.add("mm" if sp else "px")
-            diameters += (2.0 * np.sqrt(areas / np.pi) * scale).tolist()
-            cases_with_nodules += n > 0
-    split_counts, split_source = _check_splits(root, ds, problems)
-    labelled = sum(1 for c in ds.cases.values() if c.label_path is not None)
-    report.summary.update({
-        "cases": len(ds.cases), "labelled": labelled,
-        "subsets": dict(Counter(c.subset for c in ds.cases.values())),
-        "splits": split_counts, "splits_source": split_source,
-        "sizes": dict(sizes.most_common()),
-        "labels": {name: {"value": v, "cases": label_cases.get(v, 0),
-                          "pixel_fraction": label_pixels.get(v, 0) / labelled_pixels if labelled_pixels else 0.0}
-                   for name, v in sorted(values.items(), key=lambda kv: kv[1])},
-    })
-    if nodule_value is not None:
-        d = np.asarray(diameters)
+            sp = self.spacing_of.get(cid, self.spacing_of.get("*"))
+            self.units.add("mm" if sp else "px")
+            self.diameters += (2.0 * np.sqrt(areas / np.pi) * (float(np.sqrt(sp[0] * sp[1])) if sp else 1.0)).tolist()
+            self.cases_with_nodules += n > 0
+
+    def label_summary(self) -> dict:
+        total = self.labelled_pixels
+        return {name: {"value": v, "cases": self.label_cases.get(v, 0),
+                       "pixel_fraction": self.label_pixels.get(v, 0) / total if total else 0.0}
+                for name, v in sorted(self.values.items(), key=lambda kv: kv[1])}
+
+    def nodule_summary(self) -> dict:
+        d = np.asarray(self.diameters)
+        units = self.units
         unit = "mm" if units == {"mm"} else "px" if units == {"px"} else ("mixed mm/px" if units else "mm")
-        nod = {"count": int(d.size), "cases_with_nodules": int(cases_with_nodules), "unit": unit}
+        nod = {"count": int(d.size), "cases_with_nodules": int(self.cases_with_nodules), "unit": unit}
         if d.size:
             edges = [0, 5, 10, 15, 20, 30, np.inf]
             hist, _ = np.histogram(d, bins=edges)
@@ -215,5 +192,46 @@ def check_dataset(path: str | os.PathLike, progress: bool = True) -> CheckReport
                         "max": float(d.max()),
                         "histogram": {f"{a:g}-{b:g}" if np.isfinite(b) else f">{a:g}": int(h)
                                       for a, b, h in zip(edges[:-1], edges[1:], hist)}})
-        report.summary["nodules"] = nod
+        return nod
+
+
+def _read(reader, path: Path, max_pixels: int | None, problems: list[str]) -> np.ndarray | None:
+    try:
+        return reader(path, max_pixels)
+    except MaskrayError as e:
+        problems.append(str(e))
+        return None
+
+
+def check_dataset(path: str | os.PathLike, progress: bool = True, max_pixels: int | None = None) -> CheckReport:
+    """Check a dataset in the native layout; never raises for a problem in the data, lists it instead."""
+    root = Path(path)
+    report = CheckReport(summary={"root": str(root)})
+    try:
+        ds = layout.Dataset(root, max_pixels=max_pixels)
+    except MaskrayError as e:
+        report.problems.append(str(e))
+        return report
+    problems = report.problems
+    problems += _stray_files(root, ds)
+    tally = _Tally(ds.info.labels, _case_spacings(root, ds.info.spacing, problems), problems)
+    for cid, case in tqdm(sorted(ds.cases.items()), desc="check", unit="case", disable=not progress):
+        img = None
+        if case.image_path is not None:  # None only in a mask-only dataset (``maskray masks`` output)
+            img = _read(layout.read_image_file, case.image_path, max_pixels, problems)
+            if img is not None:
+                tally.image(cid, case.image_path, img)
+        if case.label_path is not None:
+            lab = _read(layout.read_label_file, case.label_path, max_pixels, problems)
+            if lab is not None:
+                tally.label(cid, case.label_path, lab, img)
+    split_counts, split_source = _check_splits(root, ds, problems)
+    report.summary.update({
+        "cases": len(ds.cases), "labelled": sum(1 for c in ds.cases.values() if c.label_path is not None),
+        "subsets": dict(Counter(c.subset for c in ds.cases.values())),
+        "splits": split_counts, "splits_source": split_source,
+        "sizes": dict(tally.sizes.most_common()), "labels": tally.label_summary(),
+    })
+    if "nodule" in ds.info.labels:
+        report.summary["nodules"] = tally.nodule_summary()
     return report

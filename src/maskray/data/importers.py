@@ -20,27 +20,26 @@ place only when every case succeeded, so a failure leaves no half-written datase
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import sys
-import uuid
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from maskray.config import option
 from maskray.data import layout
-from maskray.data.readers import is_supported, read_source_image, read_source_mask, stem_of
-from maskray.data.splits import CASES_FILE, make_splits, patients_from_csv, patients_from_pattern, read_csv
+from maskray.data.import_case import _Job, _Plan, die_with_parent, run_job
+from maskray.data.io import DEFAULT_MAX_PIXELS, is_supported, stem_of
+from maskray.data.schema import CASES_FILE
+from maskray.data.splits import csv_file_name, make_splits, patients_from_csv, patients_from_pattern, read_csv
 from maskray.errors import MaskrayError
-from maskray.provenance import atomic_write_text, write_run_info
+from maskray.files import checked_folder_arg, staged_output, write_json
+from maskray.provenance import write_run_info
 
 
 @dataclass(frozen=True)
@@ -75,30 +74,8 @@ class ImportConfig:
     patient_pattern: str | None = option(None, help="regex on the file stem giving the patient id (group 1)")
     patient_column: str | None = option(None, help="patient id column of --patient-csv (or of the nodule CSV)")
     patient_csv: Path | None = option(None, help="CSV mapping file name (--nodule-file-column) to patient")
-
-
-@dataclass(frozen=True)
-class _Job:
-    case_id: str
-    image: Path
-    mask: Path | None
-    subset: str
-    nodules: tuple[tuple[float, float, float, int], ...] = ()  # (x, y, diameter, csv row)
-    draw_empty: bool = False  # nodule CSV given but no mask: an all-background label map
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """Everything a worker needs, picklable."""
-
-    root: Path
-    cfg: ImportConfig
-    lut: dict[int, int] | None  # source value -> output value (None with threshold)
-    threshold: float | None
-    nodule_value: int | None
-    source_spacing: tuple[float, float] | None
-    normalise: str
-    labels_source: str  # what to name when a mask value is unknown
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, help="refuse images with more pixels than this (checked from "
+                                                      "the file header, before decoding)")
 
 
 @dataclass
@@ -107,131 +84,6 @@ class ImportResult:
     cases: dict[str, dict]
     labels: dict[str, int]
     warnings: list[str] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------------------------------------- per case
-def _normalise(path: Path, src, how: str) -> np.ndarray:
-    x = src.pixels
-    if src.windowed:
-        return x
-    lo, hi = float(x.min()), float(x.max())
-    if hi <= lo:
-        raise MaskrayError(f"{path}: image is constant (every pixel is {lo:g}); nothing to learn from")
-    if how == "range":
-        if src.dtype_max:
-            return np.clip(x / src.dtype_max, 0.0, 1.0)
-        return (x - lo) / (hi - lo)
-    p_lo, p_hi = np.percentile(x, [0.5, 99.5])
-    if p_hi <= p_lo:
-        p_lo, p_hi = lo, hi
-    return np.clip((x - p_lo) / (p_hi - p_lo), 0.0, 1.0)
-
-
-def _map_labels(path: Path, raw: np.ndarray, plan: _Plan) -> np.ndarray:
-    if plan.threshold is not None:
-        return (raw.astype(np.float64) > plan.threshold).astype(np.uint8)
-    if np.issubdtype(raw.dtype, np.floating):
-        if not np.isfinite(raw).all():
-            raise MaskrayError(f"{path}: mask holds NaN or infinite values")
-        if not np.array_equal(raw, np.round(raw)):
-            raise MaskrayError(f"{path}: mask values are not integers (e.g. {raw[raw != np.round(raw)].flat[0]:g}); "
-                               f"give integer label maps, or --threshold for anti-aliased binary masks")
-    raw = raw.astype(np.int64)
-    values = np.unique(raw)
-    unknown = [int(v) for v in values if v != 0 and int(v) not in plan.lut]
-    if unknown:
-        raise MaskrayError(f"{path}: mask values {unknown[:10]} are not in {plan.labels_source} "
-                           f"(known: {sorted(plan.lut)}); for anti-aliased binary masks use --threshold")
-    table = np.zeros(int(values.max()) + 1 if values.size else 1, np.uint8)
-    for v, out in plan.lut.items():
-        if 0 <= v < table.size:
-            table[v] = out
-    if values.min(initial=0) < 0:
-        raise MaskrayError(f"{path}: mask holds negative values")
-    return table[raw]
-
-
-def _resize(arr: np.ndarray, h: int, w: int, nearest: bool) -> np.ndarray:
-    if nearest:
-        return np.asarray(Image.fromarray(arr.astype(np.uint8)).resize((w, h), Image.Resampling.NEAREST))
-    out = Image.fromarray(arr.astype(np.float32)).resize((w, h), Image.Resampling.BILINEAR)
-    return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
-
-
-def _fit(arr: np.ndarray, size: int, fill: float) -> tuple[np.ndarray, list[int], list[int]]:
-    """Centre-pad and/or centre-crop ``arr`` to ``size x size``; returns padding (t, b, l, r) and crop (t, l)."""
-    h, w = arr.shape
-    pt, pl = max(size - h, 0) // 2, max(size - w, 0) // 2
-    pad = [pt, max(size - h, 0) - pt, pl, max(size - w, 0) - pl]
-    ct, cl = max(h - size, 0) // 2, max(w - size, 0) // 2
-    arr = arr[ct:ct + min(h, size), cl:cl + min(w, size)]
-    if any(pad):
-        arr = np.pad(arr, ((pad[0], pad[1]), (pad[2], pad[3])), constant_values=fill)
-    return arr, pad, [ct, cl]
-
-
-def _import_case(job: _Job, plan: _Plan) -> dict:
-    cfg = plan.cfg
-    src = read_source_image(job.image)
-    warnings = list(src.warnings)
-    img = _normalise(job.image, src, plan.normalise)
-    H, W = img.shape
-    label = None
-    if job.mask is not None:
-        raw, mw = read_source_mask(job.mask)
-        warnings += mw
-        if raw.shape != img.shape:
-            raise MaskrayError(f"{job.mask}: mask size {raw.shape[0]}x{raw.shape[1]} differs from its image "
-                               f"{job.image.name} ({H}x{W})")
-        label = _map_labels(job.mask, raw, plan)
-    elif job.draw_empty:
-        label = np.zeros((H, W), np.uint8)
-    spacing = src.spacing or plan.source_spacing
-    s = cfg.size / (max(H, W) if cfg.resize == "pad" else min(H, W))
-    h, w = max(1, int(round(H * s))), max(1, int(round(W * s)))
-    img, pad, crop = _fit(_resize(img, h, w, nearest=False), cfg.size, 0.0)
-    if label is not None:
-        label, _, _ = _fit(_resize(label, h, w, nearest=True), cfg.size, 0)
-        label = np.array(label, dtype=np.uint8)  # writable: nodules are drawn into it
-    nodules = []
-    if job.nodules:
-        yy, xx = np.mgrid[0:cfg.size, 0:cfg.size]
-        for x, y, d, row in job.nodules:
-            if not (0 <= x < W and 0 <= y < H):
-                raise MaskrayError(f"{cfg.nodules} row {row}: nodule centre ({x:g}, {y:g}) lies outside image "
-                                   f"{job.image.name} ({W}x{H} pixels)")
-            if cfg.nodule_unit == "mm":
-                if spacing is None:
-                    raise MaskrayError(f"{cfg.nodules} row {row}: diameter is in mm but {job.image.name} gives no "
-                                       f"pixel spacing; pass --pixel-spacing MM or --nodule-unit px")
-                d_px, d_mm = d / float(np.mean(spacing)), d
-            else:
-                d_px = d
-                d_mm = d * float(np.mean(spacing)) if spacing else None
-            cx = (x + 0.5) * (w / W) - 0.5 + pad[2] - crop[1]
-            cy = (y + 0.5) * (h / H) - 0.5 + pad[0] - crop[0]
-            r = d_px * s / 2.0
-            disc = (xx - cx) ** 2 + (yy - cy) ** 2 <= max(r, 0.5) ** 2
-            label[disc] = plan.nodule_value
-            nodules.append({"x": round(cx, 2), "y": round(cy, 2), "diameter_px": round(2 * r, 3),
-                            "diameter_mm": None if d_mm is None else round(d_mm, 3)})
-    layout.write_case(plan.root, job.case_id, img, label, job.subset, cfg.bit_depth)
-    out_spacing = None if spacing is None else [spacing[0] * H / h, spacing[1] * W / w]
-    return {
-        "source_image": str(job.image), "source_mask": None if job.mask is None else str(job.mask),
-        "subset": job.subset, "original_shape": [H, W], "scale": [h / H, w / W], "padding": pad, "crop": crop,
-        "spacing": out_spacing, "nodule_count": len(nodules), "nodules": nodules, "warnings": warnings,
-    }
-
-
-def _run(args: tuple[_Job, _Plan]) -> tuple[str, str | dict]:
-    job, plan = args
-    try:
-        return job.case_id, _import_case(job, plan)
-    except MaskrayError as e:
-        return job.case_id, str(e)
-    except Exception as e:  # one line naming the file, never a traceback from a worker
-        return job.case_id, f"{job.image}: unexpected {e.__class__.__name__} while importing ({e})"
 
 
 # ---------------------------------------------------------------------------------------------- planning
@@ -272,7 +124,12 @@ def _list_images(folder: Path, what: str) -> dict[str, Path]:
         raise MaskrayError(f"{folder}: {what} folder not found")
     out: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_file() or not is_supported(p):
+        if p.name.startswith(".") or not is_supported(p):
+            continue
+        if p.is_symlink() and not p.exists():  # a loop or a dangling link: say so, never skip it silently
+            checked_folder_arg(p, f"{what} file")
+            raise MaskrayError(f"{p}: dangling symbolic link")
+        if not p.is_file():
             continue
         stem = stem_of(p)
         if stem in out:
@@ -299,16 +156,17 @@ def _nodule_rows(cfg: ImportConfig) -> dict[str, list[tuple[float, float, float,
                                f"{[r[c] for c in cols[1:]]}") from None
         if not (np.isfinite([x, y, d]).all() and d > 0):
             raise MaskrayError(f"{cfg.nodules} row {i}: diameter must be a positive number, centre finite")
-        out.setdefault(stem_of(r[cfg.nodule_file_column].strip()), []).append((x, y, d, i))
+        name = csv_file_name(cfg.nodules, i, r[cfg.nodule_file_column])
+        out.setdefault(stem_of(name), []).append((x, y, d, i))
     return out
 
 
 def _check_paths(cfg: ImportConfig, sources: list[Path]) -> Path:
     if cfg.out is None:
         raise MaskrayError("--out is required (the dataset folder to write)")
-    out = Path(cfg.out).resolve()
+    out = checked_folder_arg(cfg.out, "--out")
     for src in sources:
-        src = src.resolve()
+        src = checked_folder_arg(src, "source folder")
         if out == src or out in src.parents or src in out.parents:
             raise MaskrayError(f"--out {cfg.out}: overlaps the source {src}; originals are never written, "
                                f"choose a folder outside it")
@@ -316,6 +174,8 @@ def _check_paths(cfg: ImportConfig, sources: list[Path]) -> Path:
         raise MaskrayError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
         raise MaskrayError(f"{out}: folder already holds files; choose another or pass --overwrite")
+    if cfg.max_pixels < 1:
+        raise MaskrayError(f"--max-pixels {cfg.max_pixels}: must be at least 1")
     if cfg.size < 8 or cfg.size > 8192:
         raise MaskrayError(f"--size {cfg.size}: out of range (allowed: 8..8192)")
     if cfg.bit_depth not in (8, 16):
@@ -325,96 +185,102 @@ def _check_paths(cfg: ImportConfig, sources: list[Path]) -> Path:
     return out
 
 
-def _plan(cfg: ImportConfig, root: Path) -> tuple[list[_Job], _Plan, dict[str, int], dict[str, str], list[Path]]:
-    """Pair the source files and decide the label table; raises listing every pairing problem."""
+_Planned = tuple[list[_Job], _Plan, dict[str, int], dict[str, str]]
+
+
+def _plan(cfg: ImportConfig, root: Path) -> _Planned:
+    """Pair the source files and decide the label table; raises listing every pairing problem.
+
+    Returns the jobs, the plan, the labels (name -> output value) and each case's source stem."""
     if (cfg.images is None) == (cfg.nnunet is None):
         raise MaskrayError("give exactly one source: --images DIR [--masks DIR] [--nodules CSV], or --nnunet DIR")
     if cfg.threshold is not None and cfg.labels:
         raise MaskrayError("give either --labels or --threshold, not both")
     problems: list[str] = []
+    planned = _plan_nnunet(cfg, root, problems) if cfg.nnunet is not None else _plan_folder(cfg, root, problems)
+    if problems:
+        raise MaskrayError(one_line_first(problems, f"{len(problems)} problems pairing the source files"))
+    if max(planned[2].values()) > 255:
+        raise MaskrayError("more than 255 labels; label maps are 8-bit")
+    return planned
+
+
+def _plan_nnunet(cfg: ImportConfig, root: Path, problems: list[str]) -> _Planned:
+    """An nnU-Net v2 raw source: cases and labels as its dataset.json says, Tr and Ts kept."""
+    if cfg.masks or cfg.nodules or cfg.labels or cfg.threshold is not None:
+        raise MaskrayError("--nnunet takes labels from its dataset.json; drop --masks/--nodules/--labels/--threshold")
+    src_root = Path(cfg.nnunet)
+    info = layout.read_dataset_info(src_root)
+    labels = dict(info.labels)
+    ending = info.file_ending
+    jobs: list[_Job] = []
+    for subset in ("Tr", "Ts"):
+        d = src_root / f"images{subset}"
+        for p in sorted(d.iterdir()) if d.is_dir() else []:
+            if p.name.startswith(".") or not p.name.endswith(ending):
+                continue
+            base = p.name[: -len(ending)]
+            if not base.endswith(layout.CHANNEL_SUFFIX):
+                problems.append(f"{p}: only single-channel datasets are supported (expected CASE_0000{ending})")
+                continue
+            cid = base[: -len(layout.CHANNEL_SUFFIX)]
+            lab = layout.label_path(src_root, cid, subset, ending)
+            jobs.append(_Job(cid, p, lab if lab.is_file() else None, subset))
+    if not jobs and not problems:
+        raise MaskrayError(f"{src_root}: no images found (expected imagesTr/CASE_0000{ending})")
+    spacing = (cfg.pixel_spacing, cfg.pixel_spacing) if cfg.pixel_spacing else info.spacing
+    plan = _Plan(root, cfg, {v: v for v in labels.values() if v != 0}, None, None, spacing,
+                 "range" if cfg.normalise == "auto" else cfg.normalise, f"{src_root / 'dataset.json'}")
+    return jobs, plan, labels, {j.case_id: j.case_id for j in jobs}
+
+
+def _mask_labels(cfg: ImportConfig) -> tuple[dict[int, int] | None, dict[str, int]]:
+    if cfg.masks is None:
+        if cfg.labels or cfg.threshold is not None:
+            raise MaskrayError("--labels/--threshold need --masks DIR")
+        return {}, {"background": 0}
+    if cfg.labels:
+        return parse_label_map(cfg.labels)
+    if cfg.threshold is not None:
+        return None, {"background": 0, cfg.label_name: 1}
+    raise MaskrayError("masks need --labels NAME=VALUE,... (e.g. lung=1,nodule=2) or --threshold T "
+                       "(e.g. 127 for anti-aliased 8-bit binary masks)")
+
+
+def _plan_folder(cfg: ImportConfig, root: Path, problems: list[str]) -> _Planned:
+    """A folder of images, optionally masks (paired by stem) and a nodule CSV."""
+    images = _list_images(Path(cfg.images), "image")
+    masks: dict[str, Path] = {}
+    if cfg.masks is not None:
+        for stem, p in _list_images(Path(cfg.masks), "mask").items():
+            masks[stem[: -len(cfg.mask_suffix)] if cfg.mask_suffix and stem.endswith(cfg.mask_suffix) else stem] = p
+        problems += [f"{images[s]}: no mask named {s}{cfg.mask_suffix}.* in {cfg.masks}"
+                     for s in sorted(set(images) - set(masks))]
+        problems += [f"{masks[s]}: mask without an image named {s}.* in {cfg.images}"
+                     for s in sorted(set(masks) - set(images))]
+    lut, labels = _mask_labels(cfg)
+    nodule_rows: dict[str, list] = {}
+    nodule_value = None
+    if cfg.nodules is not None:
+        nodule_rows = _nodule_rows(cfg)
+        for stem in sorted(set(nodule_rows) - set(images)):
+            problems.append(f"{cfg.nodules}: row(s) {[r[3] for r in nodule_rows[stem]]} name {stem!r}, "
+                            f"which is not in {cfg.images}")
+        nodule_value = labels.setdefault(cfg.nodule_label, max(labels.values()) + 1)
     jobs: list[_Job] = []
     names: dict[str, str] = {}  # case -> source stem
-    sources: list[Path] = []
+    for stem, p in images.items():
+        cid = _case_id(stem)
+        if cid in names:
+            problems.append(f"{p}: case id {cid!r} clashes with {images[names[cid]].name}")
+            continue
+        names[cid] = stem
+        jobs.append(_Job(cid, p, masks.get(stem), "Tr", tuple(nodule_rows.get(stem, ())),
+                         draw_empty=cfg.nodules is not None and stem not in masks))
     spacing = (cfg.pixel_spacing, cfg.pixel_spacing) if cfg.pixel_spacing else None
-    if cfg.nnunet is not None:
-        if cfg.masks or cfg.nodules or cfg.labels or cfg.threshold is not None:
-            raise MaskrayError("--nnunet takes labels from its dataset.json; drop --masks/--nodules/--labels/--threshold")
-        src_root = Path(cfg.nnunet)
-        sources.append(src_root)
-        info = layout.read_dataset_info(src_root)
-        labels = dict(info.labels)
-        lut = {v: v for v in labels.values() if v != 0}
-        spacing = spacing or info.spacing
-        ending = info.file_ending
-        for subset in ("Tr", "Ts"):
-            d = src_root / f"images{subset}"
-            if not d.is_dir():
-                continue
-            for p in sorted(d.iterdir()):
-                if p.name.startswith(".") or not p.name.endswith(ending):
-                    continue
-                base = p.name[: -len(ending)]
-                if not base.endswith(layout.CHANNEL_SUFFIX):
-                    problems.append(f"{p}: only single-channel datasets are supported (expected CASE_0000{ending})")
-                    continue
-                cid = base[: -len(layout.CHANNEL_SUFFIX)]
-                lab = layout.label_path(src_root, cid, subset, ending)
-                jobs.append(_Job(cid, p, lab if lab.is_file() else None, subset))
-                names[cid] = cid
-        if not jobs and not problems:
-            raise MaskrayError(f"{src_root}: no images found (expected imagesTr/CASE_0000{ending})")
-        plan = _Plan(root, cfg, lut, None, None, spacing,
-                     "range" if cfg.normalise == "auto" else cfg.normalise, f"{src_root / 'dataset.json'}")
-    else:
-        sources.append(Path(cfg.images))
-        images = _list_images(Path(cfg.images), "image")
-        masks: dict[str, Path] = {}
-        if cfg.masks is not None:
-            sources.append(Path(cfg.masks))
-            for stem, p in _list_images(Path(cfg.masks), "mask").items():
-                key = stem[: -len(cfg.mask_suffix)] if cfg.mask_suffix and stem.endswith(cfg.mask_suffix) else stem
-                masks[key] = p
-            for stem in sorted(set(images) - set(masks)):
-                problems.append(f"{images[stem]}: no mask named {stem}{cfg.mask_suffix}.* in {cfg.masks}")
-            for stem in sorted(set(masks) - set(images)):
-                problems.append(f"{masks[stem]}: mask without an image named {stem}.* in {cfg.images}")
-            if cfg.labels:
-                lut, labels = parse_label_map(cfg.labels)
-            elif cfg.threshold is not None:
-                lut, labels = None, {"background": 0, cfg.label_name: 1}
-            else:
-                raise MaskrayError("masks need --labels NAME=VALUE,... (e.g. lung=1,nodule=2) or --threshold T "
-                                   "(e.g. 127 for anti-aliased 8-bit binary masks)")
-        else:
-            if cfg.labels or cfg.threshold is not None:
-                raise MaskrayError("--labels/--threshold need --masks DIR")
-            lut, labels = {}, {"background": 0}
-        nodule_rows: dict[str, list] = {}
-        nodule_value = None
-        if cfg.nodules is not None:
-            nodule_rows = _nodule_rows(cfg)
-            for stem in sorted(set(nodule_rows) - set(images)):
-                problems.append(f"{cfg.nodules}: row(s) {[r[3] for r in nodule_rows[stem]]} name {stem!r}, "
-                                f"which is not in {cfg.images}")
-            nodule_value = labels.setdefault(cfg.nodule_label, max(labels.values()) + 1)
-        ids: dict[str, str] = {}
-        for stem, p in images.items():
-            cid = _case_id(stem)
-            if cid in ids:
-                problems.append(f"{p}: case id {cid!r} clashes with {ids[cid]}")
-                continue
-            ids[cid] = p.name
-            names[cid] = stem
-            jobs.append(_Job(cid, p, masks.get(stem), "Tr", tuple(nodule_rows.get(stem, ())),
-                             draw_empty=cfg.nodules is not None and stem not in masks))
-        plan = _Plan(root, cfg, lut, cfg.threshold, nodule_value, spacing,
-                     cfg.normalise if cfg.normalise != "auto" else "percentile", "--labels")
-    if problems:
-        raise MaskrayError(f"{len(problems)} problem(s) pairing the source files; nothing was written:\n  "
-                           + "\n  ".join(problems))
-    if max(labels.values()) > 255:
-        raise MaskrayError("more than 255 labels; label maps are 8-bit")
-    return jobs, plan, labels, names, sources
+    plan = _Plan(root, cfg, lut, cfg.threshold, nodule_value, spacing,
+                 cfg.normalise if cfg.normalise != "auto" else "percentile", "--labels")
+    return jobs, plan, labels, names
 
 
 def _patients(cfg: ImportConfig, names: dict[str, str]) -> dict[str, str]:
@@ -436,30 +302,13 @@ def import_folder(cfg: ImportConfig, progress: bool = True) -> ImportResult:
     (per-case record), ``run.json`` and, when a val or test fraction is given, ``splits.json``.
     """
     out = _check_paths(cfg, [p for p in (cfg.images, cfg.masks, cfg.nnunet) if p is not None])
-    tmp = out.parent / f".{out.name}.importing-{uuid.uuid4().hex[:8]}"
-    jobs, plan, labels, names, _ = _plan(cfg, tmp)
+    jobs, plan, labels, names = _plan(cfg, out)
     patients = _patients(cfg, names)  # before any work: a bad pattern fails fast
-    workers = cfg.workers if cfg.workers > 0 else min(4, os.cpu_count() or 1)
-    done = False
-    try:
-        tmp.mkdir(parents=True)
-        results: dict[str, str | dict] = {}
-        bar = tqdm(total=len(jobs), desc="import", unit="case", disable=not progress, file=sys.stderr)
-        if workers == 1 or len(jobs) < 8:
-            for job in jobs:
-                cid, res = _run((job, plan))
-                results[cid] = res
-                bar.update()
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as ex:
-                for cid, res in ex.map(_run, [(j, plan) for j in jobs], chunksize=8):
-                    results[cid] = res
-                    bar.update()
-        bar.close()
+    with staged_output(out, cfg.overwrite) as tmp:
+        results = _run_jobs(jobs, replace(plan, root=tmp), cfg.workers, progress)
         errors = [r for r in results.values() if isinstance(r, str)]
         if errors:
-            raise MaskrayError(f"{len(errors)} of {len(jobs)} case(s) could not be imported; nothing was written:\n  "
-                               + "\n  ".join(errors))
+            raise MaskrayError(one_line_first(errors, f"{len(errors)} of {len(jobs)} cases could not be imported"))
         records: dict[str, dict] = {c: dict(r, patient=patients.get(c, c)) for c, r in sorted(results.items())}
         warnings = [w for r in records.values() for w in r["warnings"]]
         spacings = {tuple(r["spacing"]) if r["spacing"] else None for r in records.values()}
@@ -469,7 +318,7 @@ def import_folder(cfg: ImportConfig, progress: bool = True) -> ImportResult:
                                     "nodule_label": cfg.nodule_label if cfg.nodules else None}}
         n_tr = sum(1 for r in records.values() if r["subset"] == "Tr")
         layout.write_dataset_info(tmp, layout.DatasetInfo(labels=labels, spacing=common, extra=extra), n_tr)
-        atomic_write_text(tmp / CASES_FILE, json.dumps(records, indent=1))
+        write_json(tmp / CASES_FILE, records)
         if cfg.val_fraction > 0 or cfg.test_fraction > 0:
             tr = [c for c, r in records.items() if r["subset"] == "Tr"]
             splits = make_splits(tr, patients, cfg.val_fraction, cfg.test_fraction, cfg.seed)
@@ -477,17 +326,32 @@ def import_folder(cfg: ImportConfig, progress: bool = True) -> ImportResult:
             layout.write_splits(tmp, splits, {c: r["patient"] for c, r in records.items()}, seed=cfg.seed)
         write_run_info(tmp, "data import", cfg, seed=cfg.seed,
                        extra={"cases": len(records), "warnings": len(warnings)})
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        done = True
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if not done:
-            shutil.rmtree(tmp, ignore_errors=True)
     for w in warnings:
         print(f"maskray: warning: {w}", file=sys.stderr)
     return ImportResult(out, records, labels, warnings)
+
+
+def one_line_first(problems: list[str], summary: str) -> str:
+    """One problem: that line alone. Several: the first on the first line, then every one, one per line."""
+    if len(problems) == 1:
+        return f"{problems[0]} (nothing was written)"
+    return f"{problems[0]} ({summary}; nothing was written):\n  " + "\n  ".join(problems)
+
+
+def _run_jobs(jobs: list[_Job], plan: _Plan, workers: int, progress: bool) -> dict[str, str | dict]:
+    """Every job's result, in worker processes that die with this one (``die_with_parent``)."""
+    workers = workers if workers > 0 else min(4, os.cpu_count() or 1)
+    parent = os.getpid()
+    results: dict[str, str | dict] = {}
+    with tqdm(total=len(jobs), desc="import", unit="case", disable=not progress, file=sys.stderr) as bar:
+        if workers == 1 or len(jobs) < 8:
+            for job in jobs:
+                cid, res = run_job((job, plan, parent))
+                results[cid] = res
+                bar.update()
+            return results
+        with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(parent,)) as ex:
+            for cid, res in ex.map(run_job, [(j, plan, parent) for j in jobs], chunksize=4):
+                results[cid] = res
+                bar.update()
+    return results

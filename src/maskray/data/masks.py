@@ -9,16 +9,14 @@ distance (``scipy.ndimage.distance_transform_edt``, in mm) to the lung border is
 radius plus a margin, and to every other nodule at least its outer radius plus a gap.
 
 Anatomy labels stay as they are: a nodule is painted only over lung pixels, and a removed nodule is filled
-with the nearest lung label. Every random choice comes from ``numpy.random.Generator(PCG64(SeedSequence(
-(seed, case index))))``, so a case is reproducible on its own. ``masks.json`` records, for each new case,
+with the nearest lung label. Every random choice comes from :func:`maskray.data.rng.case_rng` ``(seed, case index)``, so a case is
+reproducible on its own. ``masks.json`` records, for each new case,
 its source case and every change (centres in pixels and mm, diameters in mm).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -28,9 +26,11 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from maskray.config import option
-from maskray.data.layout import Dataset, DatasetInfo, label_path, prepare_output_dir, write_dataset_info, write_label_file
+from maskray.data.layout import Dataset, DatasetInfo, label_path, write_dataset_info, write_label_file
+from maskray.data.rng import case_rng
 from maskray.errors import MaskrayError
-from maskray.provenance import atomic_write_text, to_jsonable, write_run_info
+from maskray.files import staged_output, write_json
+from maskray.provenance import to_jsonable, write_run_info
 
 MANIFEST = "masks.json"
 Mode = Literal["add", "move", "remove", "copy"]
@@ -42,7 +42,7 @@ class MaskSynthConfig:
 
     mode: Mode = option("add", help="add nodules, move or remove the existing ones, or copy the masks as they are")
     n: int | None = option(None, help="number of new cases (default: one per source case); sources are cycled")
-    seed: int = option(0, help="seed; case i uses SeedSequence((seed, i))")
+    seed: int = option(0, help="seed; case i draws from case_rng(seed, i)")
     source_split: Literal["train", "val", "test", "all"] = option(
         "train", help="which split of the source to draw masks from (splits.json, else imagesTr/labelsTr)")
     min_nodules: int = option(1, help="fewest nodules added per case (mode add)")
@@ -86,11 +86,6 @@ class MaskSynthConfig:
 
 
 # ------------------------------------------------------------------------------------------- geometry
-def case_rng(seed: int, index: int) -> np.random.Generator:
-    """The generator of new case ``index``: independent of how many cases come before it."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence((int(seed), int(index)))))
-
-
 def sample_diameters_mm(rng: np.random.Generator, k: int, cfg: MaskSynthConfig) -> np.ndarray:
     """``k`` diameters (mm) from a log-normal with the configured median and sigma, clipped to [min, max]."""
     d = rng.lognormal(np.log(cfg.diameter_median_mm), cfg.diameter_sigma, size=k)
@@ -366,14 +361,10 @@ def synthesize_masks(src: str | os.PathLike, out: str | os.PathLike, cfg: MaskSy
             raise MaskrayError(f"{src}: no case in split '{cfg.source_split}' has a '{cfg.nodule_label}' to {cfg.mode}")
     n = cfg.n or len(ids)
 
-    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
-        raise MaskrayError(f"{out}: folder already holds files; choose another or pass --overwrite")
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     manifest: dict = {"source": str(src.resolve()), "mode": cfg.mode, "seed": cfg.seed, "spacing_mm": list(spacing),
                       "nodule_label": cfg.nodule_label, "nodule_value": nodule_value, "notes": [note] if note else [],
                       "cases": {}}
-    try:
+    with staged_output(out, cfg.overwrite) as tmp:
         cache: dict[str, np.ndarray] = {}
         for i in tqdm(range(n), desc=f"masks ({cfg.mode})", unit="case", disable=None):
             sid = ids[i % len(ids)]
@@ -387,13 +378,9 @@ def synthesize_masks(src: str | os.PathLike, out: str | os.PathLike, cfg: MaskSy
         info = replace(ds.info, labels=labels, file_ending=".png", spacing=spacing,
                        extra={**ds.info.extra, "mask_only": True})
         write_dataset_info(tmp, info, n)
-        atomic_write_text(tmp / MANIFEST, json.dumps(to_jsonable(manifest), indent=2))
+        write_json(tmp / MANIFEST, to_jsonable(manifest))
         write_run_info(tmp, "masks", cfg, seed=cfg.seed, extra={"source": str(src.resolve()), "notes": manifest["notes"]})
-        out = prepare_output_dir(out, cfg.overwrite)
-        os.replace(tmp, out)  # out is an empty folder here, which a rename may replace
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    out = Path(out).resolve()
     if note:
         print(f"maskray masks: {note}")
     return out

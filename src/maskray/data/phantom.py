@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from maskray.config import option
+from maskray.data.rng import case_rng
 from maskray.errors import MaskrayError
 
 KNOWN_LABELS = ("lung", "heart", "clavicle", "nodule")
@@ -501,11 +502,6 @@ class PhantomCase:
     image: np.ndarray
     label: np.ndarray
     meta: dict
-
-
-def case_rng(seed: int, index: int) -> np.random.Generator:
-    """The generator of case ``index``: depends only on (seed, index)."""
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
 
 
 def render_case(cfg: PhantomConfig, index: int) -> PhantomCase:

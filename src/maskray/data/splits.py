@@ -7,18 +7,19 @@ evaluation. The assignment depends only on the sorted case and patient identifie
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from maskray.data.layout import SPLITS_FILE, Dataset, write_splits
-from maskray.data.readers import stem_of
+from maskray.data.dataset import Dataset
+from maskray.data.io import stem_of
+from maskray.data.schema import CASES_FILE, SPLITS_FILE, read_cases_file, write_splits
 from maskray.errors import MaskrayError
 
-CASES_FILE = "cases.json"  # per-case import record (source files, resize, spacing, nodules, patient)
+__all__ = ["CASES_FILE", "csv_file_name", "make_splits", "patients_from_csv", "patients_from_pattern", "read_csv",
+           "recorded_patients", "source_names", "split_dataset"]
 
 
 def make_splits(case_ids: list[str], patients: dict[str, str] | None, val_fraction: float, test_fraction: float,
@@ -84,7 +85,8 @@ def patients_from_csv(names: dict[str, str], csv_path: str | os.PathLike, patien
                       file_column: str) -> dict[str, str]:
     """Patient id of each case from a CSV whose ``file_column`` names the source file (matched by stem)."""
     rows = read_csv(csv_path, (patient_column, file_column))
-    by_stem = {stem_of(r[file_column].strip()): r[patient_column].strip() for r in rows}
+    by_stem = {stem_of(csv_file_name(csv_path, i, r[file_column])): (r[patient_column] or "").strip()
+               for i, r in enumerate(rows, start=2)}
     out, missing = {}, []
     for case, name in names.items():
         if name in by_stem:
@@ -123,31 +125,32 @@ def read_csv(path: str | os.PathLike, required: tuple[str, ...]) -> list[dict[st
     return rows
 
 
+def csv_file_name(path: str | os.PathLike, row: int, value: str | None) -> str:
+    """A file named in a CSV cell: refused when empty or when it climbs out of its folder with ``..``."""
+    name = (value or "").strip()
+    if not name:
+        raise MaskrayError(f"{path} row {row}: the file name is empty")
+    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        raise MaskrayError(f"{path} row {row}: file name {name!r} holds '..'; give the file's name, not a path "
+                           f"out of its folder")
+    return name
+
+
 def source_names(root: str | os.PathLike, case_ids: list[str]) -> dict[str, str]:
     """Case -> source file stem from the import record (``cases.json``), else the case id itself."""
-    path = Path(root) / CASES_FILE
+    rec = read_cases_file(root)
     names = {c: c for c in case_ids}
-    if path.is_file():
-        try:
-            rec = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise MaskrayError(f"{path}: not valid JSON ({e})") from None
-        for c in case_ids:
-            src = rec.get(c, {}).get("source_image")
-            if src:
-                names[c] = stem_of(src)
+    for c in case_ids:
+        src = rec.get(c, {}).get("source_image")
+        if isinstance(src, str) and src:
+            names[c] = stem_of(src)
     return names
 
 
 def recorded_patients(root: str | os.PathLike) -> dict[str, str]:
-    path = Path(root) / CASES_FILE
-    if not path.is_file():
-        return {}
-    try:
-        rec = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return {}
-    return {c: r["patient"] for c, r in rec.items() if isinstance(r, dict) and r.get("patient")}
+    """Case -> patient from the import record; ``{}`` when the dataset has none (a corrupt one is an error)."""
+    rec = read_cases_file(root)
+    return {c: r["patient"] for c, r in rec.items() if r.get("patient")}
 
 
 def split_dataset(root: str | os.PathLike, val_fraction: float, test_fraction: float, seed: int,

@@ -9,4 +9,6 @@
 - :mod:`~maskray.diffusion.store`: saving and loading model folders (safetensors only).
 - :mod:`~maskray.diffusion.autoencoder` and :mod:`~maskray.diffusion.autoencoder_losses`: the latent codec
   (diffusers ``AutoencoderKL`` with its measured scale) and the losses that train it.
+- :mod:`~maskray.diffusion.pretrained`: a Stable Diffusion folder as the frozen base (its UNet, RGB VAE codec,
+  encoded prompt and schedule), checked part by part against the hashes a model card records.
 """

@@ -21,7 +21,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from diffusers import AutoencoderKL
 
 from maskray.errors import MaskrayError
 from maskray.provenance import atomic_write_text, to_jsonable
+from maskray.files import staged_output
 
 CARD_FILE = "maskray_autoencoder.json"
 PICKLE_SUFFIXES = (".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt")
@@ -167,13 +167,9 @@ class LatentCodec:
         folder = Path(folder)
         if folder.exists() and any(folder.iterdir()):
             raise MaskrayError(f"{folder}: already holds files; will not overwrite an autoencoder")
-        tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.vae.save_pretrained(tmp, safe_serialization=True)
-        atomic_write_text(tmp / CARD_FILE, json.dumps(self.card(), indent=2))
-        if folder.exists():
-            folder.rmdir()
-        os.replace(tmp, folder)
+        with staged_output(folder) as tmp:
+            self.vae.save_pretrained(tmp, safe_serialization=True)
+            atomic_write_text(tmp / CARD_FILE, json.dumps(self.card(), indent=2))
         return folder
 
     @classmethod

@@ -4,7 +4,8 @@ Written beside the ``save_pretrained`` folders of a model (``unet/``, ``controln
 ``train controlnet --base``, validation and ``serve``. It holds what the networks' own ``config.json`` files do
 not: the stage, the working resolution, the condition labels in channel order, the diffusion settings and the
 sampling schedule, the weight hashes and the step. It holds no path, file name or date, so that it can travel
-with exported data. Unknown, missing or ill-typed keys are one-line errors naming the file.
+with exported data (a ControlNet on a Stable Diffusion folder records that folder's part hashes and its prompt;
+where the folder lies is kept beside the card, in ``pretrained.json``). Unknown, missing or ill-typed keys are one-line errors naming the file.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from maskray.errors import MaskrayError
+from maskray.files import read_json
 from maskray.provenance import atomic_write_text, to_jsonable
 
 CARD_FILE = "maskray.json"
@@ -42,6 +44,9 @@ class ModelCard:
     # latent models: {"factor", "latent_channels", "scaling_factor", "autoencoder_sha256"}; the autoencoder's
     # weights sit in the model folder's autoencoder/ (None: the model works on pixels)
     latent: dict[str, Any] | None = None
+    # a ControlNet on a Stable Diffusion folder (diffusion/pretrained.py): {"prompt", "parts_sha256"}; the
+    # folder's path is kept beside the card (pretrained.json), never in it
+    pretrained: dict[str, Any] | None = None
     # the sampler the model is meant for, {"scheduler", "steps"} (a distilled student); empty: generate's defaults
     sampling: dict[str, Any] = field(default_factory=dict)
     distilled_from: str | None = None  # a distilled student: its teacher's controlnet_sha256
@@ -67,13 +72,10 @@ class ModelCard:
     @classmethod
     def load(cls, folder: str | Path) -> "ModelCard":
         path = Path(folder) / CARD_FILE
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
+        if not path.is_file():
             raise MaskrayError(f"{folder}: not a trained maskray run (missing {CARD_FILE}); train one with "
-                               f"'maskray train base' or 'maskray train controlnet'") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise MaskrayError(f"{path}: cannot read the model card ({e})") from None
+                               f"'maskray train base' or 'maskray train controlnet'")
+        data = read_json(path, expect=(dict, list, str, int, float, type(None)), what="model card")
         return cls.from_dict(data, where=str(path))
 
     @classmethod
@@ -106,8 +108,21 @@ class ModelCard:
             need = {"factor", "latent_channels", "scaling_factor", "autoencoder_sha256"}
             if set(self.latent) != need or self.latent["factor"] not in (4, 8) or self.image_size % self.latent["factor"]:
                 raise MaskrayError(f"{where}: latent must hold {sorted(need)} with factor 4 or 8 dividing image_size")
+        if self.pretrained is not None:
+            _validate_pretrained(self, where)
         if any(not isinstance(v, int) or isinstance(v, bool) for v in self.labels.values()):
             raise MaskrayError(f"{where}: label values must be integers")
+
+
+def _validate_pretrained(card: ModelCard, where: str) -> None:
+    info = card.pretrained
+    hashes = info.get("parts_sha256")
+    if set(info) != {"prompt", "parts_sha256"} or not isinstance(info["prompt"], str) or not isinstance(hashes, dict) \
+            or not all(isinstance(hashes.get(p), str) for p in ("vae", "unet", "text_encoder", "tokenizer")):
+        raise MaskrayError(f"{where}: pretrained must hold a prompt and parts_sha256 with the vae, unet, text_encoder "
+                           f"and tokenizer hashes")
+    if card.stage != "controlnet" or card.latent is None:
+        raise MaskrayError(f"{where}: a Stable Diffusion model is a controlnet stage with a latent entry")
 
 
 def _checked(name: str, value: Any, tp: Any, where: str) -> Any:

@@ -1,8 +1,9 @@
 """Networks: a diffusers ``UNet2DConditionModel`` as the frozen base and a diffusers ``ControlNetModel``
 built from it (Zhang, Rao & Agrawala, ICCV 2023).
 
-The base has no cross-attention (maskray conditions on masks, not text), so its
-``encoder_hidden_states`` is ``None``. The ControlNet is a trainable copy of the base's encoder whose
+maskray's own base has no cross-attention (it conditions on masks, not text), so its
+``encoder_hidden_states`` is ``None``; a Stable Diffusion base (diffusion/pretrained.py) reads a fixed prompt
+embedding there instead, the same for every sample. The ControlNet is a trainable copy of the base's encoder whose
 outputs join the base through zero-initialised 1x1 convolutions, so a fresh ControlNet leaves the base's
 output unchanged. Its conditioning embedding downsamples the mask by ``2 ** (len(cond_channels) - 1)``:
 one entry for a pixel-space backbone (mask and sample at one resolution), four for an 8x latent backbone.
@@ -79,20 +80,31 @@ class ControlledUNet(nn.Module):
 
     ``sample``: float ``(N, C, H, W)``; ``timesteps``: ``(N,)``; ``cond``: float ``(N, K, H, W)`` one-hot mask
     or ``None`` (then the base alone runs). ``conditioning_scale`` multiplies the ControlNet residuals.
+    ``context``: float ``(1, L, D)`` fixed cross-attention context (a Stable Diffusion base's encoded prompt),
+    expanded to the batch; ``None`` for a base without cross-attention.
     """
 
-    def __init__(self, unet: UNet2DConditionModel, controlnet: ControlNetModel | None = None):
+    def __init__(self, unet: UNet2DConditionModel, controlnet: ControlNetModel | None = None,
+                 context: torch.Tensor | None = None):
         super().__init__()
         self.unet = unet
         self.controlnet = controlnet
+        self.context = context
+
+    def encoder_states(self, sample: torch.Tensor) -> torch.Tensor | None:
+        """The context for a batch like ``sample``: ``(N, L, D)`` on its device, or ``None``."""
+        if self.context is None:
+            return None
+        return self.context.to(sample.device).expand(sample.shape[0], -1, -1)
 
     def forward(self, sample: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor | None = None,
                 conditioning_scale: float = 1.0) -> torch.Tensor:
         down = mid = None
+        context = self.encoder_states(sample)
         if self.controlnet is not None and cond is not None:
-            down, mid = self.controlnet(sample, timesteps, encoder_hidden_states=None, controlnet_cond=cond,
+            down, mid = self.controlnet(sample, timesteps, encoder_hidden_states=context, controlnet_cond=cond,
                                         conditioning_scale=conditioning_scale, return_dict=False)
-        return self.unet(sample, timesteps, encoder_hidden_states=None, down_block_additional_residuals=down,
+        return self.unet(sample, timesteps, encoder_hidden_states=context, down_block_additional_residuals=down,
                          mid_block_additional_residual=mid, return_dict=False)[0]
 
 

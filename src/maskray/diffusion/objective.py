@@ -34,6 +34,12 @@ def make_train_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
                          prediction_type=cfg.prediction_type, clip_sample=False)
 
 
+def train_scheduler(config: dict) -> DDPMScheduler:
+    """The training noise scheduler a model card's ``scheduler_config`` describes (maskray's own schedule, or a
+    Stable Diffusion folder's, whose betas the :class:`DiffusionConfig` fields do not hold)."""
+    return DDPMScheduler.from_config(dict(config))
+
+
 def sample_timesteps(n: int, cfg: DiffusionConfig, generator: torch.Generator) -> torch.Tensor:
     """int64 ``(n,)`` in ``[0, T)``; uniform, or with density ~ ``t ** bias``."""
     u = torch.rand(n, generator=generator)

@@ -7,6 +7,9 @@
     FOLDER/autoencoder/   latent models only: the autoencoder (diffusion/autoencoder.py), so the folder is whole
     FOLDER/maskray.json   the model card (diffusion/card.py)
 
+A ControlNet trained on a Stable Diffusion folder has no ``unet/`` or ``autoencoder/``: its base and VAE stay in
+that folder, named by ``FOLDER/pretrained.json`` and checked against the card's hashes (diffusion/pretrained.py).
+
 A finished run keeps its model in ``RUN/model``; every checkpoint keeps one in ``RUN/checkpoints/step-N/model``,
 so ``generate --model`` takes a run, a model folder or a checkpoint. Loading reads safetensors only: a folder that
 holds a pickled file where weights belong is refused, since unpickling can run code.
@@ -20,6 +23,7 @@ from pathlib import Path
 
 from diffusers import ControlNetModel, UNet2DConditionModel
 
+from maskray.diffusion import pretrained as sd
 from maskray.diffusion.autoencoder import LatentCodec
 from maskray.diffusion.card import CARD_FILE, ModelCard
 from maskray.diffusion.networks import ControlledUNet
@@ -46,6 +50,19 @@ def save_model(folder: str | os.PathLike, unet: UNet2DConditionModel, card: Mode
     return out
 
 
+def save_pretrained_model(folder: str | os.PathLike, controlnet: ControlNetModel, card: ModelCard,
+                          root: str | os.PathLike) -> Path:
+    """Write a ControlNet trained on the Stable Diffusion folder ``root``: its weights, ``pretrained.json`` (where
+    ``root`` is) and the card (whose ``pretrained`` entry holds the parts' hashes). The folder's weights are not
+    copied."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    controlnet.save_pretrained(out / "controlnet", safe_serialization=True)
+    sd.write_pointer(out, Path(root))
+    dataclasses.replace(card, controlnet_sha256=weights_hash(out / "controlnet")).save(out)
+    return out
+
+
 def weights_hash(folder: Path) -> str:
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
@@ -69,30 +86,58 @@ def read_card(path: str | os.PathLike) -> ModelCard:
     return ModelCard.load(model_folder(path))
 
 
-def load_model(path: str | os.PathLike, need_controlnet: bool = False) -> tuple[ControlledUNet, ModelCard]:
+def load_model(path: str | os.PathLike, need_controlnet: bool = False, prompt: str | None = None,
+               pretrained: str | os.PathLike | None = None) -> tuple[ControlledUNet, ModelCard]:
     """Rebuild the networks behind ``path`` (a run, model folder or checkpoint). Returns ``(model in eval mode,
-    card)``; the weights must match the card's hashes."""
+    card)``; the weights must match the card's hashes.
+
+    Stable Diffusion models only: ``prompt`` replaces the card's prompt, ``pretrained`` the folder that
+    ``pretrained.json`` names."""
     folder = model_folder(path)
     card = ModelCard.load(folder)
     if need_controlnet and card.stage != "controlnet":
         raise MaskrayError(f"{path}: is a stage-1 base model; generating for masks needs a stage-2 run "
                            f"('maskray train controlnet --base {path} ...')")
-    unet = _load_net(UNet2DConditionModel, folder / "unet", card.unet_sha256)
+    if card.pretrained is None and (prompt is not None or pretrained is not None):
+        raise MaskrayError(f"{path}: was not trained on a Stable Diffusion folder; --prompt and --pretrained are "
+                           f"for models that were")
+    context = None
+    if card.pretrained is None:
+        unet = _load_net(UNet2DConditionModel, folder / "unet", card.unet_sha256)
+    else:
+        unet, context = _load_pretrained_base(folder, card, prompt, pretrained)
     controlnet = None
     if card.stage == "controlnet":
         controlnet = _load_net(ControlNetModel, folder / "controlnet", card.controlnet_sha256)
         if controlnet.config.conditioning_channels != len(card.labels):
             raise MaskrayError(f"{folder / 'controlnet'}: takes {controlnet.config.conditioning_channels} condition "
                                f"channels but the model card names {len(card.labels)} labels")
-    model = ControlledUNet(unet, controlnet).eval()
+    model = ControlledUNet(unet, controlnet, context).eval()
     model.requires_grad_(False)
     return model, card
 
 
-def load_codec(path: str | os.PathLike, card: ModelCard) -> LatentCodec | None:
-    """The autoencoder of a latent model (``None`` for a pixel model), checked against the card."""
+def _load_pretrained_base(folder: Path, card: ModelCard, prompt: str | None, pretrained: str | os.PathLike | None):
+    """The Stable Diffusion UNet and the encoded prompt ``(1, L, D)``, each part checked against the card."""
+    root = sd.pretrained_root(folder, pretrained)
+    sd.verify_parts(root, card.pretrained["parts_sha256"], ("unet", "text_encoder", "tokenizer"))
+    unet = sd.load_unet(root)
+    return unet, sd.prompt_context(root, card.pretrained["prompt"] if prompt is None else prompt)
+
+
+def load_codec(path: str | os.PathLike, card: ModelCard,
+               pretrained: str | os.PathLike | None = None) -> LatentCodec | sd.RGBLatentCodec | None:
+    """The autoencoder of a latent model (``None`` for a pixel model), checked against the card; a Stable
+    Diffusion model's VAE comes from its folder (``pretrained`` overrides the one ``pretrained.json`` names)."""
     if card.latent is None:
         return None
+    if card.pretrained is not None:
+        root = sd.pretrained_root(model_folder(path), pretrained)
+        sd.verify_parts(root, card.pretrained["parts_sha256"], ("vae",))
+        codec = sd.RGBLatentCodec.load(root, card.pretrained["parts_sha256"]["vae"])
+        if codec.latent_card() != card.latent:
+            raise MaskrayError(f"{root / 'vae'}: its factor, channels or scaling factor differ from the model card's")
+        return codec
     folder = model_folder(path) / "autoencoder"
     codec = LatentCodec.load(folder)
     if codec.weights_hash() != card.latent["autoencoder_sha256"] or codec.factor != card.factor:

@@ -1,31 +1,30 @@
 """DICOM export: one Secondary Capture image per case, flagged synthetic, with no attribute from any source.
 
-Each case becomes ``images/CASE.dcm``: SOP Class Secondary Capture Image Storage (1.2.840.10008.5.1.4.1.1.7),
-a new Study, Series and SOP Instance UID from :func:`pydicom.uid.generate_uid`, Synthetic Data (0008,001C)
+Each case becomes ``images/ID.dcm`` (``ID`` the export's opaque case id): SOP Class Secondary Capture Image
+Storage (1.2.840.10008.5.1.4.1.1.7), Study, Series and SOP Instance UIDs derived from the exported case and
+the export's salt (:class:`maskray.export.common.Anonymiser`), no date or time, Synthetic Data (0008,001C)
 ``YES`` when the images are synthetic, Conversion Type ``SYN`` (synthetic image), Burned In Annotation
 ``NO``, MONOCHROME2 at the stored bit depth (8 or 16), Pixel Spacing and Nominal Scanned Pixel Spacing from
-``dataset.json`` ``spacing``. The patient module holds no person: Patient's Name ``SYNTHETIC`` (or
-``ANONYMOUS`` for real images), Patient ID the maskray case id, birth date and sex empty.
+``dataset.json`` ``spacing``. The patient module holds no person: Patient's Name ``SYNTHETIC^ID`` (or
+``ANONYMOUS^ID`` for real images), Patient ID the exported case id, birth date and sex empty.
 
 Source DICOMs (``source_dicom_dir``) are read with ``specific_tags`` limited to geometry (Rows, Columns,
 Pixel Spacing, Imager Pixel Spacing), so patient, study and institution data are never even loaded. The
-label map goes alongside as ``labels/CASE.nii.gz`` (same geometry), with ``dataset.json`` naming its values.
+label map goes alongside as ``labels/ID.nii.gz`` (same geometry), with ``dataset.json`` naming its values.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from maskray import __version__
-from maskray.data.layout import Dataset, read_label_file
+from maskray.data.dataset import Dataset
+from maskray.data.io import io_for, read_label_file
 from maskray.errors import MaskrayError
-from maskray.export.common import read_raw_image
+from maskray.export.common import Anonymiser, read_raw_image, source_cases
 from maskray.export.native import NIFTI_ENDING, save_nifti
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -51,39 +50,38 @@ def source_spacing(path: Path, shape: tuple[int, int]) -> tuple[float, float] | 
 
 
 def build_dataset(pixels: np.ndarray, spacing: tuple[float, float] | None, case_id: str, synthetic: bool,
-                  derivation: str) -> "pydicom.Dataset":  # noqa: F821
-    """A Secondary Capture dataset for uint8/uint16 ``(H, W)`` pixels; every UID is new."""
+                  derivation: str, uid=None) -> "pydicom.Dataset":  # noqa: F821
+    """A Secondary Capture dataset for uint8/uint16 ``(H, W)`` pixels; ``uid(role)`` gives each UID
+    (``role`` is "sop", "study" or "series"; default: a new random UID each)."""
     from pydicom.dataset import Dataset as DicomDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+    uid = uid or (lambda role: generate_uid())
     bits = 8 if pixels.dtype == np.uint8 else 16
-    sop_uid = generate_uid()
+    sop_uid = uid("sop")
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
 
-    now = _dt.datetime.now(_dt.timezone.utc)
-    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds = DicomDataset()
     ds.file_meta = meta
     # SOP common
     ds.SOPClassUID = SECONDARY_CAPTURE
     ds.SOPInstanceUID = sop_uid
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
     # patient: nobody
-    ds.PatientName = "SYNTHETIC" if synthetic else "ANONYMOUS"
+    ds.PatientName = f"{'SYNTHETIC' if synthetic else 'ANONYMOUS'}^{case_id}"
     ds.PatientID = case_id
     ds.PatientBirthDate = ""
     ds.PatientSex = ""
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = "maskray export: no attribute copied from any source DICOM"
-    # study / series: new each case
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.StudyDate, ds.StudyTime = date, time
-    ds.ContentDate, ds.ContentTime = date, time
+    ds.DeidentificationMethod = "maskray: nothing copied from sources; salted ids; no dates"
+    # study / series: one each per case; dates and times are type 2 and left empty
+    ds.StudyInstanceUID = uid("study")
+    ds.SeriesInstanceUID = uid("series")
+    ds.StudyDate, ds.StudyTime = "", ""
+    ds.ContentDate, ds.ContentTime = "", ""
     ds.StudyID = ""
     ds.AccessionNumber = ""
     ds.ReferringPhysicianName = ""
@@ -100,7 +98,7 @@ def build_dataset(pixels: np.ndarray, spacing: tuple[float, float] | None, case_
     ds.BurnedInAnnotation = "NO"
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.DerivationDescription = derivation[:1024]
-    ds.ImageComments = f"maskray case {case_id}"[:10240]
+    ds.ImageComments = f"maskray case {case_id}"
     if spacing is not None:
         ps = [f"{spacing[0]:.6g}", f"{spacing[1]:.6g}"]
         ds.PixelSpacing = ps
@@ -117,30 +115,24 @@ def build_dataset(pixels: np.ndarray, spacing: tuple[float, float] | None, case_
     return ds
 
 
-def write_dicom(path: Path, ds) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.dcm")
-    try:
-        ds.save_as(str(tmp), enforce_file_format=True)  # pydicom >= 3
-    except TypeError:
-        ds.is_little_endian, ds.is_implicit_VR = True, False  # pydicom 2.x
-        ds.save_as(str(tmp), write_like_original=False)
-    os.replace(tmp, path)
+def write_dicom(path: Path, dataset) -> None:
+    """Write a pydicom dataset atomically (the I/O registry's DICOM writer)."""
+    io_for(path).write(Path(path), dataset=dataset)
 
 
-def export_dicom(ds: Dataset, out: Path, synthetic: bool, per_case: dict[str, dict],
-                 source_dicom_dir: Path | None = None, checkpoint: str | None = None) -> dict[str, str]:
-    """Write ``images/CASE.dcm`` and ``labels/CASE.nii.gz`` for every case with an image.
+def export_dicom(ds: Dataset, out: Path, synthetic: bool, ids: dict[str, str], anon: Anonymiser,
+                 source_dicom_dir: Path | None = None, weights: str | None = None) -> None:
+    """Write ``images/ID.dcm`` and ``labels/ID.nii.gz`` for every case of ``ids`` with an image.
 
-    ``per_case`` (from the source's manifests) and ``checkpoint`` (the source run's) feed each image's
-    Derivation Description: the mask's source case, the checkpoint and the seed.
+    Derivation Description: what made the image, the salted reference of the mask's source case and the
+    hash of the weights (``weights``); never a path or a source id.
     """
     if not ds.has_images:
         raise MaskrayError(f"{ds.root}: a mask-only dataset has no images for DICOM (run maskray generate first)")
     if source_dicom_dir is not None and not Path(source_dicom_dir).is_dir():
         raise MaskrayError(f"option --source-dicom-dir: {source_dicom_dir} is not a folder")
-    cases = {}
-    for cid in tqdm(ds.case_ids(), desc="export dicom", unit="case", disable=None):
+    per_case = source_cases(ds.root)
+    for new_id, cid in tqdm(sorted(ids.items()), desc="export dicom", unit="case", disable=None):
         case = ds.cases[cid]
         if case.image_path is None:
             continue
@@ -153,17 +145,13 @@ def export_dicom(ds: Dataset, out: Path, synthetic: bool, per_case: dict[str, di
                 if p is not None and p.is_file():
                     spacing = source_spacing(p, pixels.shape) or spacing
                     break
-        parts = ["maskray synthetic image" if synthetic else "maskray export"]
-        if rec.get("source_case"):
-            parts.append(f"mask from case {rec['source_case']}")
-        if rec.get("checkpoint") or checkpoint:
-            parts.append(f"checkpoint {rec.get('checkpoint') or checkpoint}")
-        if rec.get("seed") is not None:
-            parts.append(f"seed {rec['seed']}")
-        write_dicom(out / "images" / f"{cid}.dcm", build_dataset(pixels, spacing, cid, synthetic, "; ".join(parts)))
+        parts = ["maskray synthetic image" if synthetic else "maskray export",
+                 f"source ref {anon.ref(str(rec.get('source_case', cid)))}"]
+        if weights:
+            parts.append(f"weights sha256 {weights[:16]}")
+        dataset = build_dataset(pixels, spacing, new_id, synthetic, "; ".join(parts),
+                                lambda role, _id=new_id: anon.uid(_id, role))
+        write_dicom(out / "images" / f"{new_id}.dcm", dataset)
         if case.label_path is not None:
-            save_nifti(out / "labels" / f"{cid}{NIFTI_ENDING}", read_label_file(case.label_path).astype(np.uint8),
+            save_nifti(out / "labels" / f"{new_id}{NIFTI_ENDING}", read_label_file(case.label_path).astype(np.uint8),
                        spacing, "maskray label map")
-        cases[cid] = cid
-    shutil.copy2(ds.root / "dataset.json", out / "dataset.json")  # names the label values
-    return cases

@@ -1,33 +1,46 @@
-"""nnU-Net v2 raw export: a ``DatasetXXX_Name`` folder that ``nnUNetv2_plan_and_preprocess -d XXX`` takes as is.
+"""The one nnU-Net v2 raw writer: a ``DatasetXXX_Name`` folder that ``nnUNetv2_plan_and_preprocess -d XXX``
+takes as is. ``maskray export --format nnunet`` and the downstream experiment both write through
+:func:`write_nnunet_dataset`.
 
-What nnU-Net v2 checks (``verify_dataset_integrity``) and how this export meets it:
+What nnU-Net v2 checks (``verify_dataset_integrity``) and how this writer meets it:
 
 - ``dataset.json`` with ``channel_names``, ``labels`` (background 0, values *consecutive* 0..K-1),
   ``numTraining`` (= number of ``imagesTr`` cases) and ``file_ending``. Label values that are not
   consecutive are remapped (kept in ``maskray_label_values``); the label maps are rewritten to match.
-- every ``imagesTr/CASE_0000.png`` has ``labelsTr/CASE.png``: unlabelled cases are left out (recorded
-  in run.json). Test-split cases go to ``imagesTs`` (and ``labelsTs``, which nnU-Net ignores).
-- ``.png`` is read by ``NaturalImage2DIO`` (skimage ``imread``): a 2D grayscale (or RGB/RGBA) image;
-  8- and 16-bit grayscale both read. It ignores pixel spacing and reports ``(999, 1, 1)``, so the true
-  spacing is kept only in ``dataset.json`` ``spacing`` and in provenance. ``overwrite_image_reader_writer``
-  names that reader explicitly.
+- every ``imagesTr/CASE_0000.png`` has ``labelsTr/CASE.png``: the caller leaves unlabelled cases out.
+  Test cases go to ``imagesTs`` (and ``labelsTs``, which nnU-Net ignores).
+- ``.png`` is read by ``NaturalImage2DIO`` (skimage ``imread``): 8- and 16-bit grayscale both read. It
+  ignores pixel spacing and reports ``(999, 1, 1)``, so the true spacing is kept only in ``dataset.json``
+  ``spacing``. ``overwrite_image_reader_writer`` names that reader explicitly.
 """
 
 from __future__ import annotations
 
-import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from maskray.data.layout import CHANNEL_SUFFIX, Dataset, read_label_file
+from maskray.data.dataset import Dataset
+from maskray.data.io import read_label_file
+from maskray.data.schema import CHANNEL_SUFFIX
 from maskray.errors import MaskrayError
 from maskray.export.common import png_text, read_raw_image, save_png
-from maskray.provenance import atomic_write_text
+from maskray.files import write_json
 
 NAME_RE = re.compile(r"^Dataset(\d{3})_([A-Za-z0-9_-]+)$")
+
+
+@dataclass(frozen=True)
+class NnunetCase:
+    """One case to write: its name in the nnU-Net folder, native-layout files, and whether it is a test case."""
+
+    name: str
+    image: Path
+    label: Path | None
+    test: bool = False
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
@@ -48,54 +61,72 @@ def check_id_free(raw_root: Path, folder: str) -> None:
             raise MaskrayError(f"{raw_root}: already holds {clash[0]} with id {prefix[7:]}; choose another --dataset-id")
 
 
-def export_nnunet(ds: Dataset, out: Path, synthetic: bool) -> tuple[dict[str, str], dict]:
-    """Write the nnU-Net v2 raw dataset into ``out`` (the DatasetXXX_Name folder itself).
+def write_nnunet_dataset(folder: Path, cases: list[NnunetCase], labels: dict[str, int], synthetic: bool,
+                         channel_names: dict[str, str] | None = None, spacing: tuple[float, float] | None = None,
+                         description: str = "exported by maskray", progress: bool = True) -> dict:
+    """Write ``cases`` as nnU-Net v2 raw PNGs into ``folder`` with its ``dataset.json``.
 
-    Returns ``({output case: dataset case}, extra record)``.
+    ``labels``: name -> value of the native label maps (background 0). Training cases need a label map.
+    Returns ``{"numTraining", "label_remap"}`` (old value -> new value as strings).
     """
-    if not ds.has_images:
-        raise MaskrayError(f"{ds.root}: a mask-only dataset has no images for nnU-Net (run maskray generate first)")
-    fg = ds.info.foreground
+    fg = {k: v for k, v in sorted(labels.items(), key=lambda kv: kv[1]) if v != 0}
     if not fg:
-        raise MaskrayError(f"{ds.root}/dataset.json: no foreground label; nnU-Net needs at least one")
+        raise MaskrayError(f"{folder}: no foreground label; nnU-Net needs at least one")
     values = [0] + list(fg.values())
     remap = np.zeros(256, np.uint8)
     for new, old in enumerate(values):
         remap[old] = new
-    bg_name = next(k for k, v in ds.labels.items() if v == 0)
-    labels = {bg_name: 0, **{name: i + 1 for i, name in enumerate(fg)}}
-
-    test = set(ds.splits["test"])
-    cases, skipped, n_tr = {}, [], 0
-    for cid in tqdm(ds.case_ids(), desc="export nnunet", unit="case", disable=None):
-        case = ds.cases[cid]
-        sub = "Ts" if cid in test else "Tr"
-        if case.image_path is None or (sub == "Tr" and case.label_path is None):
-            skipped.append(cid)
-            continue
-        save_png(out / f"images{sub}" / f"{cid}{CHANNEL_SUFFIX}.png", read_raw_image(case.image_path),
-                 png_text(synthetic, "image", {"Title": cid}))
-        if case.label_path is not None:
-            lab = read_label_file(case.label_path)
+    bg_name = next(k for k, v in labels.items() if v == 0)
+    out_labels = {bg_name: 0, **{name: i + 1 for i, name in enumerate(fg)}}
+    n_tr = 0
+    for case in tqdm(cases, desc="export nnunet", unit="case", disable=not progress or None):
+        sub = "Ts" if case.test else "Tr"
+        if sub == "Tr" and case.label is None:
+            raise MaskrayError(f"{case.image}: a training case needs a label map for nnU-Net")
+        save_png(folder / f"images{sub}" / f"{case.name}{CHANNEL_SUFFIX}.png", read_raw_image(case.image),
+                 png_text(synthetic, "image", {"Title": case.name}))
+        if case.label is not None:
+            lab = read_label_file(case.label)
             if lab.min() < 0 or lab.max() > 255 or not np.isin(lab, values).all():
-                raise MaskrayError(f"{case.label_path}: holds values not in dataset.json labels {ds.labels}")
-            save_png(out / f"labels{sub}" / f"{cid}.png", remap[lab], png_text(synthetic, "label map", {"Title": cid}))
+                raise MaskrayError(f"{case.label}: holds values not in dataset.json labels {labels}")
+            save_png(folder / f"labels{sub}" / f"{case.name}.png", remap[lab],
+                     png_text(synthetic, "label map", {"Title": case.name}))
         n_tr += sub == "Tr"
-        cases[cid] = cid
     if n_tr == 0:
-        raise MaskrayError(f"{ds.root}: no labelled training case with an image; nnU-Net needs some in imagesTr")
-    meta = {
-        "channel_names": dict(ds.info.channel_names),
-        "labels": labels,
-        "numTraining": n_tr,
-        "file_ending": ".png",
-        "overwrite_image_reader_writer": "NaturalImage2DIO",
-        "name": out.name,
-        "description": "exported by maskray" + (" (synthetic images)" if synthetic else ""),
-        "maskray_label_values": {name: ds.labels[name] for name in labels},
-        "maskray_synthetic": synthetic,
-    }
-    if ds.info.spacing is not None:
-        meta["spacing"] = list(ds.info.spacing)
-    atomic_write_text(out / "dataset.json", json.dumps(meta, indent=2))
-    return cases, {"skipped_cases": skipped, "label_remap": {str(o): n for n, o in enumerate(values)}}
+        raise MaskrayError(f"{folder}: no labelled training case with an image; nnU-Net needs some in imagesTr")
+    meta = {"channel_names": dict(channel_names or {"0": "CR"}), "labels": out_labels, "numTraining": n_tr,
+            "file_ending": ".png", "overwrite_image_reader_writer": "NaturalImage2DIO", "name": folder.name,
+            "description": description, "maskray_label_values": {name: labels[name] for name in out_labels},
+            "maskray_synthetic": synthetic}
+    if spacing is not None:
+        meta["spacing"] = list(spacing)
+    write_json(folder / "dataset.json", meta)
+    return {"numTraining": n_tr, "label_remap": {str(o): n for n, o in enumerate(values)}}
+
+
+def write_splits_final(folder: Path, folds: list[dict[str, list[str]]]) -> Path:
+    """nnU-Net's ``splits_final.json``: one ``{"train": [...], "val": [...]}`` per fold (copy it into
+    ``nnUNet_preprocessed/DatasetXXX_NAME/`` before ``nnUNetv2_train``)."""
+    return write_json(folder / "splits_final.json", [{k: sorted(f[k]) for k in ("train", "val")} for f in folds])
+
+
+def export_nnunet(ds: Dataset, out: Path, synthetic: bool, ids: dict[str, str] | None = None) -> dict:
+    """Write the dataset ``ds`` (cases ``ids``: ``{output id: dataset case}``, default every case under its
+    own id) into ``out``, the DatasetXXX_Name folder itself. Test-split cases go to ``imagesTs``; unlabelled
+    training cases are left out (counted in the record)."""
+    ids = ids if ids is not None else {c: c for c in ds.case_ids()}
+    if not ds.has_images:
+        raise MaskrayError(f"{ds.root}: a mask-only dataset has no images for nnU-Net (run maskray generate first)")
+    if not ds.info.foreground:
+        raise MaskrayError(f"{ds.root}/dataset.json: no foreground label; nnU-Net needs at least one")
+    test = set(ds.splits["test"])
+    cases, skipped = [], 0
+    for new_id, cid in sorted(ids.items()):
+        case = ds.cases[cid]
+        if case.image_path is None or (cid not in test and case.label_path is None):
+            skipped += 1
+            continue
+        cases.append(NnunetCase(new_id, case.image_path, case.label_path, test=cid in test))
+    desc = "exported by maskray" + (" (synthetic images)" if synthetic else "")
+    rec = write_nnunet_dataset(out, cases, ds.labels, synthetic, ds.info.channel_names, ds.info.spacing, desc)
+    return {"skipped_unlabelled_cases": skipped, "label_remap": rec["label_remap"]}

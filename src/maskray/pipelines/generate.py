@@ -23,6 +23,7 @@ from maskray.config import option
 from maskray.data.layout import (Dataset, DatasetInfo, image_path, label_path, prepare_output_dir, read_label_file,
                                  write_dataset_info, write_image_file, write_label_file)
 from maskray.data.resize import resize_label
+from maskray.data.schema import read_manifest
 from maskray.diffusion.card import ModelCard
 from maskray.diffusion.conditioning import mask_condition
 from maskray.diffusion.sampling import SCHEDULERS, composite_region, make_scheduler, sample
@@ -30,6 +31,7 @@ from maskray.diffusion.store import load_codec, load_model, model_folder
 from maskray import distributed
 from maskray.distributed import on_main
 from maskray.errors import MaskrayError
+from maskray.files import read_json
 from maskray.pipelines.sharding import Shard
 from maskray.provenance import atomic_write_text, to_jsonable, write_run_info
 
@@ -59,6 +61,10 @@ class GenerateConfig:
     bit_depth: int = option(8, help="PNG bit depth (8 or 16)")
     inpaint_from: str | None = option(None, help="real dataset: regenerate only the changed region of its images")
     inpaint_margin: int = option(4, help="pixels the changed region is dilated by (region-preserving mode)")
+    prompt: str | None = option(None, help="Stable Diffusion models: the prompt (default: the one it was trained "
+                                "with)")
+    pretrained: str | None = option(None, help="Stable Diffusion models: the folder of its base (default: the one "
+                                    "named in MODEL/pretrained.json; its parts must match the model card's hashes)")
     resume: bool = option(False, help="continue an interrupted run in --out")
     overwrite: bool = option(False, help="replace an existing --out")
 
@@ -104,14 +110,14 @@ def _region(new: np.ndarray, old: np.ndarray, margin: int) -> tuple[np.ndarray, 
 
 
 # settings that change no pixel: everything else must match for --resume to continue a run
-_NOT_PIXELS = ("resume", "overwrite", "out")
+_NOT_PIXELS = ("resume", "overwrite", "out", "pretrained")  # a moved SD folder is checked by its hashes
 
 
 def _check_config(cfg: GenerateConfig) -> None:
     for name in ("model", "masks", "out"):
         if not getattr(cfg, name):
             raise MaskrayError(f"--{name} is required")
-    if cfg.samples_per_mask < 1 or cfg.batch_size < 1 or cfg.steps < 1:
+    if cfg.samples_per_mask < 1 or cfg.batch_size < 1 or (cfg.steps is not None and cfg.steps < 1):
         raise MaskrayError("--samples-per-mask, --batch-size and --steps must be at least 1")
     if cfg.bit_depth not in (8, 16):
         raise MaskrayError(f"--bit-depth {cfg.bit_depth}: allowed 8 or 16")
@@ -122,12 +128,9 @@ def _open_out(cfg: GenerateConfig) -> Path:
     out = Path(cfg.out)
     prev = out / "generate_config.json"
     if cfg.resume and prev.is_file():
-        try:
-            old = json.loads(prev.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise MaskrayError(f"{prev}: cannot read ({e}); cannot resume") from None
+        old = read_json(prev, what="generate config")
         mine = to_jsonable(cfg)
-        diff = [k for k in mine if k not in _NOT_PIXELS and (not isinstance(old, dict) or old.get(k) != mine[k])]
+        diff = [k for k in mine if k not in _NOT_PIXELS and old.get(k) != mine[k]]
         if diff:
             raise MaskrayError(f"{out}: was made with other settings ({', '.join(diff)}); cannot resume")
     elif not (cfg.resume and out.is_dir()):
@@ -145,13 +148,10 @@ def with_model_sampler(cfg: GenerateConfig, card: ModelCard) -> GenerateConfig:
 
 
 def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
-    for name in ("model", "masks", "out"):
-        if not getattr(cfg, name):
-            raise MaskrayError(f"--{name} is required")
-    model, card = load_model(cfg.model, need_controlnet=True)
-    cfg = with_model_sampler(cfg, card)
     _check_config(cfg)
-    codec = load_codec(cfg.model, card)
+    model, card = load_model(cfg.model, need_controlnet=True, prompt=cfg.prompt, pretrained=cfg.pretrained)
+    cfg = with_model_sampler(cfg, card)
+    codec = load_codec(cfg.model, card, pretrained=cfg.pretrained)
     make_scheduler(cfg.scheduler, card.scheduler_config)  # fail early on a bad name
     masks = Dataset(cfg.masks)
     job = _Job(cfg, card, masks, _condition_mapping(card, masks, cfg.model),
@@ -261,10 +261,17 @@ class _Job:
         info = DatasetInfo(labels=dict(self.masks.info.labels), spacing=_scaled_spacing(self.masks, self.size),
                            extra={"synthetic": True, "maskray": {"unet_sha256": card.unet_sha256,
                                                                  "controlnet_sha256": card.controlnet_sha256,
-                                                                 "step": card.step}})
+                                                                 "step": card.step, **_prompt_record(cfg, card)}})
         write_dataset_info(out, info, len(self.plan))
         write_run_info(out, "generate", cfg, seed=cfg.seed, checkpoint=folder,
                        extra={"model_card": to_jsonable(card)})
+
+
+def _prompt_record(cfg: GenerateConfig, card: ModelCard) -> dict:
+    """The prompt a Stable Diffusion model's images were made with (nothing for maskray's own models)."""
+    if card.pretrained is None:
+        return {}
+    return {"prompt": card.pretrained["prompt"] if cfg.prompt is None else cfg.prompt}
 
 
 def _mask_origins(masks: Dataset) -> dict[str, str]:
@@ -272,8 +279,8 @@ def _mask_origins(masks: Dataset) -> dict[str, str]:
     path = masks.root / "masks.json"
     if not path.is_file():
         return {}
-    cases = json.loads(path.read_text()).get("cases", {})
-    return {cid: e["source_case"] for cid, e in cases.items() if isinstance(e, dict) and "source_case" in e}
+    cases = read_manifest(path)["cases"]  # a corrupt masks.json is a one-line error, not a traceback
+    return {cid: e["source_case"] for cid, e in cases.items() if "source_case" in e}
 
 
 def _scaled_spacing(ds: Dataset, size: int):

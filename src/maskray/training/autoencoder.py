@@ -31,6 +31,7 @@ from maskray.measures.features import FeatureNet, train_feature_net
 from maskray.provenance import atomic_write_text, to_jsonable, write_run_info
 from maskray.training.autoencoder_report import reconstruction_picture, reconstruction_report
 from maskray.training.data import TrainingArrays, load_arrays
+from maskray.files import atomic_path
 
 CHECKPOINT = "checkpoint.pt"
 LOG_FIELDS = ("step", "loss", "l1", "kl", "perceptual", "feature_matching", "adversarial", "adversarial_weight",
@@ -221,9 +222,8 @@ def _save_checkpoint(out: Path, vae, loss_fn, opt_g, opt_d, step: int, seconds: 
     state = {"step": step, "vae": vae.state_dict(), "opt_g": opt_g.state_dict()}
     if opt_d is not None:
         state.update(disc=loss_fn.discriminator.state_dict(), opt_d=opt_d.state_dict())
-    tmp = out / f".{CHECKPOINT}.tmp"
-    torch.save(state, tmp)
-    tmp.replace(out / CHECKPOINT)
+    with atomic_path(out / CHECKPOINT) as tmp:
+        torch.save(state, tmp)
     atomic_write_text(out / "trainer_state.json", json.dumps({"step": step, "train_seconds": seconds}))
 
 

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from maskray.errors import MaskrayError
+from maskray.files import read_json
 from maskray.provenance import atomic_write_text
 
 ALLOWED = {"trainable.safetensors", "ema.safetensors", "ema.json", "optimizer.pt", "model", "trainer_state.json"}
@@ -67,9 +68,9 @@ def load_checkpoint(path: Path, trainable: nn.Module, optimizer, lr_sched, ema: 
         if ema is not None:
             shadow = load_file(path / "ema.safetensors")
             names = [n for n, p in trainable.named_parameters()]
-            scalars = json.loads((path / "ema.json").read_text())
+            scalars = read_json(path / "ema.json", what="EMA state")
             ema.load_state_dict({**scalars, "shadow_params": [shadow[n] for n in names]})
-        step = json.loads((path / "trainer_state.json").read_text())["step"]
+        step = read_json(path / "trainer_state.json", what="trainer state").get("step")
     except pickle.UnpicklingError:
         raise MaskrayError(f"{path / 'optimizer.pt'}: holds objects other than tensors and numbers; refusing to "
                            f"unpickle them") from None

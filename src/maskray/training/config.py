@@ -11,7 +11,8 @@ from maskray.diffusion.objective import DiffusionConfig
 from maskray.errors import MaskrayError
 
 Stage = Literal["base", "controlnet", "distil"]
-PATH_FIELDS = ("data", "out", "base", "autoencoder")  # kept out of the model card, which travels with exported data
+# kept out of the model card, which travels with exported data
+PATH_FIELDS = ("data", "out", "base", "autoencoder", "pretrained", "model")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ class TrainConfig:
                                          "are trained to match (distil only; a multiple of --student-steps)")
     autoencoder: str | None = option(None, help="'maskray train autoencoder' run: stage 1 learns in its latent "
                                      "space (stage 2 takes its base's autoencoder)")
+    pretrained: str | None = option(None, help="Stable Diffusion folder in diffusers layout (vae, unet, text_encoder, "
+                                    "tokenizer, scheduler) as the frozen base (stage 2 only; docs/stable_diffusion.md)")
+    prompt: str | None = option(None, help="Stable Diffusion mode: the prompt the base is conditioned on "
+                                "(default 'a chest radiograph')")
     image_size: int = option(64, help="training resolution (64..512, divisible by 2**(levels-1))")
     split: str = option("train", help="split to train on")
     steps: int = option(800, help="optimizer steps")
@@ -96,5 +101,19 @@ def validate(cfg: TrainConfig, stage: Stage) -> None:
     if stage == "distil" and (not cfg.model or cfg.student_steps < 1 or cfg.teacher_steps % cfg.student_steps):
         raise MaskrayError("distil needs --model RUN (a trained base + ControlNet), --student-steps >= 1 and "
                            "--teacher-steps a multiple of --student-steps")
-    if stage == "controlnet" and not cfg.base:
-        raise MaskrayError("stage 2 needs --base RUN (a finished 'maskray train base' run)")
+    if stage == "controlnet" and not cfg.base and not cfg.pretrained:
+        raise MaskrayError("stage 2 needs --base RUN (a finished 'maskray train base' run) or --pretrained DIR "
+                           "(a Stable Diffusion folder)")
+    _validate_pretrained(cfg, stage)
+
+
+def _validate_pretrained(cfg: TrainConfig, stage: Stage) -> None:
+    """--pretrained replaces stage 1 and the autoencoder; --prompt belongs to it."""
+    if cfg.prompt is not None and not cfg.pretrained:
+        raise MaskrayError("--prompt needs --pretrained DIR (maskray's own models take no text)")
+    if not cfg.pretrained:
+        return
+    if stage != "controlnet":
+        raise MaskrayError("--pretrained DIR is the frozen base itself: train only 'controlnet' on it")
+    if cfg.base or cfg.autoencoder:
+        raise MaskrayError("--pretrained DIR brings its own base and VAE; leave out --base and --autoencoder")

@@ -60,7 +60,7 @@ def setup_distil(cfg: TrainConfig, ds: Dataset) -> StageSetup:
         return distillation_loss(model_fn, teacher_fn, x0, grid, substeps, noise_scheduler.alphas_cumprod,
                                  diff.prediction_type, generator)
 
-    def writer(folder: Path, trained: ControlledUNet, card: ModelCard) -> Path:
+    def saver(folder: Path, trained: ControlledUNet, card: ModelCard) -> Path:
         return save_model(folder, trained.unet, card, controlnet=trained.controlnet, codec=codec)
 
     sched_cfg = {**tcard.scheduler_config, "timestep_spacing": STUDENT_SPACING, "set_alpha_to_one": True}
@@ -71,4 +71,4 @@ def setup_distil(cfg: TrainConfig, ds: Dataset) -> StageSetup:
         distilled_from=tcard.controlnet_sha256)
     return StageSetup(stage="distil", trainable=student, frozen=teacher, diffusion=diff, labels=dict(tcard.labels),
                       joined=lambda trained: trained, condition=condition, card=card, codec=codec,
-                      objective=objective, writer=writer)
+                      objective=objective, saver=saver)

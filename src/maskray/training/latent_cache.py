@@ -20,6 +20,7 @@ from tqdm import tqdm
 from maskray.diffusion.autoencoder import LatentCodec
 from maskray.errors import MaskrayError
 from maskray.training.data import TrainingArrays
+from maskray.files import atomic_path
 
 
 def images_hash(images: torch.Tensor | TrainingArrays) -> str:
@@ -66,10 +67,9 @@ def cached_latents(images: torch.Tensor | TrainingArrays, codec: LatentCodec, ca
             parts.append(codec.encode(_as_float(images, i, min(n, i + batch_size))).float().cpu())
     latents = torch.cat(parts).contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        save_file({"latents": latents}, str(tmp), metadata=key)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"latents": latents}, str(tmp), metadata=key)
     except OSError as e:
         raise MaskrayError(f"{path}: cannot write latent cache ({e})") from None
     return latents

@@ -8,6 +8,10 @@ model card of the result. The training loop (trainer.py) is the same for every s
 With an autoencoder (``--autoencoder RUN``) both stages learn on its latents (Rombach et al. 2022): the UNet
 denoises ``(latent_channels, S/f, S/f)`` samples, and the mask still enters the ControlNet at image resolution
 through a conditioning embedding that downsamples by the factor ``f``.
+
+With a Stable Diffusion folder (``--pretrained DIR``, stage 2 only) its UNet is the frozen base, its RGB VAE the
+codec and its encoded prompt the fixed cross-attention context; the run's model folder stores the ControlNet and
+the card, and names the folder instead of copying it (diffusion/pretrained.py).
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ import torch
 from torch import nn
 
 from maskray.data.layout import Dataset
+from maskray.diffusion import pretrained as sd
 from maskray.diffusion.autoencoder import LatentCodec
 from maskray.diffusion.card import ModelCard
 from maskray.diffusion.conditioning import drop_conditions, one_hot
 from maskray.diffusion.networks import ControlledUNet, build_controlnet, build_unet
 from maskray.diffusion.objective import DiffusionConfig, diffusion_loss, make_train_scheduler
-from maskray.diffusion.store import load_codec, load_model, save_model
+from maskray.diffusion.store import load_codec, load_model, save_model, save_pretrained_model
 from maskray.errors import MaskrayError
 from maskray.provenance import to_jsonable
 from maskray.training.config import PATH_FIELDS, Stage, TrainConfig
@@ -50,11 +55,12 @@ class StageSetup:
     joined: Callable[[nn.Module], ControlledUNet]
     condition: Callable[[torch.Tensor | None, torch.Generator], torch.Tensor | None]
     card: ModelCard  # hashes and step are filled in at each save
-    codec: LatentCodec | None = None  # latent models: the frozen autoencoder
-    # a stage with its own loss (``objective(model_fn, x0, cond, noise_scheduler, generator)``) and its own way of
-    # writing the trained network (``writer(folder, trainable, card)``); None: the denoising loss, base/ControlNet
+    codec: LatentCodec | sd.RGBLatentCodec | None = None  # latent models: the frozen autoencoder
+    # writes the model folder instead of save_model (a ControlNet on a Stable Diffusion folder; a distilled student)
+    saver: Callable[[Path, nn.Module, ModelCard], Path] | None = None
+    # a stage's own loss, ``objective(model_fn, x0, cond, noise_scheduler, generator)`` (distillation); None: the
+    # denoising loss
     objective: Callable | None = None
-    writer: Callable[[Path, nn.Module, ModelCard], Path] | None = None
 
     @property
     def needs_labels(self) -> bool:
@@ -68,8 +74,8 @@ class StageSetup:
 
     def save(self, folder: Path, trainable: nn.Module, step: int) -> Path:
         card = dataclasses.replace(self.card, step=step)
-        if self.writer is not None:
-            return self.writer(folder, trainable, card)
+        if self.saver is not None:
+            return self.saver(folder, trainable, card)
         if self.stage == "base":
             return save_model(folder, trainable, card, codec=self.codec)
         return save_model(folder, self.frozen, card, controlnet=trainable, codec=self.codec)
@@ -80,6 +86,8 @@ def setup_stage(cfg: TrainConfig, stage: Stage, ds: Dataset) -> StageSetup:
         from maskray.training.distil import setup_distil  # its own module; it builds on this one's StageSetup
 
         return setup_distil(cfg, ds)
+    if stage == "controlnet" and cfg.pretrained:
+        return _setup_pretrained_controlnet(cfg, ds)
     return _setup_base(cfg) if stage == "base" else _setup_controlnet(cfg, ds)
 
 
@@ -131,10 +139,14 @@ def embedding_channels(requested: tuple[int, ...], factor: int) -> tuple[int, ..
     return tuple(requested)
 
 
-def _setup_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
+def _need_labels(ds: Dataset) -> None:
     if not ds.has_labels:
         raise MaskrayError(f"{ds.root}: has no label maps (or dataset.json names no foreground label); stage 2 "
                            f"learns from image/mask pairs")
+
+
+def _setup_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
+    _need_labels(ds)
     base_model, base_card = load_model(cfg.base)
     if base_card.stage != "base":
         raise MaskrayError(f"{cfg.base}: is a '{base_card.stage}' run; --base needs a stage-1 run")
@@ -163,3 +175,38 @@ def _setup_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     return StageSetup(stage="controlnet", trainable=controlnet, frozen=unet, diffusion=diff, labels=labels,
                       joined=lambda trained: ControlledUNet(unet, trained), condition=condition, card=card,
                       codec=codec)
+
+
+def _setup_pretrained_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
+    """Stage 2 on a Stable Diffusion folder: its UNet frozen, its VAE as the codec, its prompt encoded once."""
+    _need_labels(ds)
+    root = sd.check_folder(cfg.pretrained)
+    hashes = sd.parts_sha256(root)
+    scheduler_config, diff = sd.read_scheduler(root)
+    diff = dataclasses.replace(diff, min_snr_gamma=cfg.min_snr_gamma, timestep_bias=cfg.timestep_bias)
+    codec = sd.RGBLatentCodec.load(root, hashes["vae"])
+    if cfg.image_size % codec.factor:
+        raise MaskrayError(f"--image-size {cfg.image_size} is not divisible by the VAE's factor {codec.factor}")
+    unet = sd.load_unet(root)
+    if unet.config.in_channels != codec.latent_channels:
+        raise MaskrayError(f"{root / 'unet'}: takes {unet.config.in_channels} channels but the VAE makes "
+                           f"{codec.latent_channels}")
+    prompt = sd.DEFAULT_PROMPT if cfg.prompt is None else cfg.prompt
+    context = sd.prompt_context(root, prompt)
+    labels = ds.info.foreground
+    values = list(labels.values())
+    emb = embedding_channels(tuple(cfg.cond_embedding_channels), codec.factor)
+    controlnet = build_controlnet(unet, len(labels), emb)
+
+    def condition(lab: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        return drop_conditions(one_hot(lab, values), cfg.cond_drop, generator)
+
+    summary = {k: to_jsonable(unet.config[k]) for k in ("in_channels", "block_out_channels", "cross_attention_dim",
+                                                        "sample_size")}
+    card = dataclasses.replace(
+        _card(cfg, "controlnet", diff, labels, summary, base_unet_sha256=hashes["unet"], cond_embedding_channels=emb,
+              latent=codec.latent_card(), pretrained={"prompt": prompt, "parts_sha256": hashes}),
+        unet_sha256=hashes["unet"], scheduler_config=scheduler_config)
+    return StageSetup(stage="controlnet", trainable=controlnet, frozen=unet, diffusion=diff, labels=labels,
+                      joined=lambda trained: ControlledUNet(unet, trained, context), condition=condition, card=card,
+                      codec=codec, saver=lambda folder, trained, c: save_pretrained_model(folder, trained, c, root))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
-import os
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from tqdm import tqdm
 from maskray.data.layout import Dataset, prepare_output_dir
 from maskray.diffusion.networks import count_parameters
 from maskray.distributed import on_main
-from maskray.diffusion.objective import make_train_scheduler
+from maskray.diffusion.objective import train_scheduler
 from maskray.errors import MaskrayError
 from maskray.provenance import to_jsonable, write_run_info
 from maskray.training.checkpoints import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
@@ -36,6 +35,7 @@ from maskray.training.efficiency import Mfu, matmul_peak_flops, train_flops_per_
 from maskray.training.latent_cache import cached_latents
 from maskray.training.stages import setup_stage
 from maskray.training.validation import ValidationStrip
+from maskray.files import atomic_path
 
 LOG_COLUMNS = ["step", "loss", "lr", "images_per_s", "elapsed_s", "mfu"]
 
@@ -77,6 +77,7 @@ def _train(cfg: TrainConfig, stage: Stage, progress: bool) -> Path:
                               log_with="tensorboard" if cfg.log == "tensorboard" else None, project_dir=str(out))
     arrays = load_arrays(ds, cfg.image_size, cfg.split, need_labels=setup.needs_labels, progress=progress)
     if setup.codec is not None:
+        setup.codec.vae.to(accelerator.device)  # encode (and decode validation images) where the networks run
         arrays.latents = cached_latents(arrays, setup.codec, out / "cache", progress=progress)
     trainable = setup.trainable.train()
     if cfg.channels_last:
@@ -119,7 +120,7 @@ class _Loop:
         self.wrapped, self.trainable, self.optimizer, self.lr_sched, self.ema = wrapped, trainable, optimizer, \
             lr_sched, ema
         self.arrays, self.out, self.progress = arrays, out, progress
-        self.noise_sched = make_train_scheduler(setup.diffusion)
+        self.noise_sched = train_scheduler(setup.card.scheduler_config)  # the card's: samplers share it
         self.model = setup.joined(wrapped)  # called for the loss
         self.sampling_model = setup.joined(trainable)  # called for validation images
         self.strip = ValidationStrip(out / "validation", arrays, list(setup.labels.values()), cfg.validation_cases,
@@ -238,10 +239,8 @@ class _CsvLog:
             with open(path, newline="") as f:
                 rows = [r for r in csv.reader(f)][1:]
         rows = [r for r in rows if r and r[0].isdigit() and int(r[0]) <= start]
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:  # a kill leaves the old log, never a cut one
             csv.writer(f).writerows([LOG_COLUMNS] + rows)
-        os.replace(tmp, path)  # a kill during the rewrite leaves the old log, never a cut one
         self.file = open(path, "a", newline="")
         self.writer = csv.writer(self.file)
 

@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 
 from maskray.diffusion.conditioning import one_hot
 from maskray.diffusion.sampling import make_scheduler, sample
+from maskray.files import atomic_path
 
 PALETTE = np.array([[0, 0, 0], [70, 130, 255], [255, 80, 80], [80, 220, 120], [255, 200, 40], [200, 90, 255],
                     [40, 220, 220], [255, 140, 0]], dtype=np.uint8)
@@ -88,7 +89,6 @@ class ValidationStrip:
             cols.append([to_uint8(x) for x in imgs])
             titles.append(f"{step}")
         path = self.out_dir / "strip.png"
-        tmp = path.with_name(".strip.tmp.png")
-        grid_image(cols, titles).save(tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            grid_image(cols, titles).save(tmp)
         return path

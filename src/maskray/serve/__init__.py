@@ -1,0 +1,1 @@
+"""``maskray serve``: a local web page to place nodules on a mask, generate, compare and download the pair."""

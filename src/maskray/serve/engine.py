@@ -1,0 +1,119 @@
+"""The one place where ``maskray serve`` calls into model loading, sampling and generation.
+
+Everything else in the serve package works with label maps, images and seeds; only this module knows where a
+model is loaded (:mod:`maskray.diffusion.store`), how a condition is built (:mod:`maskray.diffusion.conditioning`)
+and how ``maskray generate`` draws a batch, in pixel or latent space, whole or region-preserving
+(:mod:`maskray.pipelines.generate`), so a move of those parts is followed here alone.
+
+Each seed is drawn as a batch of one, so an image depends on its seed, mask and settings only, never on how
+many seeds were asked for at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from maskray.data.layout import Dataset
+from maskray.diffusion.conditioning import mask_condition
+from maskray.diffusion.sampling import SCHEDULERS, make_scheduler
+from maskray.diffusion.store import load_codec, load_model
+from maskray.errors import MaskrayError
+from maskray.pipelines.generate import SYNTHETIC_TEXT, GenerateConfig, _condition_mapping, _Drawer, _region
+
+SCHEDULER_NAMES = tuple(SCHEDULERS)
+SYNTHETIC_PNG_TEXT = dict(SYNTHETIC_TEXT)  # how generated PNGs are marked synthetic
+DEFAULTS = GenerateConfig()  # scheduler, steps, guidance, precision, channels_last, inpaint margin
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation: a label map at the model's size and how to sample it.
+
+    ``label``: int64 ``(H, W)`` with the data set's label values. ``known``/``old_label``: the real image
+    float32 ``(1, H, W)`` in ``[-1, 1]`` and its own label map, for the region-preserving mode (both
+    ``None`` for a whole new image).
+    """
+
+    label: torch.Tensor
+    seeds: tuple[int, ...]
+    scheduler: str = DEFAULTS.scheduler
+    steps: int = DEFAULTS.steps
+    guidance_scale: float = DEFAULTS.guidance_scale
+    known: torch.Tensor | None = None
+    old_label: torch.Tensor | None = None
+    margin: int = DEFAULTS.inpaint_margin
+
+
+class _Counted(torch.nn.Module):
+    """The model, calling ``tick`` after each evaluation (one per sampler step), to report progress."""
+
+    def __init__(self, model: torch.nn.Module, tick: Callable[[], None]):
+        super().__init__()
+        self.model, self.tick = model, tick
+
+    def forward(self, *args, **kwargs):
+        out = self.model(*args, **kwargs)
+        self.tick()
+        return out
+
+
+class Engine:
+    """A stage-2 model loaded once, generating for label maps of the data set it serves."""
+
+    def __init__(self, run: str | Path, dataset: Dataset):
+        self.run = Path(run)
+        self.model, self.card = load_model(self.run, need_controlnet=True)
+        self.codec = load_codec(self.run, self.card)
+        self.image_size = int(self.card.image_size)
+        self.labels = dict(self.card.labels)
+        self.mapping = _condition_mapping(self.card, dataset, str(self.run))
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
+        if self.codec is not None:
+            self.codec.vae.to(self.device)
+        if DEFAULTS.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self._lock = threading.Lock()
+
+    @property
+    def record(self) -> dict:
+        """What identifies the model in every output (weight hashes and training step, never a path)."""
+        return {"stage": self.card.stage, "image_size": self.image_size, "step": self.card.step,
+                "latent": self.card.latent is not None, "unet_sha256": self.card.unet_sha256,
+                "controlnet_sha256": self.card.controlnet_sha256}
+
+    def check_scheduler(self, name: str) -> None:
+        make_scheduler(name, self.card.scheduler_config)
+
+    def generate(self, req: Request, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """float32 ``(N, 1, H, W)`` in ``[-1, 1]``, one image per seed; ``progress(done, total)`` per step."""
+        size = self.image_size
+        if tuple(req.label.shape) != (size, size):
+            raise MaskrayError(f"label map is {tuple(req.label.shape)} px; the model works at {size} px")
+        total, done = req.steps * len(req.seeds), [0]
+
+        def tick() -> None:
+            done[0] += 1
+            if progress is not None:
+                progress(min(done[0], total), total)
+
+        kw = {"cond": mask_condition(req.label[None], self.mapping, size)}
+        if req.known is not None:
+            keep, blend = _region(req.label.numpy(), req.old_label.numpy(), req.margin)
+            kw.update(known=req.known[None], keep=_image(keep), blend=_image(blend))
+        cfg = replace(DEFAULTS, scheduler=req.scheduler, steps=req.steps, guidance_scale=req.guidance_scale)
+        with self._lock:
+            draw = _Drawer(cfg, self.card, _Counted(self.model, tick), self.codec,
+                           make_scheduler(req.scheduler, self.card.scheduler_config), self.device)
+            return torch.cat([draw(gens=[torch.Generator().manual_seed(int(s))], **kw) for s in req.seeds])
+
+
+def _image(x: np.ndarray) -> torch.Tensor:
+    """float ``(H, W)`` -> ``(1, 1, H, W)``."""
+    return torch.from_numpy(x)[None, None]

@@ -1,0 +1,228 @@
+"""A ControlNet on a Stable Diffusion folder (diffusers layout), with tiny random components the test saves itself.
+
+Nothing is downloaded: the UNet (cross-attention), the RGB VAE (factor 4), the CLIP text encoder, a tokenizer
+built from a vocabulary written here and the scheduler config are made at random and written with
+``save_pretrained``, in the layout ``StableDiffusionPipeline.save_pretrained`` writes.
+"""
+
+import json
+import shutil
+import string
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+
+pytest.importorskip("transformers")
+
+from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
+
+from maskray.cli import main  # noqa: E402
+from maskray.data.layout import Dataset  # noqa: E402
+from maskray.diffusion import pretrained as sd  # noqa: E402
+from maskray.diffusion.store import load_codec, load_model, read_card, save_pretrained_model  # noqa: E402
+from maskray.errors import MaskrayError  # noqa: E402
+from maskray.pipelines.generate import GenerateConfig, generate  # noqa: E402
+from maskray.training.config import TrainConfig  # noqa: E402
+from maskray.training.trainer import train  # noqa: E402
+
+TINY = ["--image-size", "32", "--batch-size", "2", "--steps", "2", "--validation-cases", "2",
+        "--validation-sampler-steps", "2", "--precision", "no", "--checkpoint-every", "2"]
+
+
+def _tokenizer(folder):
+    """A character-level CLIP BPE tokenizer: every lowercase letter is a token (so prompts differ in ids)."""
+    folder.mkdir(parents=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in string.ascii_lowercase:
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16), len(vocab)
+
+
+def _unet(seed=0):
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+                                layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=8)
+
+
+def make_sd_folder(root):
+    """A tiny Stable Diffusion folder in diffusers layout, every part randomly initialised and saved here."""
+    tokenizer, vocab_size = _tokenizer(root.parent / f"{root.name}-vocab")
+    tokenizer.save_pretrained(root / "tokenizer")
+    torch.manual_seed(1)
+    CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                 num_attention_heads=4, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+                                 pad_token_id=1)).save_pretrained(root / "text_encoder")
+    _unet().save_pretrained(root / "unet")
+    torch.manual_seed(2)
+    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16),
+                  down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                  layers_per_block=1, norm_num_groups=4).save_pretrained(root / "vae")
+    PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
+                  set_alpha_to_one=False, steps_offset=1).save_pretrained(root / "scheduler")
+    return root
+
+
+@pytest.fixture(scope="module")
+def sd_run(tmp_path_factory):
+    from conftest import make_toy_dataset
+
+    root = tmp_path_factory.mktemp("sd")
+    data = make_toy_dataset(root / "toy")
+    folder = make_sd_folder(root / "sd-base")
+    rc = main(["train", "controlnet", "--data", str(data), "--out", str(root / "cn"), "--pretrained", str(folder),
+               *TINY])
+    assert rc == 0
+    return root, data, folder
+
+
+def test_training_writes_a_controlnet_that_names_its_base_without_copying_it(sd_run):
+    root, data, folder = sd_run
+    model_dir = root / "cn" / "model"
+    assert sorted(p.name for p in model_dir.iterdir()) == ["controlnet", "maskray.json", "pretrained.json"]
+    card_text = (model_dir / "maskray.json").read_text()
+    assert str(folder) not in card_text and folder.name not in card_text  # the card holds no path
+    assert json.loads((model_dir / "pretrained.json").read_text())["path"] == str(folder.resolve())
+    card = read_card(root / "cn")
+    assert card.pretrained["prompt"] == sd.DEFAULT_PROMPT
+    assert card.pretrained["parts_sha256"] == sd.parts_sha256(folder)
+    assert card.latent == {"factor": 4, "latent_channels": 4, "scaling_factor": 0.18215,
+                           "autoencoder_sha256": card.pretrained["parts_sha256"]["vae"]}
+    assert card.scheduler_config["beta_end"] == 0.012  # the folder's schedule, not maskray's own
+    model, card = load_model(root / "cn", need_controlnet=True)
+    assert model.controlnet.config.conditioning_channels == 2 and model.controlnet.config.cross_attention_dim == 32
+    assert tuple(model.controlnet.config.conditioning_embedding_out_channels) == (16, 32, 64)  # 32 px mask -> 8
+    assert torch.equal(model.context, sd.prompt_context(folder, sd.DEFAULT_PROMPT))
+    codec = load_codec(root / "cn", card)
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    assert codec.encode(x).shape == (2, 4, 8, 8) and codec.decode(codec.encode(x)).shape == (2, 1, 32, 32)
+    assert load_model(root / "cn" / "checkpoints" / "step-2")[1].step == 2  # checkpoints load too
+    assert (root / "cn" / "validation" / "strip.png").is_file()
+    rows = (root / "cn" / "log.csv").read_text().splitlines()[1:]
+    assert len(rows) == 2 and all(np.isfinite(float(r.split(",")[1])) for r in rows)
+
+
+def _perturbed(root, out):
+    """The trained model with its zero-initialised joins moved by hand (two steps barely move them), saved
+    through the same function as training saves with."""
+    model, card = load_model(root / "cn")
+    with torch.no_grad():
+        for conv in [*model.controlnet.controlnet_down_blocks, model.controlnet.controlnet_mid_block,
+                     model.controlnet.controlnet_cond_embedding.conv_out]:
+            conv.weight.fill_(0.05)
+    return save_pretrained_model(out, model.controlnet, card, json.loads(
+        (root / "cn" / "model" / "pretrained.json").read_text())["path"])
+
+
+def _image(out, case="case000"):
+    ds = Dataset(out)
+    return np.asarray(Image.open(ds.cases[case].image_path)).astype(int)
+
+
+def test_generate_depends_on_the_mask_and_on_the_prompt(sd_run, tmp_path):
+    from conftest import make_toy_dataset
+
+    root, data, _ = sd_run
+    model = _perturbed(root, tmp_path / "model")
+    other = make_toy_dataset(tmp_path / "other", seed=1)  # same case ids (same seeds), other masks
+    kw = dict(model=str(model), steps=2, cases=("case000",), batch_size=1, precision="no")
+    a = _image(generate(GenerateConfig(masks=str(data), out=str(tmp_path / "a"), **kw), progress=False))
+    b = _image(generate(GenerateConfig(masks=str(other), out=str(tmp_path / "b"), **kw), progress=False))
+    assert main(["generate", "--model", str(model), "--masks", str(data), "--out", str(tmp_path / "c"), "--steps",
+                 "2", "--cases", "case000", "--batch-size", "1", "--precision", "no", "--prompt", "a knee"]) == 0
+    c = _image(tmp_path / "c")
+    again = _image(generate(GenerateConfig(masks=str(data), out=str(tmp_path / "d"), **kw), progress=False))
+    assert a.shape == (32, 32) and a.std() > 0
+    assert np.array_equal(a, again)
+    assert np.abs(a - b).max() > 0, "the image does not depend on the mask"
+    assert np.abs(a - c).max() > 0, "the image does not depend on the prompt"
+    info = json.loads((tmp_path / "c" / "dataset.json").read_text())
+    assert info["maskray"]["prompt"] == "a knee"
+
+
+def test_region_preserving_mode_keeps_every_pixel_outside_the_region(sd_run, tmp_path):
+    from maskray.data.masks import MaskSynthConfig, synthesize_masks
+
+    root, data, _ = sd_run
+    edited = synthesize_masks(data, tmp_path / "edited",
+                              MaskSynthConfig(mode="add", seed=1, source_split="all", min_nodules=1, max_nodules=1,
+                                              diameter_median_mm=3.0, diameter_min_mm=2.5, diameter_max_mm=3.5,
+                                              border_margin_mm=0.5, min_gap_mm=1.0))
+    out = generate(GenerateConfig(model=str(root / "cn"), masks=str(edited), out=str(tmp_path / "inp"), steps=2,
+                                  inpaint_from=str(data), inpaint_margin=2, precision="no"), progress=False)
+    real, new, masks = Dataset(data), Dataset(out), Dataset(edited)
+    manifest = json.loads((edited / "masks.json").read_text())["cases"]
+    changed = False
+    for cid in new.case_ids():
+        src = manifest[cid]["source_case"]
+        a = np.asarray(Image.open(real.cases[src].image_path))
+        b = np.asarray(Image.open(new.cases[cid].image_path))
+        old_nod = (real.label(src) == real.labels["nodule"]).numpy()
+        new_nod = (masks.label(cid) == masks.labels["nodule"]).numpy()
+        region = ndimage.binary_dilation(old_nod != new_nod, iterations=2)
+        assert np.array_equal(a[~region], b[~region]), cid
+        changed |= bool((a[region] != b[region]).any())
+    assert changed
+
+
+def _train_on(folder, data, out):
+    cfg = TrainConfig(data=str(data), out=str(out), pretrained=str(folder), image_size=32, batch_size=2, steps=1,
+                      precision="no")
+    return train(cfg, "controlnet", progress=False)
+
+
+def test_pickled_weights_are_refused(sd_run, tmp_path):
+    _, data, folder = sd_run
+    copy = shutil.copytree(folder, tmp_path / "sd")
+    torch.save({"x": torch.zeros(1)}, copy / "unet" / "diffusion_pytorch_model.bin")
+    with pytest.raises(MaskrayError, match="pickled weights") as e:
+        _train_on(copy, data, tmp_path / "run")
+    assert "\n" not in str(e.value) and "unet" in str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("part", sd.PARTS)
+def test_a_missing_part_is_a_one_line_error_naming_it(sd_run, tmp_path, part):
+    _, data, folder = sd_run
+    copy = shutil.copytree(folder, tmp_path / "sd")
+    shutil.rmtree(copy / part)
+    with pytest.raises(MaskrayError, match=f"the '{part}' part is missing") as e:
+        _train_on(copy, data, tmp_path / "run")
+    assert "\n" not in str(e.value)
+
+
+def test_generate_checks_the_base_against_the_card(sd_run, tmp_path):
+    root, data, folder = sd_run
+    copy = shutil.copytree(folder, tmp_path / "sd")
+    shutil.rmtree(copy / "unet")
+    _unet(seed=5).save_pretrained(copy / "unet")
+    kw = dict(model=str(root / "cn"), masks=str(data), steps=1, cases=("case000",), batch_size=1)
+    with pytest.raises(MaskrayError, match="not the 'unet' this model was trained on"):
+        generate(GenerateConfig(out=str(tmp_path / "g"), pretrained=str(copy), **kw), progress=False)
+    moved = shutil.copytree(root / "cn" / "model", tmp_path / "moved")
+    (moved / "pretrained.json").unlink()
+    with pytest.raises(MaskrayError, match="--pretrained DIR"):
+        generate(GenerateConfig(**{**kw, "model": str(moved)}, out=str(tmp_path / "h")), progress=False)
+    # an exported model with its base given by hand works
+    out = generate(GenerateConfig(**{**kw, "model": str(moved)}, out=str(tmp_path / "i"), pretrained=str(folder)),
+                   progress=False)
+    assert _image(out).shape == (32, 32)
+
+
+def test_options_that_do_not_fit_stable_diffusion_mode_are_refused(sd_run, tmp_path):
+    root, data, folder = sd_run
+    with pytest.raises(MaskrayError, match="--prompt needs --pretrained"):
+        train(TrainConfig(data=str(data), out=str(tmp_path / "a"), base=str(root / "cn"), prompt="x"), "controlnet",
+              progress=False)
+    with pytest.raises(MaskrayError, match="train only 'controlnet'"):
+        train(TrainConfig(data=str(data), out=str(tmp_path / "b"), pretrained=str(folder)), "base", progress=False)
+    assert main(["train", "controlnet", "--data", str(data), "--out", str(tmp_path / "c"), "--pretrained",
+                 str(folder), "--image-size", "30"]) == 2
