@@ -73,9 +73,15 @@ def draw(model, card, labels: torch.Tensor, ids: list[str], scheduler: str, step
     return x, time.perf_counter() - t0, time.process_time() - c0
 
 
-def score(x: torch.Tensor, real: torch.Tensor, lab: torch.Tensor, seg: Segmenter, fg: dict[str, int]) -> dict:
+def score(x: torch.Tensor, real: torch.Tensor, lab: torch.Tensor, seg: Segmenter | None, fg: dict[str, int]) -> dict:
+    """Paired and texture scores; Dice and nodule detection when a segmenter is given (``--eval-steps 0``: none)."""
     res = {"psnr": float(psnr(x, real).mean()), "ssim": float(ssim(x, real).mean()),
            "spectrum_distance": spectrum_distance(real, x)}
+    if seg is None:
+        if "nodule" in fg and "lung" in fg:
+            nc = nodule_contrast((x + 1) / 2, lab, fg["nodule"], fg["lung"])
+            res["nodules"] = {"contrast_mean": float(nc.mean()), "brighter_rate": float((nc > 0).float().mean())}
+        return res
     pred = seg.predict(x)
     d = dice(pred, lab, list(fg.values()))
     res["dice"] = {name: float(torch.nanmean(d[:, j])) for j, name in enumerate(fg)}
@@ -97,10 +103,12 @@ def references(ds: Dataset, size: int, eval_steps: int, seed: int, test_masks: i
     fg = ds.info.foreground
     values = [0] + list(fg.values())
     scfg = SegmenterConfig(steps=eval_steps, seed=seed)
-    seg = Segmenter.train(xtr, ytr, values, scfg)
-    reg = Regressor.train(ytr, xtr, values, scfg)
-    mse = (((reg.predict(yte) - xte) / 2) ** 2).flatten(1).mean(1)
-    bound = 10 * math.log10(1.0 / (2.0 * float(mse.mean())))
+    seg = Segmenter.train(xtr, ytr, values, scfg) if eval_steps else None
+    bound = float("nan")
+    if eval_steps:
+        reg = Regressor.train(ytr, xtr, values, scfg)
+        mse = (((reg.predict(yte) - xte) / 2) ** 2).flatten(1).mean(1)
+        bound = 10 * math.log10(1.0 / (2.0 * float(mse.mean())))
     real = score(xte, xte, yte, seg, fg)
     real.pop("psnr"), real.pop("ssim")
     return {"ids": ids, "x": xte, "y": yte, "seg": seg, "fg": fg, "bound": bound, "real": real}
@@ -120,8 +128,8 @@ def run(models: dict[str, str], ref: dict, schedulers: list[str], steps: list[in
             row["psnr_minus_bound"] = row["psnr"] - ref["bound"]
             rows.append(row)
             print(f"{name:8} {sched:6} {k:3d}  PSNR {row['psnr']:6.2f}  Dice "
-                  + " ".join(f"{v:.3f}" for v in row["dice"].values())
-                  + (f"  nodules {row['nodules']['found']}/{row['nodules']['of']}" if "nodules" in row else "")
+                  + " ".join(f"{v:.3f}" for v in row.get("dice", {}).values())
+                  + (f"  nodule contrast {row['nodules']['contrast_mean']:+.3f}" if "nodules" in row else "")
                   + f"  spec {row['spectrum_distance']:.3f}  {row['seconds_per_image']:.3f} s/img", flush=True)
     return rows
 
@@ -137,7 +145,7 @@ def plot(rows: list[dict], ref: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        r["dice_mean"] = float(np.mean(list(r["dice"].values())))
+        r["dice_mean"] = float(np.mean(list(r["dice"].values()))) if "dice" in r else float("nan")
         groups.setdefault((r["model"], r["scheduler"]), []).append(r)
     for ax, (key, title) in zip(axes, panels):
         for (model, sched), rs in groups.items():
@@ -145,7 +153,7 @@ def plot(rows: list[dict], ref: dict, path: Path) -> None:
             ax.plot([r["steps"] for r in rs], [r[key] for r in rs], label=f"{model} {sched}", **style)
         if key == "psnr":
             ax.axhline(ref["bound"], color="k", linestyle="--", linewidth=1, label="perfect-sampler bound")
-        if key == "dice_mean":
+        if key == "dice_mean" and "dice" in ref["real"]:
             ax.axhline(float(np.mean(list(ref["real"]["dice"].values()))), color="k", linestyle="--",
                        linewidth=1, label="real test images")
         ax.set_xscale("log")
@@ -164,7 +172,8 @@ def main() -> int:
     p.add_argument("--data", required=True, help="the dataset the model was trained on (train and test splits)")
     p.add_argument("--schedulers", default=",".join(SCHEDULERS))
     p.add_argument("--steps", default=",".join(map(str, STEPS)))
-    p.add_argument("--eval-steps", type=int, default=300, help="training steps of the segmenter and regression")
+    p.add_argument("--eval-steps", type=int, default=300, help="training steps of the segmenter and regression "
+                                                                "(0: neither; no Dice, detection or bound)")
     p.add_argument("--test-masks", type=int, default=None, help="score the first N test masks (default: all)")
     p.add_argument("--append", action="store_true", help="keep the other models' rows of an existing --out")
     p.add_argument("--threads", type=int, default=1)
