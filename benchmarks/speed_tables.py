@@ -24,8 +24,11 @@ def _load(name: str) -> dict | None:
 
 
 def _nodules(r: dict) -> str:
-    n = r.get("nodules")
-    return f"{n['found']}/{n['of']}, {n['contrast_mean']:+.3f}" if n else ""
+    """``found/of, contrast`` with whatever the row measured (rows without a segmenter have no detection)."""
+    n = r.get("nodules") or {}
+    parts = [f"{n['found']}/{n['of']}" if "found" in n else "", f"{n['contrast_mean']:+.3f}" if "contrast_mean" in n
+             else ""]
+    return ", ".join(p for p in parts if p)
 
 
 def steps_table() -> None:
@@ -42,7 +45,7 @@ def steps_table() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in d["rows"]:
         print(f"| {r['model']} | {r['scheduler']} | {r['steps']} | {r['psnr']:.2f} | {r['psnr_minus_bound']:+.2f} | "
-              + " / ".join(f"{r['dice'][k]:.3f}" for k in labels)
+              + (" / ".join(f"{r['dice'][k]:.3f}" for k in labels) if "dice" in r else "not measured")
               + f" | {_nodules(r)} | {r['spectrum_distance']:.3f} | {r['seconds_per_image']:.3f} |")
     print(f"\n`{'`; `'.join(d.get('commands', []))}` (figure: `benchmarks/results/steps.png`)\n")
 
