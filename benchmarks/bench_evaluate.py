@@ -28,6 +28,7 @@ from scipy import ndimage
 from maskray.data.layout import Dataset, write_case, write_dataset_info
 from maskray.evaluation.downstream import DownstreamConfig, run_downstream
 from maskray.evaluation.evaluate import EvaluateConfig, evaluate
+from maskray.hardware import measure_peaks
 
 HERE = Path(__file__).resolve().parent
 
@@ -96,7 +97,8 @@ def main() -> None:
     train_s = [r["train_s"] for r in d["runs"]]
     result = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads,
-                    "torch": torch.__version__, "load_avg_1min_at_end": os.getloadavg()[0]},
+                    "torch": torch.__version__, "load_avg_1min_at_end": os.getloadavg()[0],
+                    "matmul_peak": measure_peaks()},
         "data": {"real": source, "n": args.n, "size": args.size, "synthetic": f"blur+noise, {args.samples} per mask",
                  "n_real_train": m["n_real_train"], "n_real_test": m["n_real_test"], "n_synthetic": m["n_synthetic"]},
         "steps": args.steps,

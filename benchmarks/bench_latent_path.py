@@ -26,10 +26,19 @@ CXR = ROOT.parent / "shared" / "data" / "cxr-lungs"
 
 
 CPU_S: dict[str, float] = {}
+DONE = {}  # stage -> the file whose presence marks it finished (for --reuse)
+REUSE = False
+LEDGER: Path | None = None  # WORK/times.json: the times of every finished stage, kept across --reuse runs
 
 
 def run(name: str, argv: list[str], times: dict, env: dict) -> None:
-    """Run one stage; wall seconds into ``times``, CPU seconds (user + system of the child) into ``CPU_S``."""
+    """Run one stage; wall seconds into ``times``, CPU seconds (user + system of the child) into ``CPU_S``.
+    With ``--reuse`` a stage whose output is complete is skipped and its recorded times are kept."""
+    out = Path(argv[argv.index("--out") + 1])
+    marker = out / DONE.get(name, DONE.get(argv[0], ""))
+    if REUSE and name in times and marker.exists() and marker != out:
+        print(f"--- {name}: reused ({out})", flush=True)
+        return
     print(f"--- {name}: maskray {' '.join(argv)}", flush=True)
     t, before = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run([sys.executable, "-m", "maskray", *argv], check=True, env=env)
@@ -37,6 +46,7 @@ def run(name: str, argv: list[str], times: dict, env: dict) -> None:
     times[name] = round(time.time() - t, 1)
     CPU_S[name] = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)
     print(f"--- {name}: {times[name]} s wall, {CPU_S[name]} CPU-s", flush=True)
+    LEDGER.write_text(json.dumps({"times_s": times, "cpu_s": CPU_S}, indent=2))
 
 
 def make_data(a, work: Path, times: dict, env: dict) -> Path:
@@ -79,6 +89,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-steps", type=int, default=300)
     p.add_argument("--skip-pixel", action="store_true")
+    p.add_argument("--reuse", action="store_true", help="skip stages whose output is complete (times kept)")
     a = p.parse_args()
     if a.data == "cxr" and not (CXR / "images").is_dir():
         print(f"skipped: {CXR} not found (internal development data)")
@@ -86,7 +97,15 @@ def main() -> None:
     work = Path(a.work or f"bench_out/latent-{a.data}")
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
+    global REUSE, LEDGER
+    REUSE, LEDGER = a.reuse, work / "times.json"
+    DONE.update({"train_autoencoder": "report.json", "phantom": "dataset.json", "data": "dataset.json", "train": "model/maskray.json",
+                 "generate": "run.json", "evaluate": "metrics.json"})
     times: dict[str, float] = {}
+    if a.reuse and LEDGER.is_file():
+        ledger = json.loads(LEDGER.read_text())
+        times.update(ledger["times_s"])
+        CPU_S.update(ledger["cpu_s"])
     data = make_data(a, work, times, env)
     lat, pix = work / "latent", work / "pixel"
     run("train_autoencoder", ["train", "autoencoder", "--data", str(data), "--out", str(lat / "ae"), "--image-size",

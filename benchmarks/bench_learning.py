@@ -19,7 +19,9 @@ import torch
 from maskray.data.layout import Dataset
 from maskray.data.phantom import PhantomConfig, make_phantom
 from maskray.evaluation.adherence import lung_darker
-from maskray.evaluation.metrics import psnr, ssim
+from maskray.evaluation.scores import mean_image_baseline
+from maskray.hardware import measure_peaks
+from maskray.measures.image import psnr, ssim
 from maskray.pipelines.generate import GenerateConfig, generate
 from maskray.training.trainer import TrainConfig, train
 
@@ -74,9 +76,11 @@ def main() -> int:
     t_gen = time.time() - t2
     real, syn = Dataset(data), Dataset(gen)
     ids = real.case_ids("test")
-    x = torch.stack([real.image(c) for c in ids]) * 0.5 + 0.5
+    x = torch.stack([real.image(c) for c in ids])  # [-1, 1], as maskray.measures expects
     y = torch.stack([real.label(c) for c in ids])
-    g = torch.stack([syn.image(c) for c in ids]) * 0.5 + 0.5
+    g = torch.stack([syn.image(c) for c in ids]).clamp(-1, 1)
+    # the mean-image baseline knows only the training images (never the test images it is scored against)
+    mean_train = mean_image_baseline(torch.stack([real.image(c) for c in real.case_ids("train")]))
     perm = torch.roll(torch.arange(len(ids)), 1)
     labels = real.labels
     ld = lung_darker(g, y, labels["lung"], labels.get("heart"))
@@ -85,9 +89,9 @@ def main() -> int:
         "t_base_s": round(t_base, 1), "t_cn_s": round(t_cn, 1), "t_gen_s": round(t_gen, 1),
         "psnr": float(psnr(g, x).mean()), "ssim": float(ssim(g, x).mean()),
         "psnr_shuffled": float(psnr(g, x[perm]).mean()), "ssim_shuffled": float(ssim(g, x[perm]).mean()),
-        "ssim_mean_image": float(ssim(x.mean(0, keepdim=True).expand_as(x), x).mean()),
+        "ssim_mean_training_image": float(ssim(mean_train.expand_as(x), x).mean()),
         "lung_darker": float(ld["ok"].float().mean()),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "hardware": measure_peaks(),
     }
     print(json.dumps(res, indent=1))
     out = Path(__file__).parent / "results"

@@ -2,6 +2,7 @@
 # Does adding synthetic pairs help a segmenter on real (phantom) test images, above all for nodules?
 # Uses a finished demo folder (phantom + stage-2 run):
 #   bash benchmarks/run_phantom_utility.sh DEMO_DIR [N_NEW_MASKS] [STEPS]
+# The README's table is written by table_phantom_utility.py into benchmarks/results/phantom_utility.json.
 # New masks: the training masks with 1..3 nodules added each (maskray masks), images drawn by the
 # ControlNet, then maskray downstream (3 seeds, 10% and 100% of the real labels, with and without them).
 set -euo pipefail
@@ -12,3 +13,4 @@ t masks maskray masks --from "$DEMO/phantom" --out "$WORK/masks" --n "$N" --seed
 t generate maskray generate --model "$DEMO/controlnet" --masks "$WORK/masks" --out "$WORK/synthetic" --overwrite
 t downstream maskray downstream --real "$DEMO/phantom" --synthetic "$WORK/synthetic" --out "$WORK/downstream" \
     --fractions 0.1,1.0 --seeds 3 --steps "$STEPS" --threads 1 --overwrite
+python "$(dirname "$0")/table_phantom_utility.py" "$WORK"   # writes benchmarks/results/phantom_utility.json

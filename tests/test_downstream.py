@@ -34,8 +34,12 @@ def test_downstream_end_to_end(tmp_path):
     assert all(r["n_synthetic"] == 8 for r in m["runs"] if r["condition"] == "real+synthetic")
     s = [r for r in m["summary"] if r["condition"] == "real" and r["fraction"] == 1.0 and r["metric"] == "dice_lung"]
     assert s and s[0]["n"] == 2 and 0.0 <= s[0]["mean"] <= 1.0
+    # nodule scores as the field reports them: Dice over all images and over images with a nodule, CPM, FROC
+    metrics = {r["metric"] for r in m["summary"]}
+    assert {"dice_nodule", "dice_present_nodule", "cpm", "sensitivity_at_0.125_fp", "sensitivity_at_8.0_fp"} <= metrics
+    assert all(0.0 <= r["cpm"] <= 1.0 and 0.0 <= r["dice"]["nodule"] <= 1.0 for r in m["runs"])
     out = tmp_path / "out"
-    assert {"metrics.json", "metrics.csv", "runs.csv", "dice_vs_fraction.png", "report.html", "run.json"} <= {
+    assert {"metrics.json", "metrics.csv", "runs.csv", "dice_vs_fraction.png", "froc.png", "report.html", "run.json"} <= {
         p.name for p in out.iterdir()}
     nn = out / "nnunet" / "Dataset901_maskrayrealsynthetic"
     meta = json.loads((nn / "dataset.json").read_text())
@@ -43,6 +47,8 @@ def test_downstream_end_to_end(tmp_path):
     assert meta["numTraining"] == 16 and len(list((nn / "imagesTr").iterdir())) == 16
     assert len(list((nn / "imagesTs").iterdir())) == 4
     assert all(c.startswith("real_") for c in split["val"]) and not set(split["val"]) & set(split["train"])
+    assert sum(c.startswith("syn_") for c in split["train"]) == 8  # none made from a real test mask
+    assert not any(p.name.startswith("syn_") for p in (nn / "imagesTs").iterdir())
 
 
 def test_downstream_needs_test_split(tmp_path, capsys):

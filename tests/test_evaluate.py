@@ -39,7 +39,7 @@ def make_synthetic(real_root, root, samples=2, noise=0.05, seed=1):
     return root
 
 
-FAST = EvaluateConfig(seg_steps=15, reg_steps=15, batch_size=8, ks=(1, 2), threads=1)
+FAST = EvaluateConfig(seg_steps=15, reg_steps=15, feature_steps=10, batch_size=8, ks=(1, 2), threads=1)
 
 
 def test_baselines_are_exact():
@@ -95,11 +95,16 @@ def test_evaluate_end_to_end(tmp_path):
     assert m["memorisation"]["n_flagged"] > 0
     assert m["diversity"]["within_mask_ms_ssim"]["n"] == 12
     assert "dice" in m["adherence"]["synthetic"] and "detection" in m["adherence"]["synthetic"]
-    assert np.isfinite(m["realism"]["floor_real_test_vs_real_train"]["fid"])
+    det = m["adherence"]["real_test_reference"]["detection"]
+    assert set(det["froc"]["sensitivity_at"]) == {"0.125", "0.25", "0.5", "1.0", "2.0", "4.0", "8.0"}
+    assert np.isfinite(m["realism"]["features"]["floor_real_test"]["fid"])
+    assert m["fidelity"]["ssim_true_minus_shuffled"]["clear"]  # near-copies follow their masks
+    assert (tmp_path / "out" / "feature_net" / "feature_net.safetensors").is_file()
     out = tmp_path / "out"
     assert {"metrics.json", "metrics.csv", "report.html", "run.json"} <= {p.name for p in out.iterdir()}
     html = (out / "report.html").read_text()
     assert "data:image/png;base64" in html and "perfect sampler" in html and "manifest_sha256" in html
+    assert "power-spectrum distance" in html and "CPM" in html and "centre" in html
     assert "fidelity,baselines/mean_training_image,psnr" in (out / "metrics.csv").read_text()
 
 
@@ -131,3 +136,99 @@ def test_torch_threads_restores():
     with torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_dice_counts_false_positives_on_empty_truth():
+    from maskray.evaluation.metrics import dice, dice_summary
+
+    truth = torch.zeros(3, 8, 8, dtype=torch.long)
+    truth[0, 2:4, 2:4] = 2  # image 0 has a nodule; images 1 and 2 have none
+    pred = torch.zeros_like(truth)
+    pred[0, 2:4, 2:4] = 2  # found exactly
+    pred[1, 5, 5] = 2  # a false positive on an image without nodules
+    d = dice(pred, truth, [2])
+    assert d[:, 0].tolist() == [1.0, 0.0, 1.0]  # empty/empty = 1, empty truth + prediction = 0, never NaN
+    s = dice_summary(pred, truth, {"nodule": 2})["nodule"]
+    assert s["all"]["n"] == 3 and abs(s["all"]["mean"] - 2 / 3) < 1e-9
+    assert s["present"]["n"] == 1 and s["present"]["mean"] == 1.0
+    assert s["false_positive_images"] == 1 and s["empty_truth_images"] == 2
+
+
+def test_froc_and_cpm_on_a_constructed_case():
+    from maskray.evaluation.detection import detection
+
+    # 2 images, 3 true nodules; candidates with known scores:
+    # image 0: hit on nodule A (0.9), a second candidate on A (0.8, ignored), FP (0.7), hit on nodule B (0.3)
+    # image 1: FP (0.6); nodule C never found
+    truth = torch.zeros(2, 32, 32, dtype=torch.long)
+    truth[0, 2:7, 2:7] = 2
+    truth[0, 20:25, 20:25] = 2
+    truth[1, 10:15, 10:15] = 2
+    prob = torch.zeros(2, 32, 32)
+    prob[0, 3:5, 3:5] = 0.9
+    prob[0, 5:7, 5:7] = 0.8  # second candidate on A: its centre (5.5 -> 6, 6) is inside A
+    prob[0, 12:14, 28:30] = 0.7
+    prob[0, 21:23, 21:23] = 0.3
+    prob[1, 28:30, 2:4] = 0.6
+    d = detection(prob, truth, 2, threshold=0.1, operating_point=0.5)
+    assert d["lesions"] == 3 and d["found"] == 1 and d["false_positives"] == 2 and d["fp_per_image"] == 1.0
+    at = d["froc"]["sensitivity_at"]
+    # by falling score: 0.9 hit (1/3 @ 0 FP), 0.7 FP (0.5), 0.6 FP (1.0), 0.3 hit (2/3 @ 1.0)
+    assert at["0.125"] == at["0.25"] == at["0.5"] == 1 / 3
+    assert at["1.0"] == at["2.0"] == at["4.0"] == at["8.0"] == 2 / 3
+    assert abs(d["cpm"] - (3 * (1 / 3) + 4 * (2 / 3)) / 7) < 1e-12
+    # a touching-only prediction does not count: its centre lies outside the nodule
+    ring = torch.zeros(1, 32, 32)
+    ring[0, 10:20, 10:20] = 0.9
+    one = torch.zeros(1, 32, 32, dtype=torch.long)
+    one[0, 10:12, 10:12] = 2
+    assert detection(ring, one, 2)["found"] == 0
+
+
+def test_summarize_counts_capped_and_undefined_values():
+    from maskray.evaluation.metrics import PSNR_CAP_DB, paired_scores, summarize
+
+    s = summarize(torch.tensor([30.0, float("inf"), float("nan")]), cap=PSNR_CAP_DB)
+    assert s["n"] == 2 and s["n_capped"] == 1 and s["n_undefined"] == 1 and s["mean"] == (30 + PSNR_CAP_DB) / 2
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    p = paired_scores(x, x.clone())["psnr"]
+    assert p["mean"] == PSNR_CAP_DB and p["n_capped"] == 2 and p["n"] == 2
+
+
+def test_realism_ranks_blurred_behind_real():
+    from maskray.evaluation.realism import blur, realism
+    from maskray.measures.features import train_feature_net
+
+    g = torch.Generator().manual_seed(0)
+
+    def textured(n):
+        ramp = torch.linspace(-0.5, 0.5, 32).view(1, 1, 32, 1).expand(n, 1, 32, 32)
+        return (ramp + 0.2 * torch.randn(n, 1, 32, 32, generator=g)).clamp(-1, 1)
+
+    xtr, xte = textured(48), textured(24)
+    net = train_feature_net(xtr, steps=30, seed=0, progress=False, widths=(8, 16))
+    r = realism(xtr, xte, blur(textured(24)), net.embed, "test")
+    ps, f = r["power_spectrum"], r["features"]
+    assert ps["synthetic"] > 5 * ps["floor_real_test"] and ps["synthetic_behind_real"]
+    assert f["synthetic"]["fid"] > 3 * f["floor_real_test"]["fid"] and f["synthetic_behind_real"]["fid"]
+    assert f["synthetic"]["precision"] < f["floor_real_test"]["precision"]
+
+
+def test_evaluate_reports_provenance_without_following_it(tmp_path):
+    real = make_real(tmp_path / "real")
+    syn = make_synthetic(real, tmp_path / "syn", samples=1)
+    ckpt = tmp_path / "elsewhere"
+    ckpt.mkdir()
+    (ckpt / "planted.safetensors").write_bytes(b"x")
+    (syn / "run.json").write_text(json.dumps({"command": "generate", "checkpoint": str(ckpt)}))
+    from maskray.evaluation.evaluate import recorded_provenance
+
+    prov = recorded_provenance(Dataset(syn))
+    assert prov["checkpoint"] == str(ckpt) and "planted" not in json.dumps(prov)
+    (syn / "run.json").write_text("{not json")
+    import pytest
+
+    from maskray.errors import MaskrayError
+
+    with pytest.raises(MaskrayError, match="run.json: not valid JSON"):
+        recorded_provenance(Dataset(syn))

@@ -9,7 +9,7 @@ import pytest
 
 from maskray.cli import main
 from maskray.data.layout import Dataset, read_image_file, read_label_file
-from maskray.data.phantom import PhantomConfig, _Grid, make_phantom, project, render_case, sample_anatomy, case_rng
+from maskray.data.phantom import PhantomConfig, Grid, make_phantom, project, render_case, sample_anatomy, case_rng
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_ribs_give_periodic_profile():
     for i in range(3):
         a = sample_anatomy(case_rng(0, i))
         a.tilt = 0.0
-        g = _Grid.make(256, 400.0, 0.0)
+        g = Grid.make(256, 400.0, 0.0)
         sc = project(a, g)
         for side in (-1, 1):
             col = int((a.x0 + side * 0.55 * a.width + 200) / g.s)

@@ -160,6 +160,9 @@ def test_place_a_nodule_generate_and_download_in_a_browser(page_url, tmp_path):
               f"{page.input_value('#scheduler')}, {service.engine.image_size} px, "
               f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")
         size = service.engine.image_size
+        if os.environ.get("MASKRAY_SERVE_RESULTS"):  # benchmarks/bench_serve.sh: one row per run
+            _record_timing(Path(os.environ["MASKRAY_SERVE_RESULTS"]), seconds, job.seconds, size,
+                           page.input_value("#steps"), page.input_value("#scheduler"))
         assert page.evaluate("document.getElementById('res-image').naturalWidth") == size
         assert page.locator("#seed-strip button").count() == (2 if tiny else 1)
         page.wait_for_function("document.getElementById('res-diff').complete")
@@ -174,3 +177,13 @@ def test_place_a_nodule_generate_and_download_in_a_browser(page_url, tmp_path):
     assert Image.open(shot).size[0] >= 1000
     if os.environ.get("MASKRAY_SERVE_SCREENSHOT"):
         shutil.copy(shot, os.environ["MASKRAY_SERVE_SCREENSHOT"])
+
+
+def _record_timing(path: Path, seconds: float, sampling: float, size: int, steps: str, scheduler: str) -> None:
+    import json
+
+    rows = json.loads(path.read_text())["rows"] if path.is_file() else []
+    rows.append({"image_size": size, "click_to_image_s": round(seconds, 2), "sampling_s": round(sampling, 2),
+                 "steps": int(steps), "scheduler": scheduler, "model": os.environ.get("MASKRAY_SERVE_MODEL"),
+                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"), "load_average": os.getloadavg()})
+    path.write_text(json.dumps({"rows": rows}, indent=2))

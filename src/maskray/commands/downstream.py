@@ -15,8 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "downstream", help="does synthetic data help a segmenter on real test images?",
         description="Train the same MONAI segmenter (fixed step budget, several seeds) on real cases at several "
                     "fractions with and without the synthetic pairs, and on synthetic pairs alone; score each on "
-                    "the real test split (Dice per label, lesion sensitivity, false positives per image). Writes "
-                    "metrics.json, metrics.csv, runs.csv, dice_vs_fraction.png, report.html, run.json.")
+                    "the real test split (Dice per label as MSD reports it, lesion FROC/CPM, sensitivity and false "
+                    "positives per image). Writes metrics.json, metrics.csv, runs.csv, dice_vs_fraction.png, "
+                    "froc.png, report.html, run.json.")
     p.add_argument("--real", required=True, metavar="DATASET", help="real dataset (native layout, with a test split)")
     p.add_argument("--synthetic", required=True, metavar="DATASET", help="synthetic dataset (native layout)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (must be empty unless --overwrite)")
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = from_args(DownstreamConfig, args)
     m = run_downstream(Path(args.real), Path(args.synthetic), Path(args.out), cfg)
     for r in m["summary"]:
-        if r["metric"].startswith("dice_") or r["metric"] == "sensitivity":
+        if r["metric"].startswith("dice_") or r["metric"] in ("sensitivity", "cpm"):
             print(f"{r['condition']:>15} f={r['fraction']:<5g} {r['metric']:<16} {r['mean']:.3f} ± {r['std']:.3f}")
     print(f"maskray downstream: wrote {Path(args.out) / 'report.html'}")
     return 0

@@ -8,9 +8,12 @@ trained with one fixed step budget, once per seed, on
   and "real + synthetic");
 - the synthetic pairs alone (``synthetic``).
 
-Every model is scored on the real test split: Dice per label (mean over test images; an image where a label
-is absent in both prediction and truth is skipped, MONAI's convention), lesion sensitivity (a lesion is found
-when a predicted component overlaps it) and false positives per image. Mean and spread are across seeds.
+Every model is scored on the real test split with the functions of ``maskray evaluate``: Dice per label as
+the Medical Segmentation Decathlon scores it (1 when truth and prediction are both empty, 0 when only the
+prediction has the label; the mean over all test images, and beside it over images containing the label),
+and lesion detection as LUNA16/NODE21 score it (a predicted component is a hit when its centre lies inside a
+true lesion; FROC at 1/8..8 false positives per image with the segmenter's probability as the score, and its
+mean, the CPM; sensitivity and false positives per image at p >= 0.5). Mean and spread are across seeds.
 
 Synthetic cases whose source mask belongs to the real test split are never trained on (they would leak the
 test labels). With ``synthetic_sources="fraction"`` only synthetic cases made from the masks of the chosen
@@ -23,7 +26,6 @@ import csv
 import io
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +38,13 @@ from tqdm.auto import tqdm
 from maskray.config import option
 from maskray.data.layout import Dataset, prepare_output_dir
 from maskray.errors import MaskrayError
-from maskray.evaluation.metrics import dice, summarize
+from maskray.evaluation import figures
+from maskray.evaluation.metrics import summarize
+from maskray.export.nnunet import NnunetCase, write_nnunet_dataset, write_splits_final
 from maskray.evaluation.pairs import (load_images, open_pair, load_labels, read_manifest, test_split,
                                       working_size)
-from maskray.evaluation.segmenter import Segmenter, SegmenterConfig, lesion_detection, torch_threads
+from maskray.evaluation.scores import segmentation_scores
+from maskray.evaluation.segmenter import Segmenter, SegmenterConfig, torch_threads
 from maskray.provenance import atomic_write_text, to_jsonable, versions, write_run_info
 
 CONDITIONS = ("real", "real+synthetic", "synthetic")
@@ -73,13 +78,16 @@ def _fraction_subsets(ids: list[str], fractions: tuple[float, ...], seed: int) -
 
 
 def score(seg: Segmenter, x: torch.Tensor, y: torch.Tensor, fg: dict[str, int], lesion: str) -> dict:
-    """Dice per label (mean over images) and, if ``lesion`` is a label, detection on ``(N, 1, H, W)`` images."""
-    pred = seg.predict(x)
-    d = dice(pred, y, list(fg.values()))
-    out = {"dice": {name: summarize(d[:, j])["mean"] for j, name in enumerate(fg)}}
-    if lesion in fg:
-        det = lesion_detection(pred, y, fg[lesion])
-        out["sensitivity"], out["fp_per_image"] = det["sensitivity"], det["fp_per_image"]
+    """Dice per label (MSD convention: mean over all images, and over images containing the label) and, if
+    ``lesion`` is a label, detection (sensitivity and false positives per image at p >= 0.5, CPM, FROC points)
+    on real ``(N, 1, H, W)`` test images, through the same functions as ``maskray evaluate``."""
+    s = segmentation_scores(seg.probabilities(x), seg.labels_from, y, fg, seg.values, lesion)
+    out = {"dice": {k: v["all"]["mean"] for k, v in s["dice"].items()},
+           "dice_present": {k: v["present"]["mean"] for k, v in s["dice"].items()}}
+    if "detection" in s:
+        d = s["detection"]
+        out.update(sensitivity=d["sensitivity"], fp_per_image=d["fp_per_image"], cpm=d["cpm"],
+                   sensitivity_at=d["froc"]["sensitivity_at"])
     return out
 
 
@@ -121,14 +129,40 @@ def _run_downstream(real: Path, synthetic: Path, out: Path, cfg: DownstreamConfi
     xr, yr = load_images(real_ds, train_ids, size), load_labels(real_ds, train_ids, size)
     xs, ys = load_images(syn_ds, syn_ids, size), load_labels(syn_ds, syn_ids, size)
     xte, yte = load_images(real_ds, test_ids, size), load_labels(real_ds, test_ids, size)
-    r_index = {c: i for i, c in enumerate(train_ids)}
+    data = {"real": (xr, yr), "synthetic": (xs, ys), "test": (xte, yte)}
+    runs = _train_and_score(cfg, data, train_ids, syn_ids, cases, fractions, fg, values)
 
+    summary = summarize_runs(runs)
+    metrics = {"working_size": list(size), "n_real_train": len(train_ids), "n_real_test": len(test_ids),
+               "n_synthetic_used": len(syn_ids), "n_synthetic_excluded_test_sources": n_leak,
+               "labels": real_ds.labels, "fractions": list(fractions), "seeds": list(range(cfg.seed, cfg.seed + cfg.seeds)),
+               "steps": cfg.steps, "summary": summary, "runs": runs}
+
+    out = prepare_output_dir(out, cfg.overwrite)
+    atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
+    _write_rows(out / "metrics.csv", summary, ["condition", "fraction", "metric", "mean", "std", "n"])
+    flat_runs = [_flat(r) for r in runs]
+    _write_rows(out / "runs.csv", flat_runs, list(flat_runs[0]))
+    plot = figures.dice_vs_fraction(out / "dice_vs_fraction.png", summary, list(fg), cfg.lesion_label)
+    froc_plot = figures.froc_points(out / "froc.png", summary, cfg.lesion_label)
+    if cfg.export_nnunet:
+        metrics["nnunet_export"] = export_nnunet_sets(real_ds, syn_ds, syn_ids, train_ids, test_ids, out / "nnunet", cfg)
+        atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
+    _report(out / "report.html", cfg, metrics, plot, froc_plot)
+    write_run_info(out, "downstream", cfg, seed=cfg.seed, extra={"real": str(real), "synthetic": str(synthetic)})
+    return metrics
+
+
+def _train_and_score(cfg: DownstreamConfig, data: dict, train_ids: list[str], syn_ids: list[str], cases: dict,
+                     fractions: tuple[float, ...], fg: dict[str, int], values: list[int]) -> list[dict]:
+    """Train one segmenter per (condition, fraction, seed) and score it on the real test images."""
+    (xr, yr), (xs, ys), (xte, yte) = data["real"], data["synthetic"], data["test"]
+    r_index = {c: i for i, c in enumerate(train_ids)}
     jobs = []
     for s in range(cfg.seed, cfg.seed + cfg.seeds):
         subsets = _fraction_subsets(train_ids, fractions, s)
         for f in fractions:
-            jobs.append(("real", f, s, subsets[f]))
-            jobs.append(("real+synthetic", f, s, subsets[f]))
+            jobs += [("real", f, s, subsets[f]), ("real+synthetic", f, s, subsets[f])]
         jobs.append(("synthetic", 0.0, s, []))
     runs = []
     for cond, f, s, subset in tqdm(jobs, desc="downstream", disable=None):
@@ -149,26 +183,7 @@ def _run_downstream(real: Path, synthetic: Path, out: Path, cfg: DownstreamConfi
         scores = score(seg, xte, yte, fg, cfg.lesion_label)
         runs.append({"condition": cond, "fraction": f, "seed": s, "n_real": int(len(ri)), "n_synthetic": int(len(si)),
                      **scores, "final_loss": seg.losses[-1], "train_s": t_train, "score_s": time.perf_counter() - t})
-
-    summary = summarize_runs(runs)
-    metrics = {"working_size": list(size), "n_real_train": len(train_ids), "n_real_test": len(test_ids),
-               "n_synthetic_used": len(syn_ids), "n_synthetic_excluded_test_sources": n_leak,
-               "labels": real_ds.labels, "fractions": list(fractions), "seeds": list(range(cfg.seed, cfg.seed + cfg.seeds)),
-               "steps": cfg.steps, "summary": summary, "runs": runs}
-
-    out = prepare_output_dir(out, cfg.overwrite)
-    atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
-    _write_rows(out / "metrics.csv", summary, ["condition", "fraction", "metric", "mean", "std", "n"])
-    flat_runs = [{k: v for k, v in r.items() if k != "dice"} | {f"dice_{k}": v for k, v in r["dice"].items()}
-                 for r in runs]
-    _write_rows(out / "runs.csv", flat_runs, list(flat_runs[0]))
-    plot = plot_dice_vs_fraction(out / "dice_vs_fraction.png", summary, list(fg), cfg.lesion_label)
-    if cfg.export_nnunet:
-        metrics["nnunet_export"] = export_nnunet(real_ds, syn_ds, syn_ids, train_ids, test_ids, out / "nnunet", cfg)
-        atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
-    _report(out / "report.html", cfg, metrics, plot)
-    write_run_info(out, "downstream", cfg, seed=cfg.seed, extra={"real": str(real), "synthetic": str(synthetic)})
-    return metrics
+    return runs
 
 
 def summarize_runs(runs: list[dict]) -> list[dict]:
@@ -181,13 +196,26 @@ def summarize_runs(runs: list[dict]) -> list[dict]:
         for r in group:
             for lab, v in r["dice"].items():
                 scores.setdefault(f"dice_{lab}", []).append(v)
-            for k in ("sensitivity", "fp_per_image"):
+            for lab, v in r.get("dice_present", {}).items():
+                scores.setdefault(f"dice_present_{lab}", []).append(v)
+            for rate, v in r.get("sensitivity_at", {}).items():
+                scores.setdefault(f"sensitivity_at_{rate}_fp", []).append(v)
+            for k in ("sensitivity", "fp_per_image", "cpm"):
                 if k in r:
                     scores.setdefault(k, []).append(r[k])
         for metric, vals in scores.items():
             s = summarize(torch.tensor(vals, dtype=torch.float64))
             rows.append({"condition": cond, "fraction": f, "metric": metric, **s})
     return rows
+
+
+def _flat(run: dict) -> dict:
+    """One run as a flat CSV row."""
+    row = {k: v for k, v in run.items() if not isinstance(v, dict)}
+    row.update({f"dice_{k}": v for k, v in run["dice"].items()})
+    row.update({f"dice_present_{k}": v for k, v in run.get("dice_present", {}).items()})
+    row.update({f"sensitivity_at_{k}_fp": v for k, v in run.get("sensitivity_at", {}).items()})
+    return row
 
 
 def _write_rows(path: Path, rows: list[dict], fields: list[str]) -> None:
@@ -198,83 +226,41 @@ def _write_rows(path: Path, rows: list[dict], fields: list[str]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def plot_dice_vs_fraction(path: Path, summary: list[dict], labels: list[str], lesion: str) -> Path:
-    """One panel per label (and lesion sensitivity): Dice against the real fraction, with/without synthetic."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = [f"dice_{lab}" for lab in labels] + (["sensitivity"] if any(r["metric"] == "sensitivity" for r in summary) else [])
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.0), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        for cond, style in (("real", "o-"), ("real+synthetic", "s-")):
-            pts = sorted((r["fraction"], r["mean"], r["std"]) for r in summary
-                         if r["condition"] == cond and r["metric"] == metric)
-            if pts:
-                f, m, s = map(np.array, zip(*pts))
-                ax.errorbar(f, m, yerr=np.nan_to_num(s), fmt=style, capsize=3, label=cond)
-        syn = [r for r in summary if r["condition"] == "synthetic" and r["metric"] == metric]
-        if syn and math.isfinite(syn[0]["mean"]):
-            ax.axhline(syn[0]["mean"], ls="--", color="gray", label="synthetic only")
-        ax.set_xscale("log")
-        ax.set_xlabel("fraction of real labelled cases")
-        ax.set_title(metric.replace("dice_", "Dice ").replace("sensitivity", f"{lesion} sensitivity"), fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def export_nnunet(real: Dataset, syn: Dataset, syn_ids: list[str], train_ids: list[str], test_ids: list[str],
-                  root: Path, cfg: DownstreamConfig) -> dict:
-    """Write real / real+synthetic / synthetic training sets in nnU-Net v2 raw format (real test cases in
-    imagesTs/labelsTs) with a one-fold ``splits_final.json`` whose validation cases are real only (the real
-    val split, or a seeded 20% of the real training cases). Copy that file into
-    ``nnUNet_preprocessed/DatasetXXX_NAME/`` before ``nnUNetv2_train DATASET 2d 0``."""
-    if real.info.file_ending != syn.info.file_ending:
-        raise MaskrayError(f"--export-nnunet: real ({real.info.file_ending}) and synthetic ({syn.info.file_ending}) "
-                           "file endings differ; nnU-Net needs one")
+def export_nnunet_sets(real: Dataset, syn: Dataset, syn_ids: list[str], train_ids: list[str], test_ids: list[str],
+                       root: Path, cfg: DownstreamConfig) -> dict:
+    """Write real / real+synthetic / synthetic training sets in nnU-Net v2 raw format through the one nnU-Net
+    writer (:func:`maskray.export.nnunet.write_nnunet_dataset`; ``real_`` and ``syn_`` name prefixes; real test
+    cases in imagesTs) with a one-fold ``splits_final.json`` whose validation cases are real only (the real val
+    split, or a seeded 20% of the real training cases). Synthetic cases made from real test masks are never
+    written. Copy ``splits_final.json`` into ``nnUNet_preprocessed/DatasetXXX_NAME/`` before
+    ``nnUNetv2_train DATASET 2d 0``."""
     val = real.case_ids("val", labelled=True)
-    fit = list(train_ids)
     if not val:
         perm = np.random.default_rng(cfg.seed).permutation(len(train_ids))
-        n_val = max(1, len(train_ids) // 5) if len(train_ids) > 1 else 0
-        val = sorted(train_ids[i] for i in perm[:n_val])
-        fit = [c for c in train_ids if c not in set(val)]
-    else:
-        fit = list(train_ids)
-    ending = real.info.file_ending
+        val = sorted(train_ids[i] for i in perm[: max(1, len(train_ids) // 5) if len(train_ids) > 1 else 0])
+    fit = [c for c in train_ids if c not in set(val)]
+
+    def cases(ds: Dataset, ids: list[str], prefix: str, test: bool = False) -> list[NnunetCase]:
+        return [NnunetCase(f"{prefix}{c}", ds.cases[c].image_path, ds.cases[c].label_path, test) for c in ids]
+
+    real_tr, syn_tr = cases(real, fit + val, "real_"), cases(syn, syn_ids, "syn_")
+    test = cases(real, test_ids, "real_", test=True)
+    sets = {"real": real_tr, "realsynthetic": real_tr + syn_tr, "synthetic": syn_tr}
     written = {}
-    sets = {"real": (fit + val, []), "realsynthetic": (fit + val, syn_ids), "synthetic": ([], syn_ids)}
-    for k, (name, (real_cases, syn_cases)) in enumerate(sets.items()):
+    for k, (name, tr) in enumerate(sets.items()):
         folder = root / f"Dataset{cfg.nnunet_id + k:03d}_maskray{name}"
-        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
-        tr = []
-        for ds, ids, prefix in ((real, real_cases, "real_"), (syn, syn_cases, "syn_")):
-            for c in ids:
-                shutil.copyfile(ds.cases[c].image_path, folder / "imagesTr" / f"{prefix}{c}_0000{ending}")
-                shutil.copyfile(ds.cases[c].label_path, folder / "labelsTr" / f"{prefix}{c}{ending}")
-                tr.append(f"{prefix}{c}")
-        for c in test_ids:
-            shutil.copyfile(real.cases[c].image_path, folder / "imagesTs" / f"real_{c}_0000{ending}")
-            shutil.copyfile(real.cases[c].label_path, folder / "labelsTs" / f"real_{c}{ending}")
-        meta = {"channel_names": real.info.channel_names, "labels": real.labels, "numTraining": len(tr),
-                "file_ending": ending, "maskray_note": "real_ = real cases, syn_ = synthetic; see splits_final.json"}
-        atomic_write_text(folder / "dataset.json", json.dumps(meta, indent=2))
-        val_names = [f"real_{c}" for c in val]
-        if name == "synthetic":  # no real training cases: validate on synthetic
-            val_names = tr[: max(1, len(tr) // 5)]
-        split = [{"train": sorted(set(tr) - set(val_names)), "val": sorted(val_names)}]
-        atomic_write_text(folder / "splits_final.json", json.dumps(split, indent=2))
+        write_nnunet_dataset(folder, tr + test, real.labels, synthetic=name != "real",
+                             channel_names=real.info.channel_names, spacing=real.info.spacing,
+                             description=f"maskray downstream: {name} training cases (real_ = real, syn_ = "
+                                         "synthetic); see splits_final.json", progress=False)
+        names = [c.name for c in tr]
+        val_names = [f"real_{c}" for c in val] if name != "synthetic" else names[: max(1, len(names) // 5)]
+        write_splits_final(folder, [{"train": sorted(set(names) - set(val_names)), "val": val_names}])
         written[name] = str(folder)
     return written
 
 
-def _report(path: Path, cfg: DownstreamConfig, metrics: dict, plot: Path) -> None:
+def _report(path: Path, cfg: DownstreamConfig, metrics: dict, plot: Path, froc_plot: Path | None) -> None:
     from maskray.evaluation.report import HtmlReport
 
     rep = HtmlReport("maskray downstream")
@@ -286,7 +272,10 @@ def _report(path: Path, cfg: DownstreamConfig, metrics: dict, plot: Path) -> Non
     rep.text("Caveat: if the generator was trained on all real labelled pairs, 'real+synthetic' at a fraction below "
              "1 indirectly uses more labels than 'real' at that fraction.", cls="note")
     rep.image(plot, "Dice (and lesion sensitivity) against the fraction of real labelled cases; bars: std across seeds")
-    metrics_names = sorted({r["metric"] for r in metrics["summary"]})
+    if froc_plot is not None:
+        rep.image(froc_plot, f"FROC of {cfg.lesion_label} detection on real test images (mean across seeds); "
+                             "hit = predicted component whose centre lies inside a true lesion")
+    metrics_names = sorted({r["metric"] for r in metrics["summary"] if not r["metric"].startswith("sensitivity_at_")})
     table = []
     keys = sorted({(r["condition"], r["fraction"]) for r in metrics["summary"]},
                   key=lambda k: (CONDITIONS.index(k[0]), k[1]))
@@ -300,9 +289,9 @@ def _report(path: Path, cfg: DownstreamConfig, metrics: dict, plot: Path) -> Non
     rep.table(["condition", "real fraction", *metrics_names], table, caption="mean ± std across seeds, real test split")
     rep.heading("Every run")
     rep.table(["condition", "fraction", "seed", "n real", "n synthetic", *[f"Dice {k}" for k in metrics["labels"] if k != "background"],
-               "sensitivity", "FP/image"],
+               "sensitivity", "FP/image", "CPM"],
               [[r["condition"], r["fraction"], r["seed"], r["n_real"], r["n_synthetic"], *r["dice"].values(),
-                r.get("sensitivity", ""), r.get("fp_per_image", "")] for r in metrics["runs"]])
+                r.get("sensitivity", ""), r.get("fp_per_image", ""), r.get("cpm", "")] for r in metrics["runs"]])
     if "nnunet_export" in metrics:
         rep.json_block("nnU-Net v2 export", metrics["nnunet_export"])
     rep.heading("Provenance")

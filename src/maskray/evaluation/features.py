@@ -6,10 +6,11 @@
 - Precision and recall: k-nearest-neighbour manifolds (Kynkäänniemi et al. 2019). Precision is the share of
   generated samples inside the real manifold; recall the share of real samples inside the generated one.
 
-The default feature space is a *domain* one: the global-average-pooled bottleneck of a segmenter that
-maskray trains on the real training split (:meth:`maskray.evaluation.segmenter.Segmenter.features`).
-Numbers in that space are comparable within one evaluation run, never with published Inception FIDs.
-A standard extractor can be given as local TorchScript weights (:class:`TorchScriptExtractor`).
+The default feature space is a *domain* one that sees texture: the embedding of the self-supervised
+:class:`maskray.measures.features.FeatureNet` trained on the real training split (see
+:mod:`maskray.evaluation.realism`). Numbers in that space are comparable only with the same feature network,
+never with published Inception FIDs. A standard extractor can be given as local TorchScript weights
+(:class:`TorchScriptExtractor`).
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def nearest_by_ssim(queries: torch.Tensor, pool: torch.Tensor, candidates: int =
     Images ``(N, 1, H, W)`` and ``(M, 1, H, W)`` in ``[-1, 1]``. To stay fast, SSIM is computed only for the
     ``candidates`` pool images with the highest pixel correlation to the query. With ``exclude_self`` the
     pool is the query set and each image's own index is skipped. Returns (index ``(N,)``, SSIM ``(N,)``)."""
-    from maskray.evaluation.metrics import ssim
+    from maskray.measures.image import ssim
 
     def normed(x):
         v = x.flatten(1).double()
@@ -134,8 +135,7 @@ def nearest_by_ssim(queries: torch.Tensor, pool: torch.Tensor, candidates: int =
         corr.fill_diagonal_(-float("inf"))
     c = min(candidates, pool.shape[0] - (1 if exclude_self else 0))
     cand = corr.topk(c, dim=1).indices  # (N, c)
-    q = ((queries + 1) / 2).clamp(0, 1)
-    p = ((pool + 1) / 2).clamp(0, 1)
+    q, p = queries.clamp(-1, 1), pool.clamp(-1, 1)
     scores = torch.empty(cand.shape, dtype=torch.float32)
     for j in range(c):
         scores[:, j] = ssim(q, p[cand[:, j]])

@@ -1,8 +1,8 @@
-"""Image and mask metrics: pure functions over tensors with an explicit data range.
+"""Evaluation's per-image scores and their aggregation: paired fidelity, Dice as nnU-Net and the Medical
+Segmentation Decathlon report it, and an honest summary.
 
-Per-image values come first (shape ``(N,)``); aggregate afterwards with :func:`summarize`.
-SSIM follows Wang et al. 2004 with a Gaussian window of 11 and sigma 1.5, on images in ``[0, 1]``;
-the computation is MONAI's (``SSIMMetric``, ``MultiScaleSSIMMetric``, ``PSNRMetric``, ``compute_dice``).
+Per-image values come first (shape ``(N,)``); aggregate afterwards with :func:`summarize`. PSNR and SSIM
+are the ones of :mod:`maskray.measures.image` (images in ``[-1, 1]``); MS-SSIM is MONAI's.
 """
 
 from __future__ import annotations
@@ -10,60 +10,86 @@ from __future__ import annotations
 import math
 
 import torch
-from monai.metrics import MultiScaleSSIMMetric, PSNRMetric, SSIMMetric, compute_dice
+from monai.metrics import MultiScaleSSIMMetric
 
-SSIM_DESCRIPTION = "SSIM (Wang et al. 2004): Gaussian window 11, sigma 1.5, K1=0.01, K2=0.03, images on [0, 1]"
+from maskray.measures.image import SSIM_DESCRIPTION, psnr, ssim
+
+__all__ = ["SSIM_DESCRIPTION", "PSNR_CAP_DB", "psnr", "ssim", "ms_ssim", "paired_scores", "dice", "dice_summary",
+           "summarize"]
+
+# An exact copy has an infinite PSNR. 60 dB is an RMS error of 0.1% of the range, far below one 8-bit level
+# (48.1 dB): such a pair is a copy. Capped values stay in the mean and are counted (``n_capped``).
+PSNR_CAP_DB = 60.0
 
 
-def _check(x: torch.Tensor, y: torch.Tensor) -> None:
+def ms_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image multi-scale SSIM (Wang et al. 2003), Gaussian window 11, sigma 1.5, of ``(N, 1, H, W)`` images
+    in ``[-1, 1]`` (computed on ``[0, 1]``). Uses the standard five scales where the image allows (side > 160)
+    and otherwise the largest number that fits, with the standard weights renormalised. Returns ``(N,)``."""
     if x.shape != y.shape or x.ndim != 4:
         raise ValueError(f"expected two (N, C, H, W) tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Per-image PSNR in dB. ``x``, ``y``: float ``(N, C, H, W)`` on ``[0, data_range]``. Returns ``(N,)``."""
-    _check(x, y)
-    return PSNRMetric(max_val=data_range, reduction="none")(x.float(), y.float()).view(-1)
-
-
-def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Per-image SSIM (Gaussian window 11, sigma 1.5). ``(N, C, H, W)`` on ``[0, data_range]``. Returns ``(N,)``."""
-    _check(x, y)
-    m = SSIMMetric(spatial_dims=2, data_range=data_range, kernel_type="gaussian", win_size=11, kernel_sigma=1.5,
-                   reduction="none")
-    return m(x.float(), y.float()).view(-1)
-
-
-def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Per-image multi-scale SSIM (Wang et al. 2003), Gaussian window 11, sigma 1.5. Uses the standard five
-    scales where the image allows (side > 160) and otherwise the largest number of scales that fits, with
-    the standard weights of those scales renormalised to sum to 1. Returns ``(N,)``."""
-    _check(x, y)
     side = min(x.shape[-2:])
     weights = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
     scales = max(s for s in range(1, 6) if s == 1 or side > 10 * 2 ** (s - 1))
     w = tuple(v / sum(weights[:scales]) for v in weights[:scales])
-    m = MultiScaleSSIMMetric(spatial_dims=2, data_range=data_range, kernel_type="gaussian", kernel_size=11,
+    m = MultiScaleSSIMMetric(spatial_dims=2, data_range=1.0, kernel_type="gaussian", kernel_size=11,
                              kernel_sigma=1.5, weights=w, reduction="none")
-    return m(x.float(), y.float()).view(-1)
+    return m((x.float() + 1) / 2, (y.float() + 1) / 2).view(-1)
 
 
-def dice(pred: torch.Tensor, target: torch.Tensor, values: list[int], ignore_empty: bool = True) -> torch.Tensor:
-    """Per-image, per-label Dice of two int label maps ``(N, H, W)``. Returns float ``(N, len(values))``;
-    NaN where both are empty and ``ignore_empty`` (MONAI's convention)."""
+def paired_scores(x: torch.Tensor, y: torch.Tensor) -> dict[str, dict]:
+    """Summarised PSNR (capped at :data:`PSNR_CAP_DB`), SSIM and MS-SSIM of ``(N, 1, H, W)`` images in
+    ``[-1, 1]`` (clipped to it first) against their references ``y``."""
+    a, b = x.clamp(-1, 1), y.clamp(-1, 1)
+    return {"psnr": summarize(psnr(a, b), cap=PSNR_CAP_DB), "ssim": summarize(ssim(a, b)),
+            "ms_ssim": summarize(ms_ssim(a, b))}
+
+
+def dice(pred: torch.Tensor, target: torch.Tensor, values: list[int]) -> torch.Tensor:
+    """Per-image, per-label Dice ``2|P & T| / (|P| + |T|)`` of int label maps ``(N, H, W)``, as the Medical
+    Segmentation Decathlon scores it: 1 when truth and prediction are both empty, 0 when the truth is empty
+    and anything is predicted. Returns float ``(N, len(values))``, never NaN."""
     if pred.shape != target.shape or pred.ndim != 3:
         raise ValueError(f"expected two (N, H, W) label maps of one shape, got {tuple(pred.shape)}, {tuple(target.shape)}")
     vals = torch.as_tensor(values).view(1, -1, 1, 1)
-    p = (pred.unsqueeze(1) == vals).float()
-    t = (target.unsqueeze(1) == vals).float()
-    return compute_dice(p, t, include_background=True, ignore_empty=ignore_empty)
+    p = pred.unsqueeze(1) == vals
+    t = target.unsqueeze(1) == vals
+    inter = (p & t).sum(dim=(-2, -1)).double()
+    size = (p.sum(dim=(-2, -1)) + t.sum(dim=(-2, -1))).double()
+    return torch.where(size > 0, 2 * inter / size.clamp_min(1), torch.ones_like(size)).float()
 
 
-def summarize(values: torch.Tensor) -> dict[str, float]:
-    """Mean, standard deviation and count of the finite entries of a per-image metric."""
+def dice_summary(pred: torch.Tensor, target: torch.Tensor, labels: dict[str, int]) -> dict[str, dict]:
+    """Per label name: the mean Dice over all images (``all``), the mean over images whose truth contains the
+    label (``present``), and the number of images with an empty truth but a prediction (``false_positive_images``)."""
+    d = dice(pred, target, list(labels.values()))
+    out = {}
+    for j, (name, v) in enumerate(labels.items()):
+        present = (target == v).flatten(1).any(1)
+        predicted = (pred == v).flatten(1).any(1)
+        out[name] = {"all": summarize(d[:, j]), "present": summarize(d[present, j]),
+                     "false_positive_images": int((~present & predicted).sum()), "empty_truth_images": int((~present).sum())}
+    return out
+
+
+def summarize(values: torch.Tensor, cap: float | None = None) -> dict[str, float]:
+    """Mean, sample standard deviation and count of a per-image metric, hiding nothing.
+
+    With ``cap``, values above it (``inf`` included) count as ``cap`` and ``n_capped`` says how many were.
+    NaN entries (a score undefined for that image) are left out of the mean and counted in ``n_undefined``;
+    remaining infinities make the mean infinite rather than vanish."""
     v = values.detach().double().flatten()
-    v = v[torch.isfinite(v)]
+    out: dict = {}
+    if cap is not None:
+        over = v > cap
+        out["n_capped"] = int(over.sum())
+        v = torch.where(over, torch.full_like(v, cap), v)
+    undefined = torch.isnan(v)
+    if undefined.any():
+        out["n_undefined"] = int(undefined.sum())
+    v = v[~undefined]
     n = int(v.numel())
     if n == 0:
-        return {"mean": math.nan, "std": math.nan, "n": 0}
-    return {"mean": float(v.mean()), "std": float(v.std(unbiased=True)) if n > 1 else 0.0, "n": n}
+        return {"mean": math.nan, "std": math.nan, "n": 0, **out}
+    std = float(v.std(unbiased=True)) if n > 1 and torch.isfinite(v).all() else (0.0 if n == 1 else math.nan)
+    return {"mean": float(v.mean()), "std": std, "n": n, **out}

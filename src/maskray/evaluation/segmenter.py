@@ -1,9 +1,8 @@
 """A small, seeded MONAI segmenter (and its regression twin) with a fixed training budget.
 
-One network class serves three jobs in evaluation: mask adherence (segment synthetic images), the
-downstream utility experiment (train on real / real+synthetic / synthetic, score on real test images) and
-the domain feature space for FID/KID (the global-average-pooled bottleneck of a segmenter trained on the
-real training split). The network is MONAI's ``BasicUNet`` and the loss MONAI's ``DiceCELoss``; the
+One network class serves two jobs in evaluation: mask adherence (segment synthetic images) and the
+downstream utility experiment (train on real / real+synthetic / synthetic, score on real test images). Its
+softmax probabilities are the scores of lesion detection (FROC). The network is MONAI's ``BasicUNet`` and the loss MONAI's ``DiceCELoss``; the
 mask-to-image regression baseline is the same network trained with MSE from one-hot masks to images.
 
 Speed, measured on the 2-core CPU these tools target (64 px, batch 16, features (8, 16, 32, 64, 64, 8),
@@ -22,13 +21,13 @@ import contextlib
 import io
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from monai.networks.nets import BasicUNet
 
 from maskray.config import option
+from maskray.evaluation.detection import lesion_detection  # noqa: F401  (kept importable from here)
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ def _device() -> torch.device:
 
 
 class _Net(torch.nn.Module):
-    """``BasicUNet`` plus access to its encoder output for features."""
+    """MONAI's ``BasicUNet`` with quiet construction."""
 
     def __init__(self, in_channels: int, out_channels: int, features: tuple[int, ...]):
         super().__init__()
@@ -78,13 +77,6 @@ class _Net(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.unet(x)
-
-    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C, H, W)`` -> ``(N, F)``: the deepest encoder level, global-average pooled."""
-        u = self.unet
-        x0 = u.conv_0(x)
-        x4 = u.down_4(u.down_3(u.down_2(u.down_1(x0))))
-        return x4.mean(dim=(-2, -1))
 
 
 def _check_size(h: int, w: int) -> None:
@@ -183,12 +175,15 @@ class Segmenter:
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, 1, H, W)`` in ``[-1, 1]`` -> int64 label maps ``(N, H, W)`` holding values of ``self.values``."""
-        logits = _batched(self.net, images.float(), self.cfg)
-        return torch.as_tensor(self.values)[logits.argmax(1)]
+        return self.labels_from(self.probabilities(images))
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """``(N, 1, H, W)`` -> float32 ``(N, F)``: the encoder's bottleneck, global-average pooled."""
-        return _batched(self.net.bottleneck, images.float(), self.cfg)
+    def labels_from(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """Arg-max label maps ``(N, H, W)`` (values of ``self.values``) of ``(N, C, H, W)`` probabilities."""
+        return torch.as_tensor(self.values)[probabilities.argmax(1)]
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, H, W)`` in ``[-1, 1]`` -> float32 softmax probabilities ``(N, len(values), H, W)``."""
+        return _batched(self.net, images.float(), self.cfg).softmax(1)
 
 
 class Regressor:
@@ -216,30 +211,3 @@ class Regressor:
     def predict(self, labels: torch.Tensor) -> torch.Tensor:
         """int64 ``(N, H, W)`` -> float32 ``(N, 1, H, W)`` clipped to ``[-1, 1]``."""
         return _batched(self.net, self._onehot(labels), self.cfg).clamp(-1, 1)
-
-
-def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """8-connected components of a boolean ``(H, W)`` mask (scipy.ndimage.label)."""
-    from scipy import ndimage
-
-    return ndimage.label(mask, structure=np.ones((3, 3), dtype=int))
-
-
-def lesion_detection(pred: torch.Tensor, target: torch.Tensor, value: int) -> dict[str, float]:
-    """Component-level detection of label ``value`` over ``(N, H, W)`` label maps.
-
-    A target component counts as found when any predicted pixel of ``value`` falls inside it; a predicted
-    component that touches no target component is a false positive. Returns totals and rates."""
-    found = total = fp = 0
-    for p, t in zip(pred.numpy() == value, target.numpy() == value):
-        tl, nt = connected_components(t)
-        total += nt
-        if nt:
-            found += len(set(np.unique(tl[p]).tolist()) - {0})
-        pl, npred = connected_components(p)
-        for k in range(1, npred + 1):
-            if not t[pl == k].any():
-                fp += 1
-    n = int(pred.shape[0])
-    return {"lesions": total, "found": found, "sensitivity": found / total if total else float("nan"),
-            "false_positives": fp, "fp_per_image": fp / n if n else float("nan"), "images": n}

@@ -19,6 +19,7 @@ Images are float ``(N, 1, H, W)`` in ``[-1, 1]`` with ``H`` and ``W`` multiples 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -177,7 +178,9 @@ def train_feature_net(images: torch.Tensor, steps: int = 400, seed: int = 0, pro
     net._check(images[:1])
     gen = torch.Generator().manual_seed(seed + 1)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.1)
+    warm = max(1, steps // 10)  # linear warm-up, then cosine decay to 0
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))))
     x_all = images.float()
     bs = min(batch_size, x_all.shape[0])
     loss = torch.tensor(float("nan"))
