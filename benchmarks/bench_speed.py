@@ -3,6 +3,7 @@ without channels_last, GFLOPs per denoising step, the fraction of measured matmu
 of training and generation.
 
     python benchmarks/bench_speed.py [--size 128] [--threads 2]
+    python benchmarks/bench_speed.py --levers --size 64 --threads 1   # batch, channels_last, torch.compile
 
 Each configuration runs in its own subprocess (clean RSS, no cross-talk). Prints a table and writes
 benchmarks/results/speed.json. Run it on an otherwise idle machine: on 2 cores a second busy process
@@ -23,6 +24,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from maskray.diffusion.networks import UNetConfig, build_unet, build_controlnet, ControlledUNet
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])
+# CPU time of this process: on a machine shared with other jobs the wall clock measures the neighbours
+clock = time.process_time if args.get("cpu_clock") else time.perf_counter
 torch.manual_seed(0)
 S, B, mode, prec, cl = args["size"], args["batch"], args["mode"], args["precision"], args["channels_last"]
 unet = build_unet(UNetConfig(), S)
@@ -33,6 +36,8 @@ if cl:
 x = torch.randn(B, 1, S, S); c = torch.rand(B, 3, S, S); t = torch.randint(0, 1000, (B,))
 if cl:
     x = x.contiguous(memory_format=torch.channels_last); c = c.contiguous(memory_format=torch.channels_last)
+if args.get("compile"):
+    model = torch.compile(model)
 ac = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=(prec == "bf16"))
 out = {}
 if mode == "flops":
@@ -51,20 +56,20 @@ elif mode == "train":
         with ac():
             y = model(x, t, c)
         loss = (y.float() - x).pow(2).mean(); loss.backward(); opt.step(); opt.zero_grad()
-    step(); step()
-    t0 = time.perf_counter(); n = args["iters"]
+    t0 = clock(); step(); step(); out["warmup_s"] = clock() - t0
+    t0 = clock(); n = args["iters"]
     for _ in range(n): step()
-    out["images_per_s"] = n * B / (time.perf_counter() - t0)
+    out["images_per_s"] = n * B / (clock() - t0)
 else:
     model.eval()
     with torch.no_grad():
         def step():
             with ac():
                 model(x, t, c)
-        step()
-        t0 = time.perf_counter(); n = args["iters"]
+        t0 = clock(); step(); step(); out["warmup_s"] = clock() - t0
+        t0 = clock(); n = args["iters"]
         for _ in range(n): step()
-    out["image_steps_per_s"] = n * B / (time.perf_counter() - t0)
+    out["image_steps_per_s"] = n * B / (clock() - t0)
 out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps(out))
 '''
@@ -77,12 +82,46 @@ def run(args: dict) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def sweep(a) -> int:
+    """bf16 levers per stage at one size: batch size, channels_last and torch.compile (inductor), for stage-2
+    training and sampling, each against the measured bf16 matmul peak. Writes results/speed_levers.json."""
+    base = dict(size=a.size, threads=a.threads, precision="bf16", cpu_clock=True)
+    fl = run({**base, "channels_last": False, "mode": "flops", "batch": 1, "iters": 0})
+    gflop, peak = fl["gflop_per_image_step"], fl["matmul_peak_gflops_bf16"]
+    grid = [(b, cl, False) for b in (8, 32) for cl in (False, True)] + [(32, False, True)]
+    rows = []
+    for batch, cl, comp in grid:
+        cfg = {**base, "channels_last": cl, "compile": comp, "batch": batch}
+        tr = run({**cfg, "mode": "train", "iters": 3})
+        sm = run({**cfg, "mode": "sample", "iters": 4})
+        rows.append({"batch": batch, "channels_last": cl, "compile": comp, "train_images_per_s": tr["images_per_s"],
+                     "sample_image_steps_per_s": sm["image_steps_per_s"],
+                     "train_fraction_of_peak": tr["images_per_s"] * gflop * 3 / peak,
+                     "sample_fraction_of_peak": sm["image_steps_per_s"] * gflop / peak,
+                     "compile_warmup_s": {"train": tr["warmup_s"], "sample": sm["warmup_s"]}})
+        r = rows[-1]
+        print(f"batch {batch:3d} NHWC {str(cl):5} compile {str(comp):5}  train {r['train_images_per_s']:6.1f} img/s "
+              f"({100 * r['train_fraction_of_peak']:4.1f}%)  sample {r['sample_image_steps_per_s']:7.1f} img-steps/s "
+              f"({100 * r['sample_fraction_of_peak']:4.1f}%)", flush=True)
+    res = {"command": " ".join(["bench_speed.py"] + sys.argv[1:]), "size": a.size, "threads": a.threads,
+           "gflop_per_image_per_denoising_step": gflop, "bf16_matmul_peak_gflops": peak, "rows": rows,
+           "clock": "throughput by the worker's CPU clock; peak by maskray.hardware (fastest of repeated products)",
+           "note": "training FLOPs taken as 3x forward; machine shared with other jobs while measured"}
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "speed_levers.json").write_text(json.dumps(res, indent=2))
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sampler-steps", type=int, default=25)
+    p.add_argument("--levers", action="store_true", help="bf16 batch / channels_last / torch.compile sweep")
     a = p.parse_args()
+    if a.levers:
+        return sweep(a)
     base = dict(size=a.size, threads=a.threads, channels_last=False, precision="fp32")
     fl = run({**base, "mode": "flops", "batch": 1, "iters": 0})
     gflop = fl["gflop_per_image_step"]

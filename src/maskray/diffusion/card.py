@@ -52,6 +52,9 @@ class ModelCard:
     # a ControlNet on a Stable Diffusion folder (diffusion/pretrained.py): {"prompt", "parts_sha256"}; the
     # folder's path is kept beside the card (pretrained.json), never in it
     pretrained: dict[str, Any] | None = None
+    # the sampler the model is meant for, {"scheduler", "steps"} (a distilled student); empty: generate's defaults
+    sampling: dict[str, Any] = field(default_factory=dict)
+    distilled_from: str | None = None  # a distilled student: its teacher's controlnet_sha256
     maskray_version: str = ""
     format_version: int = CARD_VERSION
 

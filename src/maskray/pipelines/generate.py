@@ -27,11 +27,15 @@ from maskray.data.schema import read_manifest
 from maskray.diffusion.card import ModelCard
 from maskray.diffusion.sampling import SCHEDULERS, composite_region, make_scheduler, sample
 from maskray.diffusion.store import load_codec, load_model, model_folder
+from maskray import distributed
+from maskray.distributed import on_main
 from maskray.errors import MaskrayError
 from maskray.files import read_json
 from maskray.pipelines.conditions import GenerationConditions, parse_scales
+from maskray.pipelines.sharding import Shard
 from maskray.provenance import atomic_write_text, to_jsonable, write_run_info
 
+DEFAULT_SAMPLER = ("dpm++", 25)  # benchmarks/bench_steps.py
 SYNTHETIC_TEXT = {"Comment": "maskray synthetic image (not a real patient)", "Software": "maskray"}
 
 
@@ -43,8 +47,9 @@ class GenerateConfig:
     split: str | None = option(None, help="use only this split of --masks (train/val/test)")
     cases: tuple[str, ...] = option((), help="only these case ids (comma list)")
     samples_per_mask: int = option(1, help="images per label map")
-    scheduler: str = option("dpm++", help=f"sampler: {', '.join(SCHEDULERS)}")
-    steps: int = option(25, help="sampler steps")
+    scheduler: str | None = option(None, help=f"sampler: {', '.join(SCHEDULERS)} (default: the one the model card "
+                                              f"names, e.g. a distilled model's; else {DEFAULT_SAMPLER[0]})")
+    steps: int | None = option(None, help=f"sampler steps (default: the model card's; else {DEFAULT_SAMPLER[1]})")
     guidance_scale: str = option("1", help="classifier-free guidance on the conditions (1 = off): a number for all "
                                       "at once, or per condition, e.g. mask=2,edges=1")
     conditioning_scale: str = option("1", help="ControlNet residual scale: a number, or per condition, e.g. "
@@ -120,7 +125,7 @@ def _check_config(cfg: GenerateConfig) -> None:
     for name in ("model", "masks", "out"):
         if not getattr(cfg, name):
             raise MaskrayError(f"--{name} is required")
-    if cfg.samples_per_mask < 1 or cfg.batch_size < 1 or cfg.steps < 1:
+    if cfg.samples_per_mask < 1 or cfg.batch_size < 1 or (cfg.steps is not None and cfg.steps < 1):
         raise MaskrayError("--samples-per-mask, --batch-size and --steps must be at least 1")
     if cfg.bit_depth not in (8, 16):
         raise MaskrayError(f"--bit-depth {cfg.bit_depth}: allowed 8 or 16")
@@ -138,7 +143,16 @@ def _open_out(cfg: GenerateConfig) -> Path:
             raise MaskrayError(f"{out}: was made with other settings ({', '.join(diff)}); cannot resume")
     elif not (cfg.resume and out.is_dir()):
         prepare_output_dir(out, overwrite=cfg.overwrite, hint="--resume (continue) or --overwrite (replace)")
+    atomic_write_text(out / "generate_config.json", json.dumps(to_jsonable(cfg), indent=2))
     return out
+
+
+def with_model_sampler(cfg: GenerateConfig, card: ModelCard) -> GenerateConfig:
+    """``cfg`` with an unset scheduler or step count taken from the model card (a distilled model names the
+    sampler it was trained for), else from ``DEFAULT_SAMPLER``."""
+    own = (card.sampling.get("scheduler"), card.sampling.get("steps"))
+    return dataclasses.replace(cfg, scheduler=cfg.scheduler or own[0] or DEFAULT_SAMPLER[0],
+                               steps=cfg.steps if cfg.steps is not None else own[1] or DEFAULT_SAMPLER[1])
 
 
 def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
@@ -146,15 +160,18 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
         cfg = dataclasses.replace(cfg, masks=cfg.edges_from)
     _check_config(cfg)
     model, card = load_model(cfg.model, need_controlnet=True, prompt=cfg.prompt, pretrained=cfg.pretrained)
+    cfg = with_model_sampler(cfg, card)
     codec = load_codec(cfg.model, card, pretrained=cfg.pretrained)
     make_scheduler(cfg.scheduler, card.scheduler_config)  # fail early on a bad name
     masks = Dataset(cfg.masks)
     job = _Job(cfg, card, masks, _condition_mapping(card, masks, cfg.model),
                Dataset(cfg.inpaint_from) if cfg.inpaint_from else None)
-    out = _open_out(cfg)
-    atomic_write_text(out / "generate_config.json", json.dumps(to_jsonable(cfg), indent=2))
-    todo = [p for p in job.plan if not (image_path(out, p[0]).is_file() and label_path(out, p[0]).is_file())]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    shard = Shard.current()  # one process, or this process's share under accelerate launch
+    on_main(lambda: _open_out(cfg))
+    out = Path(cfg.out)
+    todo = [p for p in shard.take(job.plan)
+            if not (image_path(out, p[0]).is_file() and label_path(out, p[0]).is_file())]
+    device = distributed.device()
     model.to(device)
     if codec is not None:
         codec.vae.to(device)
@@ -162,8 +179,9 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
         model.to(memory_format=torch.channels_last)
     scheduler = make_scheduler(cfg.scheduler, card.scheduler_config)
     draw = _Drawer(cfg, card, model, codec, scheduler, device, job.scales)
-    bar = tqdm(total=len(job.plan), initial=len(job.plan) - len(todo), desc="generate", unit="img",
-               disable=not progress, dynamic_ncols=True)
+    mine = len(shard.take(job.plan))
+    bar = tqdm(total=mine, initial=mine - len(todo), desc="generate", unit="img",
+               disable=not progress or not shard.is_main, dynamic_ncols=True)
     for start in range(0, len(todo), cfg.batch_size):
         chunk = todo[start: start + cfg.batch_size]
         labs, kw = job.inputs(chunk)
@@ -174,7 +192,8 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
             write_image_file(image_path(out, out_id), (img[0].numpy() + 1) / 2, cfg.bit_depth, text=SYNTHETIC_TEXT)
         bar.update(len(chunk))
     bar.close()
-    job.write_records(out)
+    if shard.finish(out, [p[0] for p in job.plan]):
+        job.write_records(out)
     return out
 
 

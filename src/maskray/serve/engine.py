@@ -24,11 +24,14 @@ from maskray.diffusion.conditioning import mask_condition
 from maskray.diffusion.sampling import SCHEDULERS, make_scheduler
 from maskray.diffusion.store import load_codec, load_model
 from maskray.errors import MaskrayError
-from maskray.pipelines.generate import SYNTHETIC_TEXT, GenerateConfig, _condition_mapping, _Drawer, _region
+from maskray.pipelines.generate import (DEFAULT_SAMPLER, SYNTHETIC_TEXT, GenerateConfig, _condition_mapping, _Drawer,
+                                        _region)
 
 SCHEDULER_NAMES = tuple(SCHEDULERS)
 SYNTHETIC_PNG_TEXT = dict(SYNTHETIC_TEXT)  # how generated PNGs are marked synthetic
-DEFAULTS = GenerateConfig()  # scheduler, steps, guidance, precision, channels_last, inpaint margin
+# scheduler, steps, guidance, precision, channels_last, inpaint margin (generate leaves the sampler unset so that a
+# model card may name its own; the page starts from generate's default sampler)
+DEFAULTS = GenerateConfig(scheduler=DEFAULT_SAMPLER[0], steps=DEFAULT_SAMPLER[1])
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ from maskray.diffusion.networks import UNetConfig
 from maskray.diffusion.objective import DiffusionConfig
 from maskray.errors import MaskrayError
 
-Stage = Literal["base", "controlnet"]
-PATH_FIELDS = ("data", "out", "base", "autoencoder", "pretrained")  # kept out of the model card, which travels with exported data
+Stage = Literal["base", "controlnet", "distil"]
+# kept out of the model card, which travels with exported data
+PATH_FIELDS = ("data", "out", "base", "autoencoder", "pretrained", "model")
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,10 @@ class TrainConfig:
     data: str = option("", help="dataset folder in the native layout")
     out: str = option("", help="run folder to write")
     base: str | None = option(None, help="stage-1 run folder (stage 2 only)")
+    model: str | None = option(None, help="trained base + ControlNet run to distil (distil only)")
+    student_steps: int = option(4, help="sampler steps of the distilled student (distil only)")
+    teacher_steps: int = option(16, help="teacher DDIM steps over the whole trajectory that the student's steps "
+                                         "are trained to match (distil only; a multiple of --student-steps)")
     autoencoder: str | None = option(None, help="'maskray train autoencoder' run: stage 1 learns in its latent "
                                      "space (stage 2 takes its base's autoencoder)")
     pretrained: str | None = option(None, help="Stable Diffusion folder in diffusers layout (vae, unet, text_encoder, "
@@ -104,6 +109,9 @@ def validate(cfg: TrainConfig, stage: Stage) -> None:
         if importlib.util.find_spec("tensorboard") is None:
             raise MaskrayError("--log tensorboard needs the tensorboard package (pip install tensorboard); "
                                "the CSV log is always written")
+    if stage == "distil" and (not cfg.model or cfg.student_steps < 1 or cfg.teacher_steps % cfg.student_steps):
+        raise MaskrayError("distil needs --model RUN (a trained base + ControlNet), --student-steps >= 1 and "
+                           "--teacher-steps a multiple of --student-steps")
     if stage == "controlnet" and not cfg.base and not cfg.pretrained:
         raise MaskrayError("stage 2 needs --base RUN (a finished 'maskray train base' run) or --pretrained DIR "
                            "(a Stable Diffusion folder)")

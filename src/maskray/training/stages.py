@@ -36,7 +36,7 @@ from maskray.diffusion.autoencoder import LatentCodec
 from maskray.diffusion.card import ModelCard
 from maskray.diffusion.attributes import vector_size, vocabulary_of
 from maskray.diffusion.networks import ControlledUNet, ControlNetSet, build_controlnet, build_unet
-from maskray.diffusion.objective import DiffusionConfig, make_train_scheduler
+from maskray.diffusion.objective import DiffusionConfig, diffusion_loss, make_train_scheduler
 from maskray.diffusion.store import load_codec, load_model, save_model, save_pretrained_model
 from maskray.errors import MaskrayError
 from maskray.provenance import to_jsonable
@@ -65,8 +65,11 @@ class StageSetup:
     cond_drop: float
     card: ModelCard  # hashes and step are filled in at each save
     codec: LatentCodec | sd.RGBLatentCodec | None = None  # latent models: the frozen autoencoder
-    # writes the model folder instead of save_model (a ControlNet on a Stable Diffusion folder)
+    # writes the model folder instead of save_model (a ControlNet on a Stable Diffusion folder; a distilled student)
     saver: Callable[[Path, nn.Module, ModelCard], Path] | None = None
+    # a stage's own loss, ``objective(model_fn, x0, cond, noise_scheduler, generator)`` (distillation); None: the
+    # denoising loss
+    objective: Callable | None = None
 
     @property
     def needs_labels(self) -> bool:
@@ -81,6 +84,12 @@ class StageSetup:
                   case_ids: list[str] | None = None):
         return self.maker.drop(self.maker.make(labels, images, case_ids), self.cond_drop, generator)
 
+    def loss(self, model_fn, x0: torch.Tensor, cond: torch.Tensor | None, noise_scheduler,
+             generator: torch.Generator) -> torch.Tensor:
+        if self.objective is not None:
+            return self.objective(model_fn, x0, cond, noise_scheduler, generator)
+        return diffusion_loss(model_fn, x0, noise_scheduler, self.diffusion, generator)
+
     def save(self, folder: Path, trainable: nn.Module, step: int) -> Path:
         card = dataclasses.replace(self.card, step=step)
         if self.saver is not None:
@@ -91,6 +100,10 @@ class StageSetup:
 
 
 def setup_stage(cfg: TrainConfig, stage: Stage, ds: Dataset) -> StageSetup:
+    if stage == "distil":
+        from maskray.training.distil import setup_distil  # its own module; it builds on this one's StageSetup
+
+        return setup_distil(cfg, ds)
     if stage == "controlnet" and cfg.pretrained:
         return _setup_pretrained_controlnet(cfg, ds)
     return _setup_base(cfg, ds) if stage == "base" else _setup_controlnet(cfg, ds)

@@ -24,18 +24,20 @@ from tqdm import tqdm
 
 from maskray.data.layout import Dataset, prepare_output_dir
 from maskray.diffusion.networks import count_parameters
-from maskray.diffusion.objective import diffusion_loss, train_scheduler
+from maskray.distributed import on_main
+from maskray.diffusion.objective import train_scheduler
 from maskray.errors import MaskrayError
 from maskray.provenance import to_jsonable, write_run_info
 from maskray.training.checkpoints import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from maskray.training.config import Stage, TrainConfig, validate
 from maskray.training.data import load_arrays
+from maskray.training.efficiency import Mfu, matmul_peak_flops, train_flops_per_image
 from maskray.training.latent_cache import cached_latents
 from maskray.training.stages import setup_stage
 from maskray.training.validation import ValidationStrip
 from maskray.files import atomic_path
 
-LOG_COLUMNS = ["step", "loss", "lr", "images_per_s", "elapsed_s"]
+LOG_COLUMNS = ["step", "loss", "lr", "images_per_s", "elapsed_s", "mfu"]
 
 
 def step_generator(seed: int, micro: int) -> torch.Generator:
@@ -69,7 +71,8 @@ def _train(cfg: TrainConfig, stage: Stage, progress: bool) -> Path:
     ds = Dataset(cfg.data)
     torch.manual_seed(cfg.seed)  # weight initialisation; the one global seed, set at the edge of the run
     setup = setup_stage(cfg, stage, ds)
-    out = _prepare_out(cfg)
+    on_main(lambda: _prepare_out(cfg))  # under accelerate launch the main process alone creates or replaces it
+    out = Path(cfg.out)
     accelerator = Accelerator(mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.grad_accum,
                               log_with="tensorboard" if cfg.log == "tensorboard" else None, project_dir=str(out))
     arrays = load_arrays(ds, cfg.image_size, cfg.split, need_labels=setup.needs_labels, progress=progress)
@@ -84,7 +87,9 @@ def _train(cfg: TrainConfig, stage: Stage, progress: bool) -> Path:
     optimizer = torch.optim.AdamW([p for p in trainable.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     lr_sched = get_scheduler(cfg.lr_schedule if cfg.lr_schedule != "constant" else "constant_with_warmup",
-                             optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
+                             optimizer, num_warmup_steps=cfg.warmup_steps * accelerator.num_processes,
+                             # accelerate steps a prepared schedule once per process per optimizer step
+                             num_training_steps=cfg.steps * accelerator.num_processes)
     ema = EMAModel(trainable.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=2 / 3) \
         if cfg.ema_decay > 0 else None
     wrapped, optimizer, lr_sched = accelerator.prepare(trainable, optimizer, lr_sched)
@@ -96,7 +101,7 @@ def _train(cfg: TrainConfig, stage: Stage, progress: bool) -> Path:
         if ema is not None:
             ema.to(accelerator.device)
     if accelerator.is_main_process:
-        write_run_info(out, f"train {stage}", cfg, seed=cfg.seed, checkpoint=cfg.base,
+        write_run_info(out, f"train {stage}", cfg, seed=cfg.seed, checkpoint=cfg.base or cfg.model,
                        extra={"parameters": count_parameters(trainable), "dataset": str(ds.root),
                               "train_cases": len(arrays)})
     if cfg.log == "tensorboard":
@@ -121,6 +126,18 @@ class _Loop:
         self.strip = ValidationStrip(out / "validation", arrays, list(setup.labels.values()), cfg.validation_cases,
                                      cfg.seed, cfg.validation_sampler_steps, self.noise_sched.config, cfg.precision,
                                      codec=setup.codec, condition=setup.maker.make)
+        self.mfu = self.efficiency() if accelerator.is_main_process else None
+
+    def efficiency(self) -> Mfu:
+        """FLOPs of one image's training step (counted once, on the unwrapped model) and the measured peak."""
+        idx = self.arrays.indices(0, 1, self.cfg.seed)
+        x0, lab = self.arrays.batch(idx)
+        cond = self.setup.condition(lab, step_generator(self.cfg.seed, 0), self.arrays.pixels(idx),
+                                    [self.arrays.case_ids[i] for i in idx.tolist()])
+        dev = self.acc.device
+        with self.acc.autocast():
+            flops = train_flops_per_image(self.sampling_model, x0.to(dev), None if cond is None else cond.to(dev))
+        return Mfu(flops, matmul_peak_flops(self.cfg.precision, dev), self.acc.num_processes)
 
     def run(self, start: int) -> None:
         cfg, acc = self.cfg, self.acc
@@ -141,7 +158,8 @@ class _Loop:
             bar.update(1)
             lr = self.lr_sched.get_last_lr()[0]
             if log:
-                log.write([done, f"{loss:.6f}", f"{lr:.3e}", f"{rate:.2f}", f"{elapsed:.1f}"])
+                log.write([done, f"{loss:.6f}", f"{lr:.3e}", f"{rate:.2f}", f"{elapsed:.1f}",
+                           f"{self.mfu.fraction(rate):.4f}"])
             if cfg.log == "tensorboard":
                 acc.log({"loss": loss, "lr": lr}, step=done)
             if done % validate_every == 0 or done == cfg.steps:
@@ -175,7 +193,7 @@ class _Loop:
                 return self.model(noisy, t.to(acc.device), cond, cfg.conditioning_scale)
 
         with acc.accumulate(self.wrapped):
-            loss = diffusion_loss(model_fn, x0, self.noise_sched, self.setup.diffusion, gen)
+            loss = self.setup.loss(model_fn, x0, cond, self.noise_sched, gen)
             acc.backward(loss)
             if acc.sync_gradients:
                 acc.clip_grad_norm_(self.wrapped.parameters(), 1.0)
