@@ -18,12 +18,12 @@ import torch
 
 from maskray.data.layout import Dataset
 from maskray.diffusion.card import ModelCard
-from maskray.diffusion.conditioning import drop_conditions, one_hot
 from maskray.diffusion.distillation import STUDENT_SPACING, distillation_loss, student_grid
 from maskray.diffusion.networks import ControlledUNet
 from maskray.diffusion.objective import DiffusionConfig
 from maskray.diffusion.store import load_codec, load_model, save_model
 from maskray.errors import MaskrayError
+from maskray.training.conditions import ConditionMaker
 from maskray.training.config import TrainConfig
 from maskray.training.stages import StageSetup, _card
 
@@ -49,9 +49,6 @@ def setup_distil(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     substeps = cfg.teacher_steps // cfg.student_steps
     autocast_on = cfg.precision == "bf16"
 
-    def condition(lab: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
-        return drop_conditions(one_hot(lab, values), cfg.cond_drop, generator)
-
     def objective(model_fn, x0, cond, noise_scheduler, generator):
         def teacher_fn(z, t):
             with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=autocast_on):
@@ -70,5 +67,6 @@ def setup_distil(cfg: TrainConfig, ds: Dataset) -> StageSetup:
         scheduler_config=sched_cfg, sampling={"scheduler": "ddim", "steps": cfg.student_steps},
         distilled_from=tcard.controlnet_sha256)
     return StageSetup(stage="distil", trainable=student, frozen=teacher, diffusion=diff, labels=dict(tcard.labels),
-                      joined=lambda trained: trained, condition=condition, card=card, codec=codec,
+                      joined=lambda trained: trained, maker=ConditionMaker(("mask",), values, None, {}, {}),
+                      cond_drop=cfg.cond_drop, card=card, codec=codec,
                       objective=objective, saver=saver)
