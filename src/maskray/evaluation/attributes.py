@@ -22,7 +22,7 @@ from sklearn.preprocessing import StandardScaler
 
 from maskray.data.attributes import read_case_attributes
 from maskray.data.layout import Dataset
-from maskray.data.schema import read_manifest
+from maskray.files import read_json
 
 FEATURE_SIDE = 32
 MANIFEST = "manifest.json"
@@ -33,8 +33,9 @@ def requested_attributes(syn: Dataset) -> dict[str, dict[str, str]]:
     path = syn.root / MANIFEST
     if not path.is_file():
         return {}
-    cases = read_manifest(path)["cases"]
-    return {c: dict(e["attributes"]) for c, e in cases.items() if e.get("attributes")}
+    raw = read_json(path, what="manifest")
+    cases = raw.get("cases", raw)  # the mapping may sit under "cases" or at the top level (evaluation/pairs.py)
+    return {c: dict(e["attributes"]) for c, e in cases.items() if isinstance(e, dict) and e.get("attributes")}
 
 
 def features(x: torch.Tensor) -> np.ndarray:

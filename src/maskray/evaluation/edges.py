@@ -16,7 +16,6 @@ from scipy import ndimage
 
 from maskray.data.layout import Dataset
 from maskray.data.resize import resize_image
-from maskray.data.schema import read_manifest
 from maskray.diffusion.edges import EdgeConfig, edge_map
 from maskray.evaluation.attributes import MANIFEST
 from maskray.files import read_json
@@ -37,9 +36,10 @@ def _edge_sources(syn: Dataset) -> tuple[dict[str, str], dict | None]:
     """Synthetic case -> real case its edges came from; and the model's edge settings (from run.json)."""
     if not (syn.root / MANIFEST).is_file() or not (syn.root / "run.json").is_file():
         return {}, None
-    manifest = read_manifest(syn.root / MANIFEST)["cases"]
+    raw = read_json(syn.root / MANIFEST, what="manifest")
+    manifest = raw.get("cases", raw)  # under "cases" or at the top level (evaluation/pairs.py)
     card = read_json(syn.root / "run.json", what="run record").get("model_card") or {}
-    src = {c: e["edges_from"] for c, e in manifest.items() if e.get("edges_from")}
+    src = {c: e["edges_from"] for c, e in manifest.items() if isinstance(e, dict) and e.get("edges_from")}
     return src, (card.get("conditions") or {}).get("edges")
 
 

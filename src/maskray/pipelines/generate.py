@@ -197,16 +197,26 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     return out
 
 
+def sampling_scales(cfg: GenerateConfig, card: ModelCard) -> dict:
+    """The sampler's ``guidance_scale``, ``conditioning_scale`` (each a number or per condition) and
+    ``attribute_guidance`` from the options (pipelines/conditions.py parses them)."""
+    names = card.condition_names
+    return {"guidance_scale": parse_scales(cfg.guidance_scale, names, "--guidance-scale"),
+            "conditioning_scale": parse_scales(cfg.conditioning_scale, names, "--conditioning-scale"),
+            "attribute_guidance": float(cfg.attribute_guidance)}
+
+
 class _Drawer:
     """One padded batch of images: sampled in pixel space, or in latent space then decoded. In region-preserving
     mode a latent model keeps the latents of the real image outside the (latent-resolution) region while
     sampling, and the decoded result is composited in pixel space, so every pixel outside the region keeps its
     value exactly."""
 
-    def __init__(self, cfg: GenerateConfig, card: ModelCard, model, codec, scheduler, device, scales: dict):
+    def __init__(self, cfg: GenerateConfig, card: ModelCard, model, codec, scheduler, device,
+                 scales: dict | None = None):
         self.cfg, self.card, self.model, self.codec, self.scheduler, self.device = cfg, card, model, codec, \
             scheduler, device
-        self.scales = scales  # guidance_scale, conditioning_scale, attribute_guidance (pipelines/conditions.py)
+        self.scales = scales if scales is not None else sampling_scales(cfg, card)
 
     @torch.no_grad()
     def __call__(self, gens, cond, known=None, keep=None, blend=None) -> torch.Tensor:
@@ -238,10 +248,7 @@ class _Job:
         self.origin = _mask_origins(masks)
         self.conds = GenerationConditions(card, mapping, Dataset(cfg.edges_from) if cfg.edges_from else None,
                                           cfg.attributes, self.origin)
-        names = card.condition_names
-        self.scales = {"guidance_scale": parse_scales(cfg.guidance_scale, names, "--guidance-scale"),
-                       "conditioning_scale": parse_scales(cfg.conditioning_scale, names, "--conditioning-scale"),
-                       "attribute_guidance": float(cfg.attribute_guidance)}
+        self.scales = sampling_scales(cfg, card)
         self.conds.check_guidance(self.scales["guidance_scale"], self.scales["attribute_guidance"])
 
     def inputs(self, chunk: list[tuple[str, str, int]]) -> tuple[list[torch.Tensor], dict]:
