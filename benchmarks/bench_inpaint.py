@@ -26,7 +26,8 @@ from scipy import ndimage
 from maskray.data.layout import Dataset
 from maskray.data.masks import MaskSynthConfig, synthesize_masks
 from maskray.demo import nodule_contrast
-from maskray.evaluation.segmenter import Segmenter, SegmenterConfig, lesion_detection
+from maskray.evaluation.detection import lesion_detection
+from maskray.evaluation.segmenter import Segmenter, SegmenterConfig
 from maskray.pipelines.generate import GenerateConfig, generate
 from maskray.training.validation import colorize, grid_image, to_uint8
 

@@ -63,8 +63,6 @@ def make_data(a, work: Path, times: dict, env: dict) -> Path:
 
 def sampling_seconds(model: Path, data: Path, n: int = 16, steps: int = 20) -> float:
     """Seconds per image to sample and decode ``n`` images in ``steps`` DPM-Solver++ steps (bf16)."""
-    import torch
-
     from maskray.data.layout import Dataset
     from maskray.pipelines.generate import GenerateConfig, generate
 

@@ -161,8 +161,9 @@ class ControlledUNet(nn.Module):
     def class_labels(self, attributes: torch.Tensor | None, sample: torch.Tensor) -> torch.Tensor | None:
         """The attribute vector for the UNet's class embedding (zeros when none is given), or ``None`` for a
         UNet without one."""
-        dim = self.unet.config.get("projection_class_embeddings_input_dim") if \
-            self.unet.config.get("class_embed_type") == "projection" else None
+        config = getattr(self.unet, "module", self.unet).config  # the UNet may be wrapped (DistributedDataParallel)
+        dim = config.get("projection_class_embeddings_input_dim") if \
+            config.get("class_embed_type") == "projection" else None
         if not dim:
             if attributes is not None and attributes.shape[-1]:
                 raise MaskrayError("attributes were given but this model was trained without attributes")

@@ -27,7 +27,6 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import BasicUNet
 
 from maskray.config import option
-from maskray.evaluation.detection import lesion_detection  # noqa: F401  (kept importable from here)
 
 
 @dataclass(frozen=True)
