@@ -217,7 +217,7 @@ def test_latent_cache_reused_for_same_autoencoder_recomputed_for_another(tmp_pat
 # ------------------------------------------------------------------------------------------------ CLI
 TRAIN = ["train", "autoencoder", "--image-size", "32", "--crop-size", "16", "--block-out-channels", "8,16",
          "--batch-size", "2", "--feature-steps", "3", "--feature-matching-weight", "1", "--adversarial-weight",
-         "0.5", "--disc-start", "4", "--eval-cases", "3", "--scale-cases", "6", "--mixed-precision", "no",
+         "0.5", "--disc-start", "4", "--eval-cases", "3", "--scale-cases", "6", "--precision", "no",
          "--checkpoint-every", "3"]
 
 

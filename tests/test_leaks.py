@@ -100,11 +100,8 @@ def generated(sources, tmp_path_factory):
     from maskray.training.trainer import TrainConfig, train
 
     work = sources["root"]
-    from dataclasses import fields
-
-    precision = "precision" if "precision" in {f.name for f in fields(TrainConfig)} else "mixed_precision"
     tiny = dict(image_size=32, batch_size=2, block_out_channels=(8, 16), norm_num_groups=4, validation_cases=1,
-                validation_sampler_steps=1, steps=1, **{precision: "no"})
+                validation_sampler_steps=1, steps=1, precision="no")
     data = str(sources["imported"])
     train(TrainConfig(data=data, out=str(work / "run_base"), **tiny), "base", progress=False)
     train(TrainConfig(data=data, out=str(work / "run_cn"), base=str(work / "run_base"), **tiny), "controlnet",

@@ -67,7 +67,7 @@ class AutoencoderTrainConfig:
     feature_net: str | None = option(None, help="a trained feature network folder (else one is trained)")
     feature_steps: int = option(300, help="steps of self-supervised feature-network training")
     scale_cases: int = option(64, help="training images used to measure the latent scaling factor")
-    mixed_precision: Literal["no", "bf16"] = option("bf16", help="autocast precision")
+    precision: Literal["no", "bf16"] = option("bf16", help="autocast precision")
     checkpoint_every: int = option(250, help="steps between checkpoints")
     seed: int = option(0, help="seed for weights, batches, crops, noise")
     resume: bool = option(False, help="continue from the checkpoint in --out")
@@ -161,7 +161,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> Pat
 
 
 def _autocast(cfg: AutoencoderTrainConfig):
-    if cfg.mixed_precision == "bf16":
+    if cfg.precision == "bf16":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
