@@ -20,6 +20,7 @@ from maskray import __version__
 from maskray.data.layout import (DatasetInfo, image_path, label_path, prepare_output_dir, write_dataset_info,
                                  write_image_file, write_label_file)
 from maskray.errors import MaskrayError
+from maskray.files import read_json
 from maskray.export.common import png_text
 from maskray.export.dicom import build_dataset, write_dicom
 from maskray.export.native import save_nifti
@@ -77,8 +78,8 @@ class OutputDataset:
         self._lock = threading.Lock()
         manifest = self.root / MANIFEST
         if manifest.is_file() and (self.root / "dataset.json").is_file():
-            self.cases = json.loads(manifest.read_text()).get("cases", {})
-            old = json.loads((self.root / "dataset.json").read_text()).get("labels")
+            self.cases = read_json(manifest, what="manifest").get("cases", {})
+            old = read_json(self.root / "dataset.json", what="dataset.json").get("labels")
             if old != dict(sorted(labels.items(), key=lambda kv: kv[1])):
                 raise MaskrayError(f"{self.root}: holds a data set with other labels ({old}); choose another --out")
         else:

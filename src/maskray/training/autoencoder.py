@@ -27,6 +27,7 @@ from maskray.data.layout import Dataset, prepare_output_dir
 from maskray.diffusion.autoencoder import AutoencoderConfig, LatentCodec
 from maskray.diffusion.autoencoder_losses import AutoencoderLoss, LossWeights
 from maskray.errors import MaskrayError
+from maskray.files import read_json
 from maskray.measures.features import FeatureNet, train_feature_net
 from maskray.provenance import atomic_write_text, to_jsonable, write_run_info
 from maskray.training.autoencoder_report import reconstruction_picture, reconstruction_report
@@ -230,7 +231,7 @@ def _cut_log(path: Path, step: int) -> None:
 
 def _elapsed(out: Path) -> float:
     path = out / "trainer_state.json"
-    return json.loads(path.read_text())["train_seconds"] if path.is_file() else 0.0
+    return float(read_json(path, what="trainer state").get("train_seconds", 0.0)) if path.is_file() else 0.0
 
 
 def _save_checkpoint(out: Path, vae, loss_fn, opt_g, opt_d, step: int, seconds: float) -> None:
