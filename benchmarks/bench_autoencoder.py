@@ -49,14 +49,14 @@ def dataset(name: str, work: Path, cases: int, cxr: Path) -> Path | None:
     if (out / "dataset.json").is_file():
         return out
     if name == "phantom":
-        make_phantom(PhantomConfig(out=out, n=cases, size=256, seed=0))
+        make_phantom(PhantomConfig(out=out, n=cases, image_size=256, seed=0))
         return out
     if not (cxr / "images").is_dir():
         print(f"skipped cxr-lungs: {cxr} not found (internal development data)")
         return None
     subprocess.run([sys.executable, "-m", "maskray", "data", "import", "--out", str(out), "--images",
                     str(cxr / "images"), "--masks", str(cxr / "masks"), "--threshold", "127", "--label-name", "lung",
-                    "--size", "256", "--val-fraction", "0.1", "--test-fraction", "0.1", "--seed", "0"], check=True)
+                    "--image-size", "256", "--val-fraction", "0.1", "--test-fraction", "0.1", "--seed", "0"], check=True)
     return out
 
 

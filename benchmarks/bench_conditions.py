@@ -164,7 +164,7 @@ def separate_model(joint: Path, mask_run: Path, edge_run: Path, out: Path) -> Pa
 
 
 def phantom(a, work: Path) -> dict:
-    data = timed("phantom", lambda: make_phantom(PhantomConfig(out=work / "ph", n=a.n, size=a.size, seed=a.seed,
+    data = timed("phantom", lambda: make_phantom(PhantomConfig(out=work / "ph", n=a.n, image_size=a.size, seed=a.seed,
                                                                workers=1, overwrite=True), progress=False))
     base, s = work / "base", a.cn_steps
     train_stage("train_base_with_attributes", a, data, base, "base", a.base_steps, attributes=("sex", "age"))
@@ -202,7 +202,7 @@ def cxr(a, work: Path) -> dict:
     (work / "cxr_attributes.csv").write_text("\n".join(rows) + "\n")
     data = work / "cxr"
     timed("cxr_import", lambda: import_folder(ImportConfig(
-        out=data, images=CXR / "images", masks=CXR / "masks", threshold=127, label_name="lung", size=a.size,
+        out=data, images=CXR / "images", masks=CXR / "masks", threshold=127, label_name="lung", image_size=a.size,
         val_fraction=0.1, test_fraction=0.1, seed=0, overwrite=True, workers=1,
         attributes_csv=work / "cxr_attributes.csv", attribute_columns=("finding", "site")), progress=False))
     train_stage("cxr_train_base_with_attributes", a, data, work / "cxr-base", "base", a.cxr_base_steps,

@@ -47,7 +47,7 @@ def make_real(root: Path, n: int, size: int) -> str:
         k = max(2, n // 10)
         write_splits(root, {"train": ids[:-2 * k], "val": ids[-2 * k:-k], "test": ids[-k:]})
         return "toy (tests/conftest.py)"
-    make_phantom(PhantomConfig(out=root, n=n, size=size, seed=0), progress=False)
+    make_phantom(PhantomConfig(out=root, n=n, image_size=size, seed=0), progress=False)
     return "phantom"
 
 

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or Path(tmp) / "cxr-lungs"
         # The README says: lung where the mask value is > 127; the patient id is the file stem (the default).
         cfg = ImportConfig(out=out, images=args.data / "images", masks=args.data / "masks", threshold=127,
-                           label_name="lung", size=args.size, resize="pad", workers=args.workers,
+                           label_name="lung", image_size=args.size, resize="pad", workers=args.workers,
                            overwrite=args.out is not None, val_fraction=0.1, test_fraction=0.1, seed=0)
         t0 = time.perf_counter()
         res = import_folder(cfg)

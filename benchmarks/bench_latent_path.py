@@ -52,11 +52,11 @@ def run(name: str, argv: list[str], times: dict, env: dict) -> None:
 def make_data(a, work: Path, times: dict, env: dict) -> Path:
     data = work / "data"
     if a.data == "phantom":
-        run("data", ["phantom", "--out", str(data), "--n", str(a.cases), "--size", "256", "--seed", "0",
+        run("data", ["phantom", "--out", str(data), "--n", str(a.cases), "--image-size", "256", "--seed", "0",
                      "--overwrite"], times, env)
     else:
         run("data", ["data", "import", "--out", str(data), "--images", str(CXR / "images"), "--masks",
-                     str(CXR / "masks"), "--threshold", "127", "--label-name", "lung", "--size", "256",
+                     str(CXR / "masks"), "--threshold", "127", "--label-name", "lung", "--image-size", "256",
                      "--val-fraction", "0.1", "--test-fraction", "0.1", "--seed", "0", "--overwrite"], times, env)
     return data
 
@@ -116,7 +116,7 @@ def main() -> None:
     run("generate_latent", ["generate", "--model", str(lat / "cn"), "--masks", str(data), "--split", "test",
                             "--out", str(lat / "gen"), "--overwrite"], times, env)
     run("evaluate_latent", ["evaluate", "--real", str(data), "--synthetic", str(lat / "gen"), "--out",
-                            str(lat / "eval"), "--size", "256", "--seg-steps", str(a.eval_steps), "--reg-steps",
+                            str(lat / "eval"), "--image-size", "256", "--seg-steps", str(a.eval_steps), "--reg-steps",
                             str(a.eval_steps), "--threads", "1", "--overwrite"], times, env)
     if not a.skip_pixel:
         run("train_base_pixel64", ["train", "base", "--data", str(data), "--out", str(pix / "base"), "--image-size",
@@ -127,7 +127,7 @@ def main() -> None:
         run("generate_pixel64", ["generate", "--model", str(pix / "cn"), "--masks", str(data), "--split", "test",
                                  "--out", str(pix / "gen"), "--overwrite"], times, env)
         run("evaluate_pixel64", ["evaluate", "--real", str(data), "--synthetic", str(pix / "gen"), "--out",
-                                 str(pix / "eval"), "--size", "64", "--seg-steps", str(a.eval_steps), "--reg-steps",
+                                 str(pix / "eval"), "--image-size", "64", "--seg-steps", str(a.eval_steps), "--reg-steps",
                                  str(a.eval_steps), "--threads", "1", "--overwrite"], times, env)
     import torch
 

@@ -43,7 +43,7 @@ def main() -> int:
     work = Path(a.work)
     data = work / f"phantom{a.size}"
     if not (data / "dataset.json").exists():
-        make_phantom(PhantomConfig(out=data, n=a.cases, size=a.size, seed=0, workers=2))
+        make_phantom(PhantomConfig(out=data, n=a.cases, image_size=a.size, seed=0, workers=2))
 
     def overrides(pairs):
         out = {}

@@ -29,7 +29,7 @@ def load() -> list[float]:
 def contrast_by_diameter(n: int, size: int) -> list[dict]:
     """Nodule core mean minus median of the surrounding lung (3-pixel ring), and that over the lung's
     high-pass noise std (CNR), binned by diameter."""
-    cfg = PhantomConfig(n=n, size=size, seed=123, nodule_fraction=1.0)
+    cfg = PhantomConfig(n=n, image_size=size, seed=123, nodule_fraction=1.0)
     rows = []
     for i in range(n):
         case = render_case(cfg, i)
@@ -81,7 +81,7 @@ def main() -> None:
     for size in (64, 128):
         t0 = time.perf_counter()
         for i in range(20):
-            render_case(PhantomConfig(size=size, seed=0), i)
+            render_case(PhantomConfig(image_size=size, seed=0), i)
         result[f"ms_per_case_{size}px_1worker"] = round((time.perf_counter() - t0) / 20 * 1000, 1)
         print(f"render only, {size} px, 1 process: {result[f'ms_per_case_{size}px_1worker']} ms/case")
     if args.contrast_cases:

@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("docs/img/phantom_grid.png"))
     args = ap.parse_args()
     labels = tuple(args.labels.split(","))
-    cfg = PhantomConfig(n=args.n, size=args.size, seed=args.seed, labels=labels, nodule_fraction=0.75)
+    cfg = PhantomConfig(n=args.n, image_size=args.size, seed=args.seed, labels=labels, nodule_fraction=0.75)
     rows = -(-args.n // args.cols)
     fig, axes = plt.subplots(rows, args.cols, figsize=(3 * args.cols, 3 * rows), squeeze=False)
     for i, ax in enumerate(axes.flat):

@@ -10,7 +10,7 @@ if [ ! -d "$SRC/images" ]; then echo "skipped: $SRC not found (internal developm
 mkdir -p "$WORK"; : > "$WORK/times.txt"
 t() { local name=$1; shift; local s=$(date +%s.%N); "$@"; echo "$name $(echo "$(date +%s.%N) - $s" | bc) s" | tee -a "$WORK/times.txt"; }
 t import maskray data import --out "$WORK/data" --images "$SRC/images" --masks "$SRC/masks" --threshold 127 \
-    --label-name lung --size "$SIZE" --val-fraction 0.1 --test-fraction 0.1 --seed 0 --overwrite
+    --label-name lung --image-size "$SIZE" --val-fraction 0.1 --test-fraction 0.1 --seed 0 --overwrite
 t check maskray data check "$WORK/data"
 t train_base maskray train base --data "$WORK/data" --out "$WORK/base" --image-size "$SIZE" --steps "$BS" --overwrite
 t train_controlnet maskray train controlnet --data "$WORK/data" --base "$WORK/base" --out "$WORK/cn" \

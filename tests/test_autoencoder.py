@@ -224,7 +224,7 @@ TRAIN = ["train", "autoencoder", "--image-size", "32", "--crop-size", "16", "--b
 @pytest.fixture(scope="module")
 def phantom32(tmp_path_factory):
     root = tmp_path_factory.mktemp("ph") / "ph32"
-    assert main(["phantom", "--out", str(root), "--n", "16", "--size", "32", "--seed", "0"]) == 0
+    assert main(["phantom", "--out", str(root), "--n", "16", "--image-size", "32", "--seed", "0"]) == 0
     return root
 
 

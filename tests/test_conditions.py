@@ -210,7 +210,7 @@ def _csv(tmp_path, text):
 def test_import_records_attributes_with_age_bands(tmp_path):
     img = _source(tmp_path)
     csv = _csv(tmp_path, "file,sex,age,site\np0.png,F,63,A\np1.png,M,41.5,B\np2,F,70,A\n")
-    import_folder(ImportConfig(out=tmp_path / "out", images=img, size=16, workers=1, attributes_csv=csv,
+    import_folder(ImportConfig(out=tmp_path / "out", images=img, image_size=16, workers=1, attributes_csv=csv,
                                attribute_columns=("sex", "age"), attribute_bins="age=10"), progress=False)
     rec = json.loads((tmp_path / "out" / "cases.json").read_text())
     assert rec["p0"]["attributes"] == {"sex": "F", "age": "60-70"}
@@ -229,7 +229,7 @@ def test_import_records_attributes_with_age_bands(tmp_path):
 def test_malformed_attribute_csv_is_one_line_and_writes_nothing(tmp_path, text, cols, bins, message):
     img = _source(tmp_path)
     with pytest.raises(MaskrayError, match=message) as err:
-        import_folder(ImportConfig(out=tmp_path / "out", images=img, size=16, workers=1,
+        import_folder(ImportConfig(out=tmp_path / "out", images=img, image_size=16, workers=1,
                                    attributes_csv=_csv(tmp_path, text), attribute_columns=cols,
                                    attribute_bins=bins), progress=False)
     assert "\n" not in str(err.value)
@@ -262,7 +262,7 @@ def test_two_conditions_and_attributes_end_to_end(tmp_path):
     from maskray.evaluation.pairs import load_images
     from maskray.data.layout import Dataset
 
-    data = make_phantom(PhantomConfig(out=tmp_path / "ph", n=12, size=32, seed=0, workers=1, test_fraction=0.25),
+    data = make_phantom(PhantomConfig(out=tmp_path / "ph", n=12, image_size=32, seed=0, workers=1, test_fraction=0.25),
                         progress=False)
     recorded = json.loads((data / "cases.json").read_text())
     assert {r["attributes"]["sex"] for r in recorded.values()} == {"F", "M"}

@@ -84,10 +84,10 @@ def test_export_refuses_a_corrupt_manifest_instead_of_dropping_provenance(toy_da
 
 @pytest.mark.parametrize("value", ['"64"', "64.7"])
 def test_config_file_sizes_must_be_whole_numbers(tmp_path, value, capsys):
-    (tmp_path / "c.yaml").write_text(f"size: {value}\n")
+    (tmp_path / "c.yaml").write_text(f"image_size: {value}\n")
     assert main(["data", "import", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "o"),
                  "--images", str(tmp_path)]) == 2
-    assert "option 'size' has value" in capsys.readouterr().err
+    assert "option 'image_size' has value" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------- paths
@@ -156,7 +156,7 @@ def test_killed_import_leaves_no_worker_and_the_next_run_cleans_up(tmp_path):
     for i in range(32):
         Image.fromarray(rng.integers(0, 255, (128, 128), dtype=np.uint8)).save(src / f"img{i:03d}.png")
     cmd = [sys.executable, "-m", "maskray", "data", "import", "--images", str(src), "--out", str(tmp_path / "o"),
-           "--workers", "2", "--size", "128", "--no-progress"]
+           "--workers", "2", "--image-size", "128", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers: list[int] = []
@@ -175,7 +175,7 @@ def test_killed_import_leaves_no_worker_and_the_next_run_cleans_up(tmp_path):
              and Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
     assert not alive, f"workers {alive} outlived their killed parent"
     assert list(tmp_path.glob(".o.staging-*")), "expected the killed run's staging folder"
-    assert main(cmd[3:] + ["--workers", "1", "--size", "16"]) == 0
+    assert main(cmd[3:] + ["--workers", "1", "--image-size", "16"]) == 0
     assert not list(tmp_path.glob(".o.*")) and (tmp_path / "o" / "dataset.json").is_file()
 
 

@@ -84,7 +84,7 @@ def _import(**kw):
 # ------------------------------------------------------------------------------------------- good data
 def test_png_folder_pad_labels_and_record(tmp_path):
     img, msk = _folder(tmp_path, h=24, w=32)
-    res = _import(out=tmp_path / "out", images=img, masks=msk, labels="lung=1,nodule=2", size=16)
+    res = _import(out=tmp_path / "out", images=img, masks=msk, labels="lung=1,nodule=2", image_size=16)
     ds = Dataset(tmp_path / "out")
     assert sorted(ds.cases) == ["p0", "p1", "p2"] and ds.labels == {"background": 0, "lung": 1, "nodule": 2}
     lab = ds.label("p0").numpy()
@@ -104,7 +104,7 @@ def test_labels_map_source_values_to_consecutive_output(tmp_path):
     m[10:12] = 128
     _png(tmp_path / "msk" / "a.png", m)
     _import(out=tmp_path / "out", images=tmp_path / "img", masks=tmp_path / "msk", labels="lung=255,heart=128",
-            size=16)
+            image_size=16)
     lab = read_label_file(tmp_path / "out" / "labelsTr" / "a.png")
     assert (lab[2:8] == 1).all() and (lab[10:12] == 2).all() and lab[0].max() == 0
 
@@ -116,7 +116,7 @@ def test_threshold_for_antialiased_masks_and_16bit(tmp_path):
     m[:, 10] = 128  # anti-aliased edge, > 127: lung
     m[:, 11] = 100  # < 127: background
     _png(tmp_path / "msk" / "a.png", m)
-    _import(out=tmp_path / "out", images=tmp_path / "img", masks=tmp_path / "msk", threshold=127, size=32,
+    _import(out=tmp_path / "out", images=tmp_path / "img", masks=tmp_path / "msk", threshold=127, image_size=32,
             bit_depth=16)
     lab = read_label_file(tmp_path / "out" / "labelsTr" / "a.png")
     assert (lab[:, :11] == 1).all() and (lab[:, 11:] == 0).all()
@@ -127,7 +127,7 @@ def test_threshold_for_antialiased_masks_and_16bit(tmp_path):
 
 def test_crop_mode(tmp_path):
     img, msk = _folder(tmp_path, n=1, h=16, w=32)
-    _import(out=tmp_path / "out", images=img, masks=msk, labels="lung=1,nodule=2", size=16, resize="crop")
+    _import(out=tmp_path / "out", images=img, masks=msk, labels="lung=1,nodule=2", image_size=16, resize="crop")
     rec = json.loads((tmp_path / "out" / "cases.json").read_text())["p0"]
     assert rec["crop"] == [0, 8] and rec["padding"] == [0, 0, 0, 0]
     assert read_label_file(tmp_path / "out" / "labelsTr" / "p0.png").shape == (16, 16)
@@ -137,7 +137,7 @@ def test_dicom_rescale_window_monochrome1_and_spacing(tmp_path):
     raw = np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) % 200
     _dicom(tmp_path / "img" / "d.dcm", raw, RescaleSlope=2, RescaleIntercept=-100, WindowCenter=100,
            WindowWidth=201, PhotometricInterpretation="MONOCHROME1", PixelSpacing=[0.5, 0.5])
-    _import(out=tmp_path / "out", images=tmp_path / "img", size=16, resize="pad", normalise="auto")
+    _import(out=tmp_path / "out", images=tmp_path / "img", image_size=16, resize="pad", normalise="auto")
     # Same conversion on the source grid, then compare the mean (resizing keeps the mean of a smooth ramp).
     hu = raw * 2.0 - 100
     expect = 1.0 - np.clip((hu - 99.5) / 200 + 0.5, 0, 1)
@@ -156,7 +156,7 @@ def test_nifti_image_and_mask(tmp_path):
     m[5:10, :] = 1
     (tmp_path / "msk").mkdir()
     nib.save(nib.Nifti1Image(m, np.eye(4)), tmp_path / "msk" / "n.nii.gz")
-    _import(out=tmp_path / "out", images=tmp_path / "img", masks=tmp_path / "msk", labels="lung=1", size=30)
+    _import(out=tmp_path / "out", images=tmp_path / "img", masks=tmp_path / "msk", labels="lung=1", image_size=30)
     lab = read_label_file(tmp_path / "out" / "labelsTr" / "n.png")
     # NIfTI x (20) becomes columns, padded by 5 each side: x 5..9 -> columns 10..14 of every row.
     assert lab.shape == (30, 30) and (lab[:, 10:15] == 1).all() and lab[:, :10].max() == 0 and lab[:, 15:].max() == 0
@@ -173,7 +173,7 @@ def test_mha_image_and_mask(tmp_path):
         im = sitk.GetImageFromArray(data)
         im.SetSpacing((0.5, 0.5))
         sitk.WriteImage(im, str(tmp_path / folder / "c.mha"))
-    _import(out=tmp_path / "out", images=tmp_path / "img", masks=tmp_path / "msk", labels="lung=1", size=24)
+    _import(out=tmp_path / "out", images=tmp_path / "img", masks=tmp_path / "msk", labels="lung=1", image_size=24)
     lab = read_label_file(tmp_path / "out" / "labelsTr" / "c.png")
     # 16 columns padded by 4 each side: columns 2..6 become 6..10, rows unchanged
     assert lab.shape == (24, 24) and (lab[4:20, 6:11] == 1).all() and lab.sum() == 16 * 5
@@ -182,14 +182,14 @@ def test_mha_image_and_mask(tmp_path):
 def test_rgb_image_converted_with_warning(tmp_path):
     rgb = np.stack([_noise(16, 16, 0)] * 2 + [_noise(16, 16, 1)], -1)
     _png(tmp_path / "img" / "a.png", rgb)
-    res = _import(out=tmp_path / "out", images=tmp_path / "img", size=16)
+    res = _import(out=tmp_path / "out", images=tmp_path / "img", image_size=16)
     assert any("converted to grey" in w for w in res.warnings)
 
 
 def test_nodule_csv_discs_over_lungs(tmp_path):
     img, msk = _folder(tmp_path, n=2, h=32, w=32)
     (tmp_path / "n.csv").write_text("name,cx,cy,d_mm\np1.png,8,16,4\np1.png,24,10,2\n")
-    flags = dict(out=tmp_path / "out", images=img, masks=msk, labels="lung=1,nodule=2", size=32, nodules=tmp_path / "n.csv",
+    flags = dict(out=tmp_path / "out", images=img, masks=msk, labels="lung=1,nodule=2", image_size=32, nodules=tmp_path / "n.csv",
                  nodule_file_column="name", nodule_x_column="cx", nodule_y_column="cy",
                  nodule_diameter_column="d_mm")
     with pytest.raises(MaskrayError, match="pixel spacing"):
@@ -205,7 +205,7 @@ def test_nodule_csv_discs_over_lungs(tmp_path):
 
 
 def test_nnunet_source_read_as_it_is(tmp_path, toy_dataset):
-    _import(out=tmp_path / "out", nnunet=toy_dataset, size=16)
+    _import(out=tmp_path / "out", nnunet=toy_dataset, image_size=16)
     src, ds = Dataset(toy_dataset), Dataset(tmp_path / "out")
     assert sorted(ds.cases) == sorted(src.cases) and ds.labels == src.labels
     assert set(np.unique(ds.label("case000").numpy())) == {0, 1, 2}
@@ -214,8 +214,8 @@ def test_nnunet_source_read_as_it_is(tmp_path, toy_dataset):
 
 def test_parallel_matches_serial(tmp_path):
     img, msk = _folder(tmp_path, n=8, h=16, w=16)
-    _import(out=tmp_path / "a", images=img, masks=msk, labels="lung=1,nodule=2", size=16, workers=1)
-    _import(out=tmp_path / "b", images=img, masks=msk, labels="lung=1,nodule=2", size=16, workers=2)
+    _import(out=tmp_path / "a", images=img, masks=msk, labels="lung=1,nodule=2", image_size=16, workers=1)
+    _import(out=tmp_path / "b", images=img, masks=msk, labels="lung=1,nodule=2", image_size=16, workers=2)
     for sub in ("imagesTr/p3_0000.png", "labelsTr/p7.png"):
         assert (tmp_path / "a" / sub).read_bytes() == (tmp_path / "b" / sub).read_bytes()
 
@@ -225,19 +225,19 @@ def test_output_refused_unless_overwrite_and_never_inside_source(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("x")
     with pytest.raises(MaskrayError, match="--overwrite"):
-        _import(out=tmp_path / "out", images=img, masks=msk, labels="lung=1,nodule=2", size=16)
-    _import(out=tmp_path / "out", images=img, masks=msk, labels="lung=1,nodule=2", size=16, overwrite=True)
+        _import(out=tmp_path / "out", images=img, masks=msk, labels="lung=1,nodule=2", image_size=16)
+    _import(out=tmp_path / "out", images=img, masks=msk, labels="lung=1,nodule=2", image_size=16, overwrite=True)
     assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "dataset.json").is_file()
     with pytest.raises(MaskrayError, match="originals are never written"):
-        _import(out=img / "sub", images=img, size=16, overwrite=True)
+        _import(out=img / "sub", images=img, image_size=16, overwrite=True)
     with pytest.raises(MaskrayError, match="originals are never written"):
-        _import(out=tmp_path, images=img, size=16, overwrite=True)
+        _import(out=tmp_path, images=img, image_size=16, overwrite=True)
     assert (img / "p0.png").is_file()
 
 
 def test_split_flags_on_import(tmp_path):
     img, msk = _folder(tmp_path, n=6, h=16, w=16)
-    _import(out=tmp_path / "out", images=img, masks=msk, labels="lung=1,nodule=2", size=16, val_fraction=0.2,
+    _import(out=tmp_path / "out", images=img, masks=msk, labels="lung=1,nodule=2", image_size=16, val_fraction=0.2,
             test_fraction=0.2, seed=3, patient_pattern=r"p(\d)")
     s = json.loads((tmp_path / "out" / "splits.json").read_text())
     assert len(s["train"]) + len(s["val"]) + len(s["test"]) == 6 and s["patients"]["p4"] == "4"
@@ -247,10 +247,10 @@ def test_split_flags_on_import(tmp_path):
 def test_cli_import_and_clean_error(tmp_path, capsys):
     img, msk = _folder(tmp_path, n=2)
     rc = main(["data", "import", "--out", str(tmp_path / "out"), "--images", str(img), "--masks", str(msk),
-               "--labels", "lung=1,nodule=2", "--size", "16", "--no-progress", "--workers", "1"])
+               "--labels", "lung=1,nodule=2", "--image-size", "16", "--no-progress", "--workers", "1"])
     assert rc == 0 and "imported 2 cases" in capsys.readouterr().out
     rc = main(["data", "import", "--out", str(tmp_path / "o2"), "--images", str(img), "--masks", str(msk),
-               "--size", "16", "--no-progress"])
+               "--image-size", "16", "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "--threshold" in err and "Traceback" not in err
 
@@ -258,7 +258,7 @@ def test_cli_import_and_clean_error(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------- bad files
 def _expect_error(tmp_path, match, **kw):
     with pytest.raises(MaskrayError, match=match) as e:
-        _import(out=tmp_path / "out", size=16, **kw)
+        _import(out=tmp_path / "out", image_size=16, **kw)
     assert not (tmp_path / "out").exists() and not _no_leftovers(tmp_path)
     return str(e.value)
 
@@ -374,7 +374,7 @@ def test_property_malformed_files_get_clean_error_and_no_output(tmp_path_factory
         _png(tmp / "msk" / "bad.png", _lung_mask(16, 16))
         named = f"img/bad{suffix}"
     with pytest.raises(MaskrayError) as e:
-        _import(out=tmp / "out", images=tmp / "img", masks=tmp / "msk", labels="lung=1", size=16)
+        _import(out=tmp / "out", images=tmp / "img", masks=tmp / "msk", labels="lung=1", image_size=16)
     msg = str(e.value)
     assert named in msg and "good" not in msg and "Traceback" not in msg
     assert not (tmp / "out").exists() and not _no_leftovers(tmp)

@@ -88,7 +88,7 @@ def sources(tmp_path_factory):
         secrets.append(name)
     names = [p.name for p in images.iterdir()]
     imported = import_folder(ImportConfig(out=root / "imported", images=images, masks=masks, labels="lung=1",
-                                          size=32, test_fraction=0.25), progress=False).root
+                                          image_size=32, test_fraction=0.25), progress=False).root
     paths = [str(images), str(masks), str(root), images.name, masks.name, root.name]
     return {"root": root, "imported": imported, "secrets": secrets + names + paths}
 

@@ -15,7 +15,7 @@ from maskray.data.phantom import PhantomConfig, Grid, make_phantom, project, ren
 @pytest.fixture(scope="module")
 def phantom64(tmp_path_factory):
     out = tmp_path_factory.mktemp("ph") / "ds"
-    cfg = PhantomConfig(out=out, n=6, size=64, seed=3, nodule_fraction=1.0, labels=("lung", "heart", "clavicle", "nodule"))
+    cfg = PhantomConfig(out=out, n=6, image_size=64, seed=3, nodule_fraction=1.0, labels=("lung", "heart", "clavicle", "nodule"))
     make_phantom(cfg, progress=False)
     return out
 
@@ -70,7 +70,7 @@ def test_every_nodule_inside_lung_field_and_aligned(phantom64):
 
 
 def test_nodules_stand_out_against_lung():
-    cfg = PhantomConfig(n=1, size=128, seed=0, nodule_fraction=1.0, nodule_min_mm=15.0, nodule_median_mm=20.0)
+    cfg = PhantomConfig(n=1, image_size=128, seed=0, nodule_fraction=1.0, nodule_min_mm=15.0, nodule_median_mm=20.0)
     from scipy import ndimage
 
     contrasts = []
@@ -108,9 +108,9 @@ def test_ribs_give_periodic_profile():
 
 
 def test_same_seed_is_byte_identical_and_independent_of_workers(tmp_path):
-    a = make_phantom(PhantomConfig(out=tmp_path / "a", n=4, size=32, seed=7), progress=False)
-    b = make_phantom(PhantomConfig(out=tmp_path / "b", n=4, size=32, seed=7, workers=2), progress=False)
-    c = make_phantom(PhantomConfig(out=tmp_path / "c", n=4, size=32, seed=8), progress=False)
+    a = make_phantom(PhantomConfig(out=tmp_path / "a", n=4, image_size=32, seed=7), progress=False)
+    b = make_phantom(PhantomConfig(out=tmp_path / "b", n=4, image_size=32, seed=7, workers=2), progress=False)
+    c = make_phantom(PhantomConfig(out=tmp_path / "c", n=4, image_size=32, seed=8), progress=False)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name != "run.json")
     assert len(files) == 4 * 2 + 4  # images, labels; dataset.json, splits.json, cases.json, phantom.json
     for f in files:
@@ -119,7 +119,7 @@ def test_same_seed_is_byte_identical_and_independent_of_workers(tmp_path):
 
 
 def test_16bit_and_label_order(tmp_path):
-    out = make_phantom(PhantomConfig(out=tmp_path / "d", n=2, size=32, seed=1, bit_depth=16,
+    out = make_phantom(PhantomConfig(out=tmp_path / "d", n=2, image_size=32, seed=1, bit_depth=16,
                                      labels=("nodule", "lung"), val_fraction=0, test_fraction=0.5), progress=False)
     ds = Dataset(out)
     assert ds.info.labels == {"background": 0, "nodule": 1, "lung": 2}
@@ -131,7 +131,7 @@ def test_16bit_and_label_order(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [
-    ["--size", "7"], ["--n", "-1"], ["--labels", "lung,liver"], ["--bit-depth", "12"], ["--nodule-fraction", "2"],
+    ["--image-size", "7"], ["--n", "-1"], ["--labels", "lung,liver"], ["--bit-depth", "12"], ["--nodule-fraction", "2"],
 ])
 def test_bad_input_one_line_exit_2(tmp_path, capsys, argv):
     assert main(["phantom", "--out", str(tmp_path / "x"), *argv]) == 2
@@ -143,8 +143,8 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, argv):
 def test_refuses_nonempty_folder_without_overwrite(tmp_path, capsys):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "keep.txt").write_text("mine")
-    assert main(["phantom", "--out", str(tmp_path / "x"), "--n", "1", "--size", "32"]) == 2
+    assert main(["phantom", "--out", str(tmp_path / "x"), "--n", "1", "--image-size", "32"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
-    assert main(["phantom", "--out", str(tmp_path / "x"), "--n", "1", "--size", "32", "--overwrite"]) == 0
+    assert main(["phantom", "--out", str(tmp_path / "x"), "--n", "1", "--image-size", "32", "--overwrite"]) == 0
     assert not (tmp_path / "x" / "keep.txt").exists() and len(Dataset(tmp_path / "x")) == 1

@@ -80,11 +80,11 @@ IMPORT_CASES = [v for k, v in dict(globals()).items() if k.startswith("imp_")]
 
 def _import_args(t, case) -> list[str]:
     args = ["data", "import", "--images", str(t / "img"), "--masks", str(t / "msk"), "--labels", "lung=1",
-            "--out", str(t / "out"), "--size", "16", "--no-progress"]
+            "--out", str(t / "out"), "--image-size", "16", "--no-progress"]
     name = case.__name__
     if name.startswith("imp_csv"):
         args = ["data", "import", "--images", str(t / "img"), "--nodules", str(t / "n.csv"), "--nodule-unit", "px",
-                "--out", str(t / "out"), "--size", "16", "--no-progress"]
+                "--out", str(t / "out"), "--image-size", "16", "--no-progress"]
     if name == "imp_images_loop":
         args[args.index("--images") + 1] = str(t / "loop")
     if name == "imp_out_loop":

@@ -76,7 +76,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     out = prepare_output_dir(cfg.out, overwrite=cfg.overwrite)
     times: dict[str, float] = {}
     t = time.time()
-    data = make_phantom(PhantomConfig(out=out / "phantom", n=cfg.cases, size=cfg.image_size, seed=cfg.seed,
+    data = make_phantom(PhantomConfig(out=out / "phantom", n=cfg.cases, image_size=cfg.image_size, seed=cfg.seed,
                                       workers=2), progress=progress)
     times["phantom_s"] = time.time() - t
     t = time.time()

@@ -123,15 +123,15 @@ def _import_case(job: _Job, plan: _Plan) -> dict:
     elif job.draw_empty:
         label = np.zeros((H, W), np.uint8)
     spacing = src.spacing or plan.source_spacing
-    s = cfg.size / (max(H, W) if cfg.resize == "pad" else min(H, W))
+    s = cfg.image_size / (max(H, W) if cfg.resize == "pad" else min(H, W))
     h, w = max(1, int(round(H * s))), max(1, int(round(W * s)))
-    img, pad, crop = _fit(_resize(img, h, w, nearest=False), cfg.size, 0.0)
+    img, pad, crop = _fit(_resize(img, h, w, nearest=False), cfg.image_size, 0.0)
     if label is not None:
-        label, _, _ = _fit(_resize(label, h, w, nearest=True), cfg.size, 0)
+        label, _, _ = _fit(_resize(label, h, w, nearest=True), cfg.image_size, 0)
         label = np.array(label, dtype=np.uint8)  # writable: nodules are drawn into it
     nodules = []
     if job.nodules:
-        yy, xx = np.mgrid[0:cfg.size, 0:cfg.size]
+        yy, xx = np.mgrid[0:cfg.image_size, 0:cfg.image_size]
         for x, y, d, row in job.nodules:
             if not (0 <= x < W and 0 <= y < H):
                 raise MaskrayError(f"{cfg.nodules} row {row}: nodule centre ({x:g}, {y:g}) lies outside image "

@@ -63,7 +63,7 @@ class ImportConfig:
     nodule_unit: Literal["mm", "px"] = option("mm", help="unit of the diameter column")
     nodule_label: str = option("nodule", help="label name of the drawn nodules")
     pixel_spacing: float | None = option(None, help="source pixel spacing in mm, where the files give none")
-    size: int = option(256, help="output size in pixels (square)")
+    image_size: int = option(256, help="output size in pixels (square)")
     resize: Literal["pad", "crop"] = option("pad", help="keep the aspect ratio and pad, or crop")
     normalise: Literal["auto", "percentile", "range"] = option("auto", help="intensity normalisation (see docs/data.md)")
     bit_depth: int = option(8, help="output PNG bit depth: 8 or 16")
@@ -181,8 +181,8 @@ def _check_paths(cfg: ImportConfig, sources: list[Path]) -> Path:
         raise MaskrayError(f"{out}: folder already holds files; choose another or pass --overwrite")
     if cfg.max_pixels < 1:
         raise MaskrayError(f"--max-pixels {cfg.max_pixels}: must be at least 1")
-    if cfg.size < 8 or cfg.size > 8192:
-        raise MaskrayError(f"--size {cfg.size}: out of range (allowed: 8..8192)")
+    if cfg.image_size < 8 or cfg.image_size > 8192:
+        raise MaskrayError(f"--image-size {cfg.image_size}: out of range (allowed: 8..8192)")
     if cfg.bit_depth not in (8, 16):
         raise MaskrayError(f"--bit-depth {cfg.bit_depth}: not supported (allowed: 8, 16)")
     if cfg.pixel_spacing is not None and not cfg.pixel_spacing > 0:
@@ -334,7 +334,7 @@ def import_folder(cfg: ImportConfig, progress: bool = True) -> ImportResult:
         spacings = {tuple(r["spacing"]) if r["spacing"] else None for r in records.values()}
         common = next(iter(spacings)) if len(spacings) == 1 else None
         extra = {"name": out.name, "description": f"imported by maskray from {cfg.nnunet or cfg.images}",
-                 "maskray_import": {"size": cfg.size, "resize": cfg.resize, "normalise": plan.normalise,
+                 "maskray_import": {"size": cfg.image_size, "resize": cfg.resize, "normalise": plan.normalise,
                                     "nodule_label": cfg.nodule_label if cfg.nodules else None}}
         n_tr = sum(1 for r in records.values() if r["subset"] == "Tr")
         layout.write_dataset_info(tmp, layout.DatasetInfo(labels=labels, spacing=common, extra=extra), n_tr)

@@ -48,7 +48,7 @@ class PhantomConfig:
 
     out: Path | None = option(None, help="output folder (nnU-Net v2 raw layout)")
     n: int = option(200, help="number of cases")
-    size: int = option(256, help=f"image side in pixels ({MIN_SIZE}..{MAX_SIZE})")
+    image_size: int = option(256, help=f"image side in pixels ({MIN_SIZE}..{MAX_SIZE})")
     seed: int = option(0, help="seed; the same seed gives byte-identical files")
     fov_mm: float = option(400.0, help="field of view in mm; pixel spacing = fov_mm / size")
     nodule_fraction: float = option(0.5, help="fraction of cases with at least one nodule (0..1)")
@@ -66,8 +66,8 @@ class PhantomConfig:
     overwrite: bool = option(False, help="replace an output folder that already holds files")
 
     def __post_init__(self) -> None:
-        if not MIN_SIZE <= self.size <= MAX_SIZE:
-            raise MaskrayError(f"--size {self.size}: image side must be {MIN_SIZE}..{MAX_SIZE} pixels")
+        if not MIN_SIZE <= self.image_size <= MAX_SIZE:
+            raise MaskrayError(f"--image-size {self.image_size}: image side must be {MIN_SIZE}..{MAX_SIZE} pixels")
         if self.n < 0:
             raise MaskrayError(f"--n {self.n}: the number of cases may not be negative")
         if self.bit_depth not in (8, 16):
@@ -92,7 +92,7 @@ class PhantomConfig:
     @property
     def spacing(self) -> float:
         """Pixel spacing in mm (square pixels)."""
-        return self.fov_mm / self.size
+        return self.fov_mm / self.image_size
 
 
 # ------------------------------------------------------------------------------------------- nodules
@@ -217,7 +217,7 @@ def render_case(cfg: PhantomConfig, index: int) -> PhantomCase:
     a = sample_anatomy(rng)
     attributes = sample_attributes(cfg.seed, index)
     a = with_attributes(a, attributes)
-    n = cfg.size
+    n = cfg.image_size
     g = Grid.make(n, cfg.fov_mm, a.tilt)
     scene = project(a, g)
     nodules = sample_nodules(rng, cfg, g, scene)
@@ -332,7 +332,7 @@ def make_phantom(cfg: PhantomConfig, progress: bool = True) -> Path:
         {c: {"patient": c, "spacing": [cfg.spacing, cfg.spacing], "attributes": results[c]["attributes"]}
          for c in ids}, indent=1))
     atomic_write_text(root / "phantom.json", json.dumps({
-        "spacing_mm": cfg.spacing, "size": cfg.size, "seed": cfg.seed,
+        "spacing_mm": cfg.spacing, "size": cfg.image_size, "seed": cfg.seed,
         "note": "center_px is (row, column); center_mm is (y, x) from the top-left corner",
         "cases": {c: results[c] for c in ids}}, indent=1))
     write_run_info(root, "phantom", cfg, seed=cfg.seed)

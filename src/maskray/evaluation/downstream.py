@@ -58,7 +58,7 @@ class DownstreamConfig:
     fractions: tuple[float, ...] = option((0.1, 0.25, 0.5, 1.0), help="fractions of the real labelled training cases")
     steps: int = option(300, help="training steps of every segmenter (fixed budget)")
     batch_size: int = option(16, help="images per step")
-    size: int = option(0, help="working resolution (multiple of 16); 0 = the synthetic images' size")
+    image_size: int = option(0, help="working resolution (multiple of 16); 0 = the synthetic images' size")
     lesion_label: str = option("nodule", help="label name scored by component-level detection")
     synthetic_sources: Literal["all", "fraction"] = option(
         "all", help="synthetic cases used beside a real fraction: all (except test-derived) or only those made "
@@ -124,7 +124,7 @@ def _run_downstream(real: Path, synthetic: Path, out: Path, cfg: DownstreamConfi
     fg = real_ds.info.foreground
     values = sorted(real_ds.labels.values())
 
-    size = working_size(syn_ds, cfg.size)
+    size = working_size(syn_ds, cfg.image_size)
     xr, yr = load_images(real_ds, train_ids, size), load_labels(real_ds, train_ids, size)
     xs, ys = load_images(syn_ds, syn_ids, size), load_labels(syn_ds, syn_ids, size)
     xte, yte = load_images(real_ds, test_ids, size), load_labels(real_ds, test_ids, size)

@@ -62,7 +62,7 @@ mean_image_baseline, label_mean_baseline, derangement = (scores.mean_image_basel
 class EvaluateConfig:
     """Options of ``maskray evaluate``."""
 
-    size: int = option(0, help="working resolution in pixels (multiple of 16); 0 = the synthetic images' size")
+    image_size: int = option(0, help="working resolution in pixels (multiple of 16); 0 = the synthetic images' size")
     seed: int = option(0, help="seed for every network and random choice")
     seg_steps: int = option(300, help="training steps of the segmenter (adherence and detection)")
     reg_steps: int = option(300, help="training steps of the mask-to-image regression baseline")
@@ -109,7 +109,7 @@ def _evaluate(real: Path, synthetic: Path, out: Path, cfg: EvaluateConfig, progr
     real_ds, syn_ds = open_pair(real, synthetic)
     _check(real, real_ds, out, cfg)
     feature_net = FeatureNet.load(cfg.feature_net) if cfg.feature_net is not None else None
-    size = working_size(syn_ds, cfg.size)
+    size = working_size(syn_ds, cfg.image_size)
     values = sorted(real_ds.labels.values())
     fg = real_ds.info.foreground
     cases = read_manifest(syn_ds, real_ds)
