@@ -33,3 +33,37 @@ def make_toy_dataset(root, n: int = 6, size: int = 32, seed: int = 0, labelled: 
 @pytest.fixture
 def toy_dataset(tmp_path):
     return make_toy_dataset(tmp_path / "toy")
+
+
+def one_new_nodule(data, out):
+    """``maskray masks`` on ``data``: one new small nodule in every case's mask (for region-preserving tests)."""
+    from maskray.data.masks import MaskSynthConfig, synthesize_masks
+
+    return synthesize_masks(data, out, MaskSynthConfig(mode="add", seed=1, source_split="all", min_nodules=1,
+                                                       max_nodules=1, diameter_median_mm=3.0, diameter_min_mm=2.5,
+                                                       diameter_max_mm=3.5, border_margin_mm=0.5, min_gap_mm=1.0))
+
+
+def assert_only_region_changed(real_root, out_root, edited_root, margin: int = 2) -> None:
+    """Every pixel outside the dilated changed-nodule region keeps its real value bit for bit, and some pixel
+    inside changed."""
+    import json
+
+    from PIL import Image
+    from scipy import ndimage
+
+    from maskray.data.layout import Dataset
+
+    real, new, masks = Dataset(real_root), Dataset(out_root), Dataset(edited_root)
+    manifest = json.loads((edited_root / "masks.json").read_text())["cases"]
+    changed = False
+    for cid in new.case_ids():
+        src = manifest[cid]["source_case"]
+        a = np.asarray(Image.open(real.cases[src].image_path))
+        b = np.asarray(Image.open(new.cases[cid].image_path))
+        old_nod = (real.label(src) == real.labels["nodule"]).numpy()
+        new_nod = (masks.label(cid) == masks.labels["nodule"]).numpy()
+        region = ndimage.binary_dilation(old_nod != new_nod, iterations=margin)
+        assert np.array_equal(a[~region], b[~region]), cid  # bit-exact outside the region
+        changed |= bool((a[region] != b[region]).any())
+    assert changed
