@@ -140,7 +140,9 @@ def main() -> None:
         "latent_path_wall_min": round(sum(times[k] for k in on_latent) / 60, 1),
         "latent_path_cpu_min": round(sum(CPU_S[k] for k in on_latent) / 60, 1),
         "sample_256px_20_steps_s_per_image": round(per_image, 3),
-        "autoencoder_report": json.loads((lat / "ae" / "report.json").read_text()),
+        # case ids of the internal data set stay out of the results file
+        "autoencoder_report": {k: v for k, v in json.loads((lat / "ae" / "report.json").read_text()).items()
+                               if k != "cases"},
         "latent_eval": json.loads((lat / "eval" / "metrics.json").read_text()),
         "pixel64_eval": None if a.skip_pixel else json.loads((pix / "eval" / "metrics.json").read_text()),
     }
