@@ -46,8 +46,9 @@ def test_both_stages_learn_on_latents(latent_runs):
     model, card = load_model(root / "cn")
     assert card.latent["factor"] == 4 and card.sample_shape == (2, 8, 8)
     assert model.unet.config.in_channels == 2 and model.unet.config.sample_size == 8
-    # the mask enters at image resolution: the conditioning embedding downsamples 32 -> 8
-    assert tuple(model.controlnet.config.conditioning_embedding_out_channels) == (16, 32, 64)
+    # the mask enters at image resolution: 32 px folded into 4 x 4 x 2 channels of the 8 x 8 latent
+    assert tuple(model.controlnet.config.conditioning_embedding_out_channels) == (16,)
+    assert model.controlnet.config.conditioning_channels == 2 * 16
     codec = load_codec(root / "cn", card)
     assert codec.weights_hash() == card.latent["autoencoder_sha256"]
     assert list((root / "base" / "cache").glob("latents-*.safetensors"))
@@ -89,3 +90,25 @@ def test_stage_two_refuses_another_autoencoder(latent_runs, tmp_path):
     with pytest.raises(MaskrayError, match="not the autoencoder of the base"):
         train(TrainConfig(data=str(data), out=str(tmp_path / "cn2"), base=str(root / "base"), steps=1,
                           autoencoder=str(tmp_path / "other"), **TINY), "controlnet", progress=False)
+
+
+def test_mask_fold_reads_every_image_pixel_and_old_strided_embeddings_still_run():
+    from maskray.diffusion.networks import ControlledUNet, UNetConfig, build_controlnet, build_unet, mask_fold
+
+    assert mask_fold(4, (16,)) == 4 and mask_fold(4, (16, 32, 64)) == 1 and mask_fold(1, (16,)) == 1
+    with pytest.raises(MaskrayError, match="downsamples by 4, more than the model's factor 2"):
+        mask_fold(2, (16, 32, 64))
+    torch.manual_seed(0)
+    unet = build_unet(UNetConfig(block_out_channels=(8, 16), norm_num_groups=4, in_channels=2), 8)
+    x, t = torch.randn(1, 2, 8, 8), torch.tensor([500])
+    for emb in ((16,), (16, 32, 64)):  # folded (the default now) and strided (latent models of before)
+        net = build_controlnet(unet, 2, emb, factor=4)
+        with torch.no_grad():
+            for conv in [*net.controlnet_down_blocks, net.controlnet_cond_embedding.conv_out]:
+                conv.weight.fill_(0.05)
+            model = ControlledUNet(unet, net).eval()
+            mask = torch.zeros(1, 2, 32, 32)
+            a = model(x, t, mask)
+            mask[0, 1, 17, 6] = 1  # one image pixel, inside one 4 x 4 latent cell
+            b = model(x, t, mask)
+        assert not torch.allclose(a, b), emb

@@ -98,7 +98,7 @@ def test_training_writes_a_controlnet_that_names_its_base_without_copying_it(sd_
     assert card.scheduler_config["beta_end"] == 0.012  # the folder's schedule, not maskray's own
     model, card = load_model(root / "cn", need_controlnet=True)
     assert model.controlnet.config.conditioning_channels == 2 and model.controlnet.config.cross_attention_dim == 32
-    assert tuple(model.controlnet.config.conditioning_embedding_out_channels) == (16, 32, 64)  # 32 px mask -> 8
+    assert tuple(model.controlnet.config.conditioning_embedding_out_channels) == (16, 32, 64)  # 32 px mask -> 8, strided
     assert torch.equal(model.context, sd.prompt_context(folder, sd.DEFAULT_PROMPT))
     codec = load_codec(root / "cn", card)
     x = torch.rand(2, 1, 32, 32) * 2 - 1

@@ -6,7 +6,11 @@ maskray's own base has no cross-attention (it conditions on masks, not text), so
 embedding there instead, the same for every sample. The ControlNet is a trainable copy of the base's encoder whose
 outputs join the base through zero-initialised 1x1 convolutions, so a fresh ControlNet leaves the base's
 output unchanged. Its conditioning embedding downsamples the mask by ``2 ** (len(cond_channels) - 1)``:
-one entry for a pixel-space backbone (mask and sample at one resolution), four for an 8x latent backbone.
+one entry for a pixel-space backbone (mask and sample at one resolution). On a latent backbone the mask stays at
+image resolution, ``factor`` times the latent's side; what the embedding does not downsample by convolution is folded
+into channels first (``pixel_unshuffle``, lossless: a 4x4 patch of the one-hot mask becomes 16 x K channels of one
+latent cell), so a 4x latent model with a one-entry embedding reads its 256 px mask at the cost of a 64 px one
+(:func:`mask_fold`); Stable Diffusion's own design, four entries for its 8x VAE, folds nothing.
 :class:`ControlledUNet` is the one place where the base and its ControlNet(s) are joined: training, validation,
 generation and region-preserving generation all call it. Several conditions (mask, edges) are one ControlNet each
 (:class:`ControlNetSet`), their residuals summed with a scale each; patient attributes enter base and ControlNets
@@ -78,15 +82,40 @@ def attribute_embedding(attribute_dim: int) -> dict:
 
 
 def build_controlnet(unet: UNet2DConditionModel, conditioning_channels: int,
-                     cond_embedding_channels: tuple[int, ...] = (16,)) -> ControlNetModel:
+                     cond_embedding_channels: tuple[int, ...] = (16,), factor: int = 1) -> ControlNetModel:
     """A ControlNet copied from ``unet``'s encoder, with zero-initialised joins.
 
-    ``conditioning_channels``: one per foreground label (the one-hot mask, background excluded).
+    ``conditioning_channels``: one per foreground label (the one-hot mask, background excluded) or per map of
+    another condition, at image resolution; ``factor``: image pixels per sample element (the autoencoder's factor
+    for a latent base). The ControlNet takes ``conditioning_channels * mask_fold(...) ** 2`` channels.
     """
     if conditioning_channels < 1:
         raise MaskrayError("a ControlNet needs at least one conditioning channel (one foreground label)")
-    return ControlNetModel.from_unet(unet, conditioning_channels=conditioning_channels,
+    fold = mask_fold(factor, cond_embedding_channels)
+    return ControlNetModel.from_unet(unet, conditioning_channels=conditioning_channels * fold * fold,
                                      conditioning_embedding_out_channels=tuple(cond_embedding_channels))
+
+
+def mask_fold(factor: int, cond_embedding_channels: tuple[int, ...]) -> int:
+    """How many image pixels per side are folded into channels before the conditioning embedding: the part of
+    ``factor`` its convolutions (``2 ** (len - 1)``) do not downsample."""
+    down = 2 ** (len(cond_embedding_channels) - 1)
+    if factor % down:
+        raise MaskrayError(f"a conditioning embedding of {len(cond_embedding_channels)} entries downsamples by "
+                           f"{down}, more than the model's factor {factor}")
+    return factor // down
+
+
+def controlnet_residuals(net: ControlNetModel, sample, timesteps, cond: torch.Tensor, scale: float, class_labels,
+                         context):
+    """One ControlNet's ``(down residuals, mid residual)``; a condition map larger than the sample is folded into
+    channels by whatever the ControlNet's embedding does not downsample (see :func:`mask_fold`)."""
+    ratio = cond.shape[-1] // sample.shape[-1]
+    fold = mask_fold(ratio, tuple(net.config.conditioning_embedding_out_channels))
+    if fold > 1:
+        cond = nn.functional.pixel_unshuffle(cond, fold)
+    return net(sample, timesteps, encoder_hidden_states=context, controlnet_cond=cond, conditioning_scale=scale,
+               class_labels=class_labels, return_dict=False)
 
 
 class ControlNetSet(nn.Module):
@@ -106,8 +135,7 @@ class ControlNetSet(nn.Module):
             cond, scale = maps.get(name), float(scales.get(name, 1.0))
             if cond is None or scale == 0.0:
                 continue
-            d, m = net(sample, timesteps, encoder_hidden_states=context, controlnet_cond=cond,
-                       conditioning_scale=scale, class_labels=class_labels, return_dict=False)
+            d, m = controlnet_residuals(net, sample, timesteps, cond, scale, class_labels, context)
             down = list(d) if down is None else [a + b for a, b in zip(down, d)]
             mid = m if mid is None else mid + m
         return down, mid
@@ -152,8 +180,8 @@ class ControlledUNet(nn.Module):
             (name, cmap), = conds.maps.items()
             scale = conditioning_scale.get(name, 1.0) if isinstance(conditioning_scale, dict) else conditioning_scale
             if cmap is not None and scale != 0.0:
-                down, mid = self.controlnet(sample, timesteps, encoder_hidden_states=context, controlnet_cond=cmap,
-                                            conditioning_scale=float(scale), class_labels=labels, return_dict=False)
+                down, mid = controlnet_residuals(self.controlnet, sample, timesteps, cmap, float(scale), labels,
+                                                 context)
         return self.unet(sample, timesteps, encoder_hidden_states=context, class_labels=labels,
                          down_block_additional_residuals=down, mid_block_additional_residual=mid,
                          return_dict=False)[0]

@@ -27,7 +27,7 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from maskray.diffusion import pretrained as sd
 from maskray.diffusion.autoencoder import LatentCodec
 from maskray.diffusion.card import CARD_FILE, ModelCard
-from maskray.diffusion.networks import ControlledUNet, ControlNetSet
+from maskray.diffusion.networks import ControlledUNet, ControlNetSet, mask_fold
 from maskray.errors import MaskrayError
 from maskray.provenance import file_sha256
 
@@ -126,9 +126,11 @@ def load_model(path: str | os.PathLike, need_controlnet: bool = False, prompt: s
     controlnet = None
     if card.stage == "controlnet" and not card.conditions:
         controlnet = _load_net(ControlNetModel, folder / "controlnet", card.controlnet_sha256)
-        if controlnet.config.conditioning_channels != len(card.labels):
+        fold = mask_fold(card.factor, tuple(controlnet.config.conditioning_embedding_out_channels))
+        if controlnet.config.conditioning_channels != len(card.labels) * fold * fold:
             raise MaskrayError(f"{folder / 'controlnet'}: takes {controlnet.config.conditioning_channels} condition "
-                               f"channels but the model card names {len(card.labels)} labels")
+                               f"channels but the model card names {len(card.labels)} labels"
+                               + (f" (x {fold * fold} folded)" if fold > 1 else ""))
     elif card.stage == "controlnet":
         controlnet = ControlNetSet({name: _load_net(ControlNetModel, folder / controlnet_dir(i, name),
                                                     card.conditions[name].get("sha256"))

@@ -68,9 +68,11 @@ class TrainConfig:
     layers_per_block: int = option(1, help="ResNet blocks per UNet level")
     attention_levels: tuple[int, ...] = option((), help="UNet levels with self-attention (0 = full res)")
     norm_num_groups: int = option(8, help="GroupNorm groups")
-    cond_embedding_channels: tuple[int, ...] = option((16,), help="ControlNet mask encoder channels; "
-                                                      "it downsamples by 2**(len-1): len 1 for pixels, 3 for a 4x "
-                                                      "latent, 4 for 8x (a len-1 value is widened to fit)")
+    cond_embedding_channels: tuple[int, ...] = option((16,), help="ControlNet mask encoder channels; it "
+                                                      "downsamples by 2**(len-1) with strided convolutions; on a "
+                                                      "latent base the rest of the factor is folded into channels "
+                                                      "(a Stable Diffusion base widens a len-1 value to its "
+                                                      "factor instead)")
     # diffusion (stage 1; stage 2 inherits target and schedule from its base)
     prediction_type: Literal["epsilon", "v_prediction"] = option("v_prediction", help="network target")
     beta_schedule: Literal["squaredcos_cap_v2", "linear", "scaled_linear"] = option("squaredcos_cap_v2",

@@ -35,7 +35,7 @@ from maskray.diffusion import pretrained as sd
 from maskray.diffusion.autoencoder import LatentCodec
 from maskray.diffusion.card import ModelCard
 from maskray.diffusion.attributes import vector_size, vocabulary_of
-from maskray.diffusion.networks import ControlledUNet, ControlNetSet, build_controlnet, build_unet
+from maskray.diffusion.networks import ControlledUNet, ControlNetSet, build_controlnet, build_unet, mask_fold
 from maskray.diffusion.objective import DiffusionConfig, diffusion_loss, make_train_scheduler
 from maskray.diffusion.store import load_codec, load_model, save_model, save_pretrained_model
 from maskray.errors import MaskrayError
@@ -157,14 +157,14 @@ def _attribute_vocabulary(cfg: TrainConfig, ds: Dataset) -> tuple[dict, dict]:
     return case_attrs, vocabulary_of({c: a for c, a in case_attrs.items() if c in train}, cfg.attributes)
 
 
-def embedding_channels(requested: tuple[int, ...], factor: int) -> tuple[int, ...]:
-    """ControlNet conditioning-embedding channels that downsample the mask by ``factor`` (2 per extra entry)."""
-    if len(requested) == 1 and factor > 1:
-        widths = {4: (16, 32, 64), 8: (16, 32, 64, 128)}
+def embedding_channels(requested: tuple[int, ...], factor: int, widen: bool = False) -> tuple[int, ...]:
+    """ControlNet conditioning-embedding channels for a model of ``factor``. maskray's latent models keep a
+    one-entry embedding and fold the mask into channels (networks.mask_fold); ``widen`` (a Stable Diffusion base,
+    the reference design) turns a one-entry request into the strided convolutions that downsample by ``factor``."""
+    if len(requested) == 1 and factor > 1 and widen:
+        widths = {4: (16, 32, 64), 8: (16, 32, 96, 256)}
         return widths[factor]
-    if 2 ** (len(requested) - 1) != factor:
-        raise MaskrayError(f"--cond-embedding-channels {','.join(map(str, requested))} downsamples by "
-                           f"{2 ** (len(requested) - 1)} but the model's factor is {factor}")
+    mask_fold(factor, requested)  # refuses an embedding that downsamples by more than the factor
     return tuple(requested)
 
 
@@ -201,7 +201,7 @@ def _setup_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     maker = ConditionMaker(tuple(cfg.conditions), list(labels.values()), cfg.edge_config(), vocab,
                            read_case_attributes(ds.root) if vocab else {})
     emb = embedding_channels(tuple(cfg.cond_embedding_channels), base_card.factor)
-    nets = {n: build_controlnet(unet, maker.channels(n), emb) for n in maker.names}
+    nets = {n: build_controlnet(unet, maker.channels(n), emb, base_card.factor) for n in maker.names}
     controlnet = nets["mask"] if maker.card_conditions() == {} else ControlNetSet(nets)
     card = _card(cfg, "controlnet", diff, labels, base_card.unet_config, base_unet_sha256=base_card.unet_sha256,
                  cond_embedding_channels=emb, latent=base_card.latent, conditions=maker.card_conditions(),
@@ -232,8 +232,8 @@ def _setup_pretrained_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     context = sd.prompt_context(root, prompt)
     labels = ds.info.foreground
     values = list(labels.values())
-    emb = embedding_channels(tuple(cfg.cond_embedding_channels), codec.factor)
-    controlnet = build_controlnet(unet, len(labels), emb)
+    emb = embedding_channels(tuple(cfg.cond_embedding_channels), codec.factor, widen=True)
+    controlnet = build_controlnet(unet, len(labels), emb, codec.factor)
     summary = {k: to_jsonable(unet.config[k]) for k in ("in_channels", "block_out_channels", "cross_attention_dim",
                                                         "sample_size")}
     card = dataclasses.replace(
