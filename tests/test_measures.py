@@ -86,3 +86,20 @@ def test_feature_net_load_refuses_bad_folders(tmp_path):
     (tmp_path / "a" / CONFIG).write_text(json.dumps(cfg))
     with pytest.raises(MaskrayError, match="do not fit"):
         FeatureNet.load(tmp_path / "a")
+
+
+def test_nodule_contrast_is_inside_minus_the_lung_ring_for_each_nodule():
+    from maskray.measures.nodules import nodule_contrasts
+
+    labels = torch.ones(2, 32, 32, dtype=torch.int64)  # lung everywhere
+    labels[0, 5:8, 5:8] = 3  # two nodules in image 0, none in image 1
+    labels[0, 20:24, 20:24] = 3
+    images = torch.full((2, 1, 32, 32), 0.2)
+    images[0, 0][labels[0] == 3] = 0.7
+    images[0, 0, 20:24, 20:24] = 0.2  # the second nodule is invisible
+    got = nodule_contrasts(images, labels, nodule=3, lung=1)
+    assert [i for i, _ in got] == [0, 0]
+    assert got[0][1] == pytest.approx(0.5) and got[1][1] == pytest.approx(0.0)
+    labels[0, 1:12, 1:12] = 0  # no lung within the 3 px ring of the first nodule: skipped
+    labels[0, 5:8, 5:8] = 3
+    assert len(nodule_contrasts(images, labels, nodule=3, lung=1)) == 1

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from scipy import ndimage
 
+from maskray.measures.nodules import nodule_contrasts
+
 
 def lung_darker(images: torch.Tensor, labels: torch.Tensor, lung: int, mediastinum: int | None = None,
                 ring_fraction: float = 1 / 16) -> dict[str, torch.Tensor]:
@@ -48,15 +50,6 @@ def lung_darker(images: torch.Tensor, labels: torch.Tensor, lung: int, mediastin
 
 
 def nodule_contrast(images: torch.Tensor, labels: torch.Tensor, nodule: int, lung: int, ring: int = 3) -> torch.Tensor:
-    """Per nodule component (8-connected): mean intensity inside minus the mean of the lung within ``ring``
-    pixels around it; float ``(M,)`` over all images (components with fewer than 4 ring pixels skipped).
-    Near zero when an image ignores the nodules of the mask it is read with."""
-    vals = []
-    for x, lab in zip(images[:, 0].float().numpy(), labels.numpy()):
-        comps, n = ndimage.label(lab == nodule, structure=[[1, 1, 1], [1, 1, 1], [1, 1, 1]])
-        for k in range(1, n + 1):
-            m = comps == k
-            around = ndimage.binary_dilation(m, iterations=ring) & (lab == lung)
-            if around.sum() >= 4:
-                vals.append(float(x[m].mean() - x[around].mean()))
-    return torch.tensor(vals, dtype=torch.float64)
+    """Per nodule (measures/nodules.py): mean intensity inside minus the mean of the lung within ``ring`` pixels
+    around it; float ``(M,)`` over all images. Near zero when an image ignores the nodules of its mask."""
+    return torch.tensor([c for _, c in nodule_contrasts(images, labels, nodule, lung, ring=ring)], dtype=torch.float64)

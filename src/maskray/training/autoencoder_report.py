@@ -13,38 +13,12 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from PIL import Image
-from scipy import ndimage
 
 from maskray.measures.image import psnr, spectrum_distance, ssim
-
-
-def nodule_contrasts(images: torch.Tensor, labels: torch.Tensor, nodule: int,
-                     lung: int | None = None) -> list[tuple[int, float]]:
-    """Contrast of every nodule: ``[(image index, mean inside - mean of surrounding ring)]``.
-
-    ``images``: float ``(N, 1, H, W)``; ``labels``: int ``(N, H, W)``. The ring is the pixels within
-    ``max(2, r_eq)`` of the nodule that are lung (when a ``lung`` value is given) or otherwise not nodule.
-    Nodules with an empty ring are skipped.
-    """
-    out = []
-    for i in range(images.shape[0]):
-        lab = labels[i].numpy()
-        comps, n = ndimage.label(lab == nodule)
-        x = images[i, 0].double().numpy()
-        for k in range(1, n + 1):
-            inside = comps == k
-            width = max(2, round(math.sqrt(inside.sum() / math.pi)))
-            ring = ndimage.binary_dilation(inside, iterations=width) & ~inside & (lab != nodule)
-            if lung is not None:
-                ring &= lab == lung
-            if ring.any():
-                out.append((i, float(x[inside].mean() - x[ring].mean())))
-    return out
+from maskray.measures.nodules import nodule_contrasts
 
 
 def nodule_survival(real: torch.Tensor, recon: torch.Tensor, labels: torch.Tensor, nodule: int,
@@ -55,8 +29,8 @@ def nodule_survival(real: torch.Tensor, recon: torch.Tensor, labels: torch.Tenso
     ``n_scored`` (original contrast magnitude >= ``min_contrast``), ``mean_ratio``, ``median_ratio`` and
     ``fraction_surviving`` (ratio >= 0.5); NaN where no nodule is scored.
     """
-    a = nodule_contrasts(real, labels, nodule, lung)
-    b = nodule_contrasts(recon, labels, nodule, lung)
+    a = nodule_contrasts(real, labels, nodule, lung, ring=None, min_ring=1)
+    b = nodule_contrasts(recon, labels, nodule, lung, ring=None, min_ring=1)
     ratios = [cb / ca for (_, ca), (_, cb) in zip(a, b) if abs(ca) >= min_contrast]
     r = np.asarray(ratios, dtype=np.float64)
     nan = float("nan")
