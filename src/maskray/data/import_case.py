@@ -23,7 +23,7 @@ from maskray.errors import MaskrayError
 
 
 @dataclass(frozen=True)
-class _Job:
+class ImportJob:
     case_id: str
     image: Path
     mask: Path | None
@@ -33,7 +33,7 @@ class _Job:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class ImportPlan:
     """Everything a worker needs, picklable."""
 
     root: Path
@@ -63,7 +63,7 @@ def _normalise(path: Path, src, how: str) -> np.ndarray:
     return np.clip((x - p_lo) / (p_hi - p_lo), 0.0, 1.0)
 
 
-def _map_labels(path: Path, raw: np.ndarray, plan: _Plan) -> np.ndarray:
+def _map_labels(path: Path, raw: np.ndarray, plan: ImportPlan) -> np.ndarray:
     if plan.threshold is not None:
         return (raw.astype(np.float64) > plan.threshold).astype(np.uint8)
     if np.issubdtype(raw.dtype, np.floating):
@@ -106,7 +106,7 @@ def _fit(arr: np.ndarray, size: int, fill: float) -> tuple[np.ndarray, list[int]
     return arr, pad, [ct, cl]
 
 
-def _import_case(job: _Job, plan: _Plan) -> dict:
+def _import_case(job: ImportJob, plan: ImportPlan) -> dict:
     cfg = plan.cfg
     src = read_source_image(job.image, cfg.max_pixels)
     warnings = list(src.warnings)
@@ -170,7 +170,7 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def run_job(args: tuple[_Job, _Plan, int]) -> tuple[str, str | dict]:
+def run_job(args: tuple[ImportJob, ImportPlan, int]) -> tuple[str, str | dict]:
     """Import one case; returns ``(case, record)`` or ``(case, one-line error)``, never raises."""
     job, plan, parent = args
     if os.getppid() != parent and os.getpid() != parent:

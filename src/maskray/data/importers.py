@@ -34,7 +34,7 @@ from tqdm import tqdm
 from maskray.config import option
 from maskray.data import layout
 from maskray.data.attributes import attributes_from_csv, parse_bins
-from maskray.data.import_case import _Job, _Plan, die_with_parent, run_job
+from maskray.data.import_case import ImportJob, ImportPlan, die_with_parent, run_job
 from maskray.data.io import DEFAULT_MAX_PIXELS, is_supported, stem_of
 from maskray.data.schema import CASES_FILE
 from maskray.data.splits import csv_file_name, make_splits, patients_from_csv, patients_from_pattern, read_csv
@@ -190,7 +190,7 @@ def _check_paths(cfg: ImportConfig, sources: list[Path]) -> Path:
     return out
 
 
-_Planned = tuple[list[_Job], _Plan, dict[str, int], dict[str, str]]
+_Planned = tuple[list[ImportJob], ImportPlan, dict[str, int], dict[str, str]]
 
 
 def _plan(cfg: ImportConfig, root: Path) -> _Planned:
@@ -218,7 +218,7 @@ def _plan_nnunet(cfg: ImportConfig, root: Path, problems: list[str]) -> _Planned
     info = layout.read_dataset_info(src_root)
     labels = dict(info.labels)
     ending = info.file_ending
-    jobs: list[_Job] = []
+    jobs: list[ImportJob] = []
     for subset in ("Tr", "Ts"):
         d = src_root / f"images{subset}"
         for p in sorted(d.iterdir()) if d.is_dir() else []:
@@ -230,11 +230,11 @@ def _plan_nnunet(cfg: ImportConfig, root: Path, problems: list[str]) -> _Planned
                 continue
             cid = base[: -len(layout.CHANNEL_SUFFIX)]
             lab = layout.label_path(src_root, cid, subset, ending)
-            jobs.append(_Job(cid, p, lab if lab.is_file() else None, subset))
+            jobs.append(ImportJob(cid, p, lab if lab.is_file() else None, subset))
     if not jobs and not problems:
         raise MaskrayError(f"{src_root}: no images found (expected imagesTr/CASE_0000{ending})")
     spacing = (cfg.pixel_spacing, cfg.pixel_spacing) if cfg.pixel_spacing else info.spacing
-    plan = _Plan(root, cfg, {v: v for v in labels.values() if v != 0}, None, None, spacing,
+    plan = ImportPlan(root, cfg, {v: v for v in labels.values() if v != 0}, None, None, spacing,
                  "range" if cfg.normalise == "auto" else cfg.normalise, f"{src_root / 'dataset.json'}")
     return jobs, plan, labels, {j.case_id: j.case_id for j in jobs}
 
@@ -272,7 +272,7 @@ def _plan_folder(cfg: ImportConfig, root: Path, problems: list[str]) -> _Planned
             problems.append(f"{cfg.nodules}: row(s) {[r[3] for r in nodule_rows[stem]]} name {stem!r}, "
                             f"which is not in {cfg.images}")
         nodule_value = labels.setdefault(cfg.nodule_label, max(labels.values()) + 1)
-    jobs: list[_Job] = []
+    jobs: list[ImportJob] = []
     names: dict[str, str] = {}  # case -> source stem
     for stem, p in images.items():
         cid = _case_id(stem)
@@ -280,10 +280,10 @@ def _plan_folder(cfg: ImportConfig, root: Path, problems: list[str]) -> _Planned
             problems.append(f"{p}: case id {cid!r} clashes with {images[names[cid]].name}")
             continue
         names[cid] = stem
-        jobs.append(_Job(cid, p, masks.get(stem), "Tr", tuple(nodule_rows.get(stem, ())),
+        jobs.append(ImportJob(cid, p, masks.get(stem), "Tr", tuple(nodule_rows.get(stem, ())),
                          draw_empty=cfg.nodules is not None and stem not in masks))
     spacing = (cfg.pixel_spacing, cfg.pixel_spacing) if cfg.pixel_spacing else None
-    plan = _Plan(root, cfg, lut, cfg.threshold, nodule_value, spacing,
+    plan = ImportPlan(root, cfg, lut, cfg.threshold, nodule_value, spacing,
                  cfg.normalise if cfg.normalise != "auto" else "percentile", "--labels")
     return jobs, plan, labels, names
 
@@ -358,7 +358,7 @@ def one_line_first(problems: list[str], summary: str) -> str:
     return f"{problems[0]} ({summary}; nothing was written):\n  " + "\n  ".join(problems)
 
 
-def _run_jobs(jobs: list[_Job], plan: _Plan, workers: int, progress: bool) -> dict[str, str | dict]:
+def _run_jobs(jobs: list[ImportJob], plan: ImportPlan, workers: int, progress: bool) -> dict[str, str | dict]:
     """Every job's result, in worker processes that die with this one (``die_with_parent``)."""
     workers = workers if workers > 0 else min(4, os.cpu_count() or 1)
     parent = os.getpid()

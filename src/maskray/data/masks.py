@@ -128,7 +128,7 @@ def rasterize(shape: NoduleShape, centre: tuple[int, int], size: tuple[int, int]
     return inside
 
 
-def _distance_mm(mask: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
+def distance_mm(mask: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
     """Distance (mm) of every pixel to the nearest pixel outside ``mask`` (0 outside it)."""
     if not mask.any():
         return np.zeros(mask.shape)
@@ -139,7 +139,7 @@ def _distance_mm(mask: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
 
 
 @dataclass
-class _Case:
+class MaskCase:
     """Working state of one label map: values, which values are lung, and the nodule value."""
 
     label: np.ndarray  # int64 (H, W)
@@ -161,7 +161,7 @@ class _Case:
 
     def feasible(self, outer_mm: float, cfg: MaskSynthConfig) -> np.ndarray:
         """bool ``(H, W)``: centres where a nodule of outer radius ``outer_mm`` keeps margin and gap."""
-        ok = _distance_mm(self.field(), self.spacing) >= outer_mm + cfg.border_margin_mm
+        ok = distance_mm(self.field(), self.spacing) >= outer_mm + cfg.border_margin_mm
         nod = self.nodules
         if nod.any():
             ok &= ndimage.distance_transform_edt(~nod, sampling=self.spacing) >= outer_mm + cfg.min_gap_mm
@@ -197,7 +197,7 @@ def _pick(rng: np.random.Generator, ok: np.ndarray) -> tuple[int, int]:
     return divmod(flat, ok.shape[1])
 
 
-def add_nodules(case: _Case, rng: np.random.Generator, cfg: MaskSynthConfig, where: str,
+def add_nodules(case: MaskCase, rng: np.random.Generator, cfg: MaskSynthConfig, where: str,
                 restarts: int = 20) -> list[dict]:
     """Add ``min..max`` new nodules; raises :class:`MaskrayError` if one is larger than the lung or they cannot fit.
 
@@ -208,7 +208,7 @@ def add_nodules(case: _Case, rng: np.random.Generator, cfg: MaskSynthConfig, whe
     # Largest first: the hardest one to place goes while the lung is emptiest.
     diameters = np.sort(sample_diameters_mm(rng, k, cfg))[::-1]
     shapes = [random_shape(rng, float(d), cfg) for d in diameters]
-    largest_fit = 2.0 * max(float(_distance_mm(case.field(), case.spacing).max()) - cfg.border_margin_mm, 0.0)
+    largest_fit = 2.0 * max(float(distance_mm(case.field(), case.spacing).max()) - cfg.border_margin_mm, 0.0)
     for d, shape in zip(diameters, shapes):
         if 2 * shape.outer_radius_mm > largest_fit:
             raise MaskrayError(
@@ -239,12 +239,12 @@ def add_nodules(case: _Case, rng: np.random.Generator, cfg: MaskSynthConfig, whe
         f"ask for fewer (--max-nodules) or smaller (--diameter-max-mm) nodules")
 
 
-def _components(case: _Case) -> list[np.ndarray]:
+def _components(case: MaskCase) -> list[np.ndarray]:
     lab, n = ndimage.label(case.nodules)
     return [lab == i for i in range(1, n + 1)]
 
 
-def remove_nodules(case: _Case, where: str) -> list[dict]:
+def remove_nodules(case: MaskCase, where: str) -> list[dict]:
     changes = []
     for comp in _components(case):
         c = tuple(int(round(v)) for v in ndimage.center_of_mass(comp))
@@ -255,7 +255,7 @@ def remove_nodules(case: _Case, where: str) -> list[dict]:
     return changes
 
 
-def move_nodules(case: _Case, rng: np.random.Generator, cfg: MaskSynthConfig, where: str) -> list[dict]:
+def move_nodules(case: MaskCase, rng: np.random.Generator, cfg: MaskSynthConfig, where: str) -> list[dict]:
     """Lift every nodule out, then put each back, same shape, at a new feasible place."""
     comps = _components(case)
     lifted = []
@@ -288,7 +288,7 @@ def move_nodules(case: _Case, rng: np.random.Generator, cfg: MaskSynthConfig, wh
 
 
 # ------------------------------------------------------------------------------------------- dataset
-def _resolve_labels(info: DatasetInfo, cfg: MaskSynthConfig, where: Path) -> tuple[dict[str, int], tuple[int, ...], int, str | None]:
+def resolve_labels(info: DatasetInfo, cfg: MaskSynthConfig, where: Path) -> tuple[dict[str, int], tuple[int, ...], int, str | None]:
     """Output labels, lung values, nodule value, and a note when the nodule label had to be added."""
     labels = dict(info.labels)
     lung_values = tuple(v for name, v in labels.items() if name in cfg.lung_labels)
@@ -309,7 +309,7 @@ def _resolve_labels(info: DatasetInfo, cfg: MaskSynthConfig, where: Path) -> tup
     return labels, lung_values, nodule_value, note
 
 
-def _spacing(info: DatasetInfo, cfg: MaskSynthConfig, where: Path) -> tuple[float, float]:
+def pixel_spacing(info: DatasetInfo, cfg: MaskSynthConfig, where: Path) -> tuple[float, float]:
     if info.spacing is not None:
         sp = tuple(float(s) for s in info.spacing)
         if len(sp) == 1:
@@ -325,7 +325,7 @@ def _spacing(info: DatasetInfo, cfg: MaskSynthConfig, where: Path) -> tuple[floa
 def synthesize_case(label: np.ndarray, rng: np.random.Generator, cfg: MaskSynthConfig, lung_values: tuple[int, ...],
                     nodule_value: int, spacing: tuple[float, float], where: str = "case") -> tuple[np.ndarray, list[dict]]:
     """One new label map (int64 ``(H, W)``) from ``label`` and the list of changes made; ``label`` is not modified."""
-    case = _Case(np.array(label, dtype=np.int64, copy=True), lung_values, nodule_value, spacing)
+    case = MaskCase(np.array(label, dtype=np.int64, copy=True), lung_values, nodule_value, spacing)
     if cfg.mode != "copy" and not case.lung.any():
         raise MaskrayError(f"{where}: no lung pixels (lung values {list(lung_values)}); nodules need a lung field")
     if cfg.mode == "add":
@@ -350,8 +350,8 @@ def synthesize_masks(src: str | os.PathLike, out: str | os.PathLike, cfg: MaskSy
     cfg.check()
     src, out = Path(src), Path(out)
     ds = Dataset(src)
-    labels, lung_values, nodule_value, note = _resolve_labels(ds.info, cfg, src)
-    spacing = _spacing(ds.info, cfg, src)
+    labels, lung_values, nodule_value, note = resolve_labels(ds.info, cfg, src)
+    spacing = pixel_spacing(ds.info, cfg, src)
     ids = ds.case_ids(None if cfg.source_split == "all" else cfg.source_split, labelled=True)
     if not ids:
         raise MaskrayError(f"{src}: no labelled cases in split '{cfg.source_split}' (choose another --source-split)")

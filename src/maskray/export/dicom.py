@@ -16,6 +16,7 @@ label map goes alongside as ``labels/ID.nii.gz`` (same geometry), with ``dataset
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -29,6 +30,9 @@ from maskray.export.native import NIFTI_ENDING, save_nifti
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 GEOMETRY_TAGS = ("Rows", "Columns", "PixelSpacing", "ImagerPixelSpacing")
+
+if TYPE_CHECKING:  # pydicom is imported where it is used, so importing this module stays cheap
+    import pydicom
 
 
 def source_spacing(path: Path, shape: tuple[int, int]) -> tuple[float, float] | None:
@@ -50,34 +54,37 @@ def source_spacing(path: Path, shape: tuple[int, int]) -> tuple[float, float] | 
 
 
 def build_dataset(pixels: np.ndarray, spacing: tuple[float, float] | None, case_id: str, synthetic: bool,
-                  derivation: str, uid=None) -> "pydicom.Dataset":  # noqa: F821
+                  derivation: str, uid=None) -> "pydicom.Dataset":
     """A Secondary Capture dataset for uint8/uint16 ``(H, W)`` pixels; ``uid(role)`` gives each UID
     (``role`` is "sop", "study" or "series"; default: a new random UID each)."""
     from pydicom.dataset import Dataset as DicomDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     uid = uid or (lambda role: generate_uid())
-    bits = 8 if pixels.dtype == np.uint8 else 16
     sop_uid = uid("sop")
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-
     ds = DicomDataset()
     ds.file_meta = meta
-    # SOP common
     ds.SOPClassUID = SECONDARY_CAPTURE
     ds.SOPInstanceUID = sop_uid
     ds.SpecificCharacterSet = "ISO_IR 100"
-    # patient: nobody
+    _patient_and_study(ds, case_id, synthetic, uid)
+    _equipment(ds, case_id, synthetic, derivation)
+    _image(ds, pixels, spacing)
+    return ds
+
+
+def _patient_and_study(ds, case_id: str, synthetic: bool, uid) -> None:
+    """Patient: nobody. Study and series: one each per case; dates and times are type 2 and left empty."""
     ds.PatientName = f"{'SYNTHETIC' if synthetic else 'ANONYMOUS'}^{case_id}"
     ds.PatientID = case_id
     ds.PatientBirthDate = ""
     ds.PatientSex = ""
     ds.PatientIdentityRemoved = "YES"
     ds.DeidentificationMethod = "maskray: nothing copied from sources; salted ids; no dates"
-    # study / series: one each per case; dates and times are type 2 and left empty
     ds.StudyInstanceUID = uid("study")
     ds.SeriesInstanceUID = uid("series")
     ds.StudyDate, ds.StudyTime = "", ""
@@ -90,7 +97,10 @@ def build_dataset(pixels: np.ndarray, spacing: tuple[float, float] | None, case_
     ds.InstanceNumber = 1
     ds.SeriesDescription = "maskray synthetic" if synthetic else "maskray export"
     ds.PatientOrientation = ""
-    # equipment and image
+
+
+def _equipment(ds, case_id: str, synthetic: bool, derivation: str) -> None:
+    """What made the image: maskray, a synthetic flag, the derivation (no path, no source id)."""
     ds.ConversionType = "SYN" if synthetic else "WSD"
     ds.Manufacturer = "maskray"
     ds.SoftwareVersions = __version__
@@ -99,6 +109,11 @@ def build_dataset(pixels: np.ndarray, spacing: tuple[float, float] | None, case_
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.DerivationDescription = derivation[:1024]
     ds.ImageComments = f"maskray case {case_id}"
+
+
+def _image(ds, pixels: np.ndarray, spacing: tuple[float, float] | None) -> None:
+    """MONOCHROME2 pixels at their stored depth (8 or 16 bits), with the pixel spacing when known."""
+    bits = 8 if pixels.dtype == np.uint8 else 16
     if spacing is not None:
         ps = [f"{spacing[0]:.6g}", f"{spacing[1]:.6g}"]
         ds.PixelSpacing = ps
@@ -112,7 +127,6 @@ def build_dataset(pixels: np.ndarray, spacing: tuple[float, float] | None, case_
     ds.PixelRepresentation = 0
     ds.PixelData = np.ascontiguousarray(pixels.astype("<u1" if bits == 8 else "<u2")).tobytes()
     ds["PixelData"].VR = "OB" if bits == 8 else "OW"
-    return ds
 
 
 def write_dicom(path: Path, dataset) -> None:

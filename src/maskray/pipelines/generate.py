@@ -94,7 +94,7 @@ def _plan(cfg: GenerateConfig, masks: Dataset) -> list[tuple[str, str, int]]:
     return [(cid if k == 1 else f"{cid}_s{s}", cid, s) for cid in ids for s in range(k)]
 
 
-def _condition_mapping(card: ModelCard, masks: Dataset, run: str) -> list[int | None]:
+def condition_mapping(card: ModelCard, masks: Dataset, run: str) -> list[int | None]:
     """For each model condition channel, the value of that label in the masks' dataset (None if absent)."""
     if "mask" not in card.condition_names:  # an edges-only model: the label maps are only carried to the output
         return list(masks.info.foreground.values())
@@ -106,7 +106,7 @@ def _condition_mapping(card: ModelCard, masks: Dataset, run: str) -> list[int | 
     return [masks.info.labels.get(name) for name in model_labels]
 
 
-def _region(new: np.ndarray, old: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:
+def edit_region(new: np.ndarray, old: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:
     """``(keep, blend)`` float ``(H, W)``: keep = 1 outside the dilated changed region; blend ramps from 0
     at the region's edge to 1 inside it over ``margin`` pixels, and is exactly 0 outside."""
     changed = new != old
@@ -164,7 +164,7 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     codec = load_codec(cfg.model, card, pretrained=cfg.pretrained)
     make_scheduler(cfg.scheduler, card.scheduler_config)  # fail early on a bad name
     masks = Dataset(cfg.masks)
-    job = _Job(cfg, card, masks, _condition_mapping(card, masks, cfg.model),
+    job = _Job(cfg, card, masks, condition_mapping(card, masks, cfg.model),
                Dataset(cfg.inpaint_from) if cfg.inpaint_from else None)
     shard = Shard.current()  # one process, or this process's share under accelerate launch
     on_main(lambda: _open_out(cfg))
@@ -178,7 +178,7 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     scheduler = make_scheduler(cfg.scheduler, card.scheduler_config)
-    draw = _Drawer(cfg, card, model, codec, scheduler, device, job.scales)
+    draw = Drawer(cfg, card, model, codec, scheduler, device, job.scales)
     mine = len(shard.take(job.plan))
     bar = tqdm(total=mine, initial=mine - len(todo), desc="generate", unit="img",
                disable=not progress or not shard.is_main, dynamic_ncols=True)
@@ -206,7 +206,7 @@ def sampling_scales(cfg: GenerateConfig, card: ModelCard) -> dict:
             "attribute_guidance": float(cfg.attribute_guidance)}
 
 
-class _Drawer:
+class Drawer:
     """One padded batch of images: sampled in pixel space, or in latent space then decoded. In region-preserving
     mode a latent model keeps the latents of the real image outside the (latent-resolution) region while
     sampling, and the decoded result is composited in pixel space, so every pixel outside the region keeps its
@@ -345,5 +345,5 @@ def _inpaint_inputs(real: Dataset, masks: Dataset, source: str, case_id: str, la
     for name, value in real.info.labels.items():
         if name in masks.info.labels:
             translated[old == value] = masks.info.labels[name]
-    keep, blend = _region(lab.numpy(), translated.numpy(), margin)
+    keep, blend = edit_region(lab.numpy(), translated.numpy(), margin)
     return x, torch.from_numpy(keep), torch.from_numpy(blend)

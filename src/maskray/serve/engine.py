@@ -24,8 +24,8 @@ from maskray.diffusion.conditioning import mask_condition
 from maskray.diffusion.sampling import SCHEDULERS, make_scheduler
 from maskray.diffusion.store import load_codec, load_model
 from maskray.errors import MaskrayError
-from maskray.pipelines.generate import (DEFAULT_SAMPLER, SYNTHETIC_TEXT, GenerateConfig, _condition_mapping, _Drawer,
-                                        _region)
+from maskray.pipelines.generate import (DEFAULT_SAMPLER, SYNTHETIC_TEXT, GenerateConfig, condition_mapping, Drawer,
+                                        edit_region)
 
 SCHEDULER_NAMES = tuple(SCHEDULERS)
 SYNTHETIC_PNG_TEXT = dict(SYNTHETIC_TEXT)  # how generated PNGs are marked synthetic
@@ -75,7 +75,7 @@ class Engine:
         self.codec = load_codec(self.run, self.card)
         self.image_size = int(self.card.image_size)
         self.labels = dict(self.card.labels)
-        self.mapping = _condition_mapping(self.card, dataset, str(self.run))
+        self.mapping = condition_mapping(self.card, dataset, str(self.run))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
         if self.codec is not None:
@@ -108,11 +108,11 @@ class Engine:
 
         kw = {"cond": mask_condition(req.label[None], self.mapping, size)}
         if req.known is not None:
-            keep, blend = _region(req.label.numpy(), req.old_label.numpy(), req.margin)
+            keep, blend = edit_region(req.label.numpy(), req.old_label.numpy(), req.margin)
             kw.update(known=req.known[None], keep=_image(keep), blend=_image(blend))
         cfg = replace(DEFAULTS, scheduler=req.scheduler, steps=req.steps, guidance_scale=req.guidance_scale)
         with self._lock:
-            draw = _Drawer(cfg, self.card, _Counted(self.model, tick), self.codec,
+            draw = Drawer(cfg, self.card, _Counted(self.model, tick), self.codec,
                            make_scheduler(req.scheduler, self.card.scheduler_config), self.device)
             return torch.cat([draw(gens=[torch.Generator().manual_seed(int(s))], **kw) for s in req.seeds])
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from maskray.data.layout import Dataset
-from maskray.data.masks import (MaskSynthConfig, NoduleShape, _Case, _distance_mm, _resolve_labels, _spacing,
+from maskray.data.masks import (MaskSynthConfig, NoduleShape, MaskCase, distance_mm, resolve_labels, pixel_spacing,
                                 rasterize)
 from maskray.data.resize import resize_image, resize_label
 from maskray.errors import MaskrayError
@@ -48,11 +48,11 @@ class Workspace:
         self.rules.check()
         self.dataset = Dataset(root)
         info = self.dataset.info
-        labels, self.lung_values, self.nodule_value, note = _resolve_labels(info, self.rules, self.dataset.root)
+        labels, self.lung_values, self.nodule_value, note = resolve_labels(info, self.rules, self.dataset.root)
         if note is not None:
             raise MaskrayError(f"{self.dataset.root}/dataset.json: has no label '{self.rules.nodule_label}', so "
                                f"nodules cannot be placed")
-        self.spacing = _spacing(info, self.rules, self.dataset.root)
+        self.spacing = pixel_spacing(info, self.rules, self.dataset.root)
         self.ids = self.dataset.case_ids(labelled=True)
         if not self.ids:
             raise MaskrayError(f"{self.dataset.root}: no labelled cases to place nodules in")
@@ -102,7 +102,7 @@ class Workspace:
         label = self.label(case_id)
         if len(nodules) > MAX_NODULES:
             raise PlacementError(MAX_NODULES, f"at most {MAX_NODULES} nodules per image (asked for {len(nodules)})")
-        case = _Case(label.copy(), self.lung_values, self.nodule_value, self.spacing)
+        case = MaskCase(label.copy(), self.lung_values, self.nodule_value, self.spacing)
         records = []
         for i, nod in enumerate(nodules):
             shape = self._check(case, i, nod)
@@ -112,7 +112,7 @@ class Workspace:
                             "diameter_mm": round(float(nod.diameter_mm), 3), "area_px": painted})
         return case.label, records
 
-    def _check(self, case: _Case, i: int, nod: Nodule) -> NoduleShape:
+    def _check(self, case: MaskCase, i: int, nod: Nodule) -> NoduleShape:
         r, h, w = self.rules, *case.label.shape
         name = f"nodule {i + 1}"
         if not r.diameter_min_mm <= nod.diameter_mm <= r.diameter_max_mm:
@@ -124,7 +124,7 @@ class Workspace:
             raise PlacementError(i, f"{name}: ({nod.y}, {nod.x}) is outside the lung field")
         shape = NoduleShape(nod.diameter_mm / 2.0)
         if not case.feasible(shape.outer_radius_mm, r)[nod.y, nod.x]:
-            room = float(_distance_mm(case.field(), self.spacing)[nod.y, nod.x]) - r.border_margin_mm
+            room = float(distance_mm(case.field(), self.spacing)[nod.y, nod.x]) - r.border_margin_mm
             if room < shape.outer_radius_mm:
                 raise PlacementError(i, f"{name}: {nod.diameter_mm:g} mm does not fit here with its edge "
                                         f"{r.border_margin_mm:g} mm inside the lung border (at most "

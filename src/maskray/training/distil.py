@@ -25,7 +25,7 @@ from maskray.diffusion.store import load_codec, load_model, save_model
 from maskray.errors import MaskrayError
 from maskray.training.conditions import ConditionMaker
 from maskray.training.config import TrainConfig
-from maskray.training.stages import StageSetup, _card
+from maskray.training.stages import StageSetup, make_card
 
 
 def _teacher(cfg: TrainConfig, ds: Dataset) -> tuple[ControlledUNet, ModelCard, list[int]]:
@@ -62,7 +62,7 @@ def setup_distil(cfg: TrainConfig, ds: Dataset) -> StageSetup:
 
     sched_cfg = {**tcard.scheduler_config, "timestep_spacing": STUDENT_SPACING, "set_alpha_to_one": True}
     card = dataclasses.replace(
-        _card(cfg, "controlnet", diff, tcard.labels, tcard.unet_config, base_unet_sha256=tcard.base_unet_sha256,
+        make_card(cfg, "controlnet", diff, tcard.labels, tcard.unet_config, base_unet_sha256=tcard.base_unet_sha256,
               cond_embedding_channels=tcard.cond_embedding_channels, latent=tcard.latent),
         scheduler_config=sched_cfg, sampling={"scheduler": "ddim", "steps": cfg.student_steps},
         distilled_from=tcard.controlnet_sha256)

@@ -109,7 +109,7 @@ def setup_stage(cfg: TrainConfig, stage: Stage, ds: Dataset) -> StageSetup:
     return _setup_base(cfg, ds) if stage == "base" else _setup_controlnet(cfg, ds)
 
 
-def _card(cfg: TrainConfig, stage: Stage, diff: DiffusionConfig, labels: dict[str, int], unet_config: dict,
+def make_card(cfg: TrainConfig, stage: Stage, diff: DiffusionConfig, labels: dict[str, int], unet_config: dict,
           **extra) -> ModelCard:
     return ModelCard(stage=stage, image_size=cfg.image_size, labels=dict(labels), unet_config=unet_config,
                      diffusion=to_jsonable(diff), scheduler_config=dict(make_train_scheduler(diff).config),
@@ -144,7 +144,7 @@ def _setup_base(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     maker = ConditionMaker((), [], None, vocab, case_attrs)
     return StageSetup(stage="base", trainable=unet, frozen=None, diffusion=diff, labels={},
                       joined=lambda trained: ControlledUNet(trained, None), maker=maker, cond_drop=cfg.cond_drop,
-                      codec=codec, card=_card(cfg, "base", diff, {}, to_jsonable(unet_cfg), latent=_latent_card(codec),
+                      codec=codec, card=make_card(cfg, "base", diff, {}, to_jsonable(unet_cfg), latent=_latent_card(codec),
                                               attributes={k: list(v) for k, v in vocab.items()}))
 
 
@@ -203,7 +203,7 @@ def _setup_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     emb = embedding_channels(tuple(cfg.cond_embedding_channels), base_card.factor)
     nets = {n: build_controlnet(unet, maker.channels(n), emb, base_card.factor) for n in maker.names}
     controlnet = nets["mask"] if maker.card_conditions() == {} else ControlNetSet(nets)
-    card = _card(cfg, "controlnet", diff, labels, base_card.unet_config, base_unet_sha256=base_card.unet_sha256,
+    card = make_card(cfg, "controlnet", diff, labels, base_card.unet_config, base_unet_sha256=base_card.unet_sha256,
                  cond_embedding_channels=emb, latent=base_card.latent, conditions=maker.card_conditions(),
                  attributes=dict(base_card.attributes))
     return StageSetup(stage="controlnet", trainable=controlnet, frozen=unet, diffusion=diff, labels=labels,
@@ -237,7 +237,7 @@ def _setup_pretrained_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     summary = {k: to_jsonable(unet.config[k]) for k in ("in_channels", "block_out_channels", "cross_attention_dim",
                                                         "sample_size")}
     card = dataclasses.replace(
-        _card(cfg, "controlnet", diff, labels, summary, base_unet_sha256=hashes["unet"], cond_embedding_channels=emb,
+        make_card(cfg, "controlnet", diff, labels, summary, base_unet_sha256=hashes["unet"], cond_embedding_channels=emb,
               latent=codec.latent_card(), pretrained={"prompt": prompt, "parts_sha256": hashes}),
         unet_sha256=hashes["unet"], scheduler_config=scheduler_config)
     return StageSetup(stage="controlnet", trainable=controlnet, frozen=unet, diffusion=diff, labels=labels,
