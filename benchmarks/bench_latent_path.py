@@ -132,13 +132,16 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(a.threads)
+    from maskray.hardware import measure_peaks
+
     per_image = sampling_seconds(lat / "cn", data)
+    peaks = measure_peaks()  # at the benchmark's thread count, so the times above can be scaled to another machine
     # the path is data -> autoencoder -> both stages -> generate; evaluation is reported beside it, not in it
     on_latent = [k for k in times if k in ("data", "train_autoencoder") or
                  (k.endswith("_latent") and not k.startswith("evaluate"))]
     result = {
         "data": a.data, "threads": a.threads, "cpu": os.cpu_count(), "args": vars(a), "times_s": times,
-        "cpu_s": CPU_S, "load_average_at_end": os.getloadavg(),
+        "cpu_s": CPU_S, "load_average_at_end": os.getloadavg(), "hardware": peaks,
         "latent_path_wall_min": round(sum(times[k] for k in on_latent) / 60, 1),
         "latent_path_cpu_min": round(sum(CPU_S[k] for k in on_latent) / 60, 1),
         "latent_path_stages": on_latent,
