@@ -87,6 +87,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-steps", type=int, default=300)
     p.add_argument("--skip-pixel", action="store_true")
+    p.add_argument("--feature-net", default=None, help="evaluate's feature net, already trained on the same real data "
+                                                        "(saves its training; evaluate writes one under eval/feature_net)")
     p.add_argument("--reuse", action="store_true", help="skip stages whose output is complete (times kept)")
     a = p.parse_args()
     if a.data == "cxr" and not (CXR / "images").is_dir():
@@ -117,7 +119,8 @@ def main() -> None:
                             "--out", str(lat / "gen"), "--overwrite"], times, env)
     run("evaluate_latent", ["evaluate", "--real", str(data), "--synthetic", str(lat / "gen"), "--out",
                             str(lat / "eval"), "--image-size", "256", "--seg-steps", str(a.eval_steps), "--reg-steps",
-                            str(a.eval_steps), "--threads", "1", "--overwrite"], times, env)
+                            str(a.eval_steps), "--threads", "1", "--overwrite",
+                            *(["--feature-net", a.feature_net] if a.feature_net else [])], times, env)
     if not a.skip_pixel:
         run("train_base_pixel64", ["train", "base", "--data", str(data), "--out", str(pix / "base"), "--image-size",
                                    "64", "--steps", str(a.steps), "--overwrite"], times, env)
