@@ -38,16 +38,13 @@ from maskray.diffusion.conditioning import mask_condition
 from maskray.diffusion.sampling import SCHEDULERS, make_scheduler, sample
 from maskray.diffusion.store import load_model
 from maskray.evaluation.metrics import dice
-from maskray.evaluation.segmenter import Regressor, Segmenter, SegmenterConfig, lesion_detection
+from maskray.evaluation.adherence import nodule_contrast
+from maskray.evaluation.detection import lesion_detection
+from maskray.evaluation.segmenter import Regressor, Segmenter, SegmenterConfig
 from maskray.hardware import matmul_peak_gflops
 from maskray.measures.image import psnr, spectrum_distance, ssim
 from maskray.pipelines.generate import case_seed
 from maskray.provenance import versions
-
-try:  # trust moves it out of the demo; either home serves
-    from maskray.evaluation.adherence import nodule_contrast
-except ImportError:
-    from maskray.demo import nodule_contrast
 
 STEPS = (4, 8, 12, 16, 25, 50)
 RESULTS = Path(__file__).parent / "results"
