@@ -149,8 +149,8 @@ def calibrated_steps(cfg: TrainConfig, stage: str, seconds: float, work: Path) -
     return max(1, int(seconds * 4 / max(cost[1] - cost[0], 1e-6)))
 
 
-def run_maskray(data: str, budget: tuple[float, float], batch: int, seed: int, work: Path) -> dict:
-    common = dict(data=data, image_size=64, batch_size=batch, seed=seed, validate_every=10 ** 6)
+def run_maskray(data: str, size: int, budget: tuple[float, float], batch: int, seed: int, work: Path) -> dict:
+    common = dict(data=data, image_size=size, batch_size=batch, seed=seed, validate_every=10 ** 6)
     res = {}
     for stage, secs, extra in (("base", budget[0], {}), ("controlnet", budget[1], {"base": str(work / "base")})):
         cfg = TrainConfig(out=str(work / stage), **common, **extra)
@@ -196,6 +196,7 @@ def sample_maskray(run: Path, samplers: list[tuple[str, int]], ref: dict, xtr, n
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True)
+    p.add_argument("--size", type=int, default=64, help="pixels (the issue's runs: 64, and 128 at 25 + 25 min)")
     p.add_argument("--base-minutes", type=float, default=10.0, help="CPU minutes of this process for stage 1")
     p.add_argument("--controlnet-minutes", type=float, default=10.0, help="CPU minutes for stage 2")
     p.add_argument("--batch-size", type=int, default=8, help="peer batch (the tutorial's)")
@@ -231,9 +232,9 @@ def main() -> int:
     torch.set_num_threads(a.threads)
     ds = Dataset(a.data)
     budget = (a.base_minutes * 60, a.controlnet_minutes * 60)
-    ref = references(ds, 64, a.eval_steps, a.seed, a.test_masks)
+    ref = references(ds, a.size, a.eval_steps, a.seed, a.test_masks)
     values = list(ds.info.foreground.values())
-    _, xtr, ytr = load_split(ds, "train", 64)
+    _, xtr, ytr = load_split(ds, "train", a.size)
     net = train_feature_net(xtr, steps=a.feature_steps, seed=a.seed)
     peer = run_peer(xtr, ytr, values, budget, a.batch_size, a.peer_lr, a.seed)
     px, psecs, pcpu = peer_sample(peer.pop("nets"), ref["y"], values, ref["ids"], a.seed)
@@ -241,13 +242,13 @@ def main() -> int:
     samplers = [DEFAULT_SAMPLER] + [(s.split(":")[0], int(s.split(":")[1])) for s in a.maskray_samplers.split(",") if s]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(a.keep or tmp)
-        mr = run_maskray(str(ds.root), budget, a.maskray_batch_size, a.seed, work)
+        mr = run_maskray(str(ds.root), a.size, budget, a.maskray_batch_size, a.seed, work)
         mr |= {"default_sampler": f"{DEFAULT_SAMPLER[0]} {DEFAULT_SAMPLER[1]}",
                **sample_maskray(work / "controlnet", samplers, ref, xtr, net, a.seed)}
     train_rates(peer, a.batch_size)
     train_rates(mr, a.maskray_batch_size)
     out = {"peer": peer, "maskray": mr, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-           "budget_s": budget, "image_size": 64, "threads": a.threads, "test_masks": len(ref["ids"]),
+           "budget_s": budget, "image_size": a.size, "threads": a.threads, "test_masks": len(ref["ids"]),
            "perfect_sampler_bound_psnr": ref["bound"], "real_test_images": ref["real"],
            "realism_floor_real_test": ref["realism_floor"], "feature_net_steps": a.feature_steps,
            "bf16_matmul_peak_gflops": round(matmul_peak_gflops(torch.bfloat16), 1),
