@@ -125,7 +125,8 @@ def sweep(a) -> int:
     sizes = [int(v) for v in str(a.size).split(",")]
     flops = {size: run(dict(size=size, threads=a.threads, precision="bf16", channels_last=False, mode="flops",
                             batch=1, iters=0)) for size in sizes}
-    rows = [lever_row(size, a.threads, *lever, flops[size]) for size in sizes for lever in LEVERS]
+    rows = [lever_row(size, a.threads, *lever, flops[size]) for size in sizes for lever in LEVERS
+            if size <= a.compile_max_size or not lever[2]]
     fl = flops[sizes[0]]
     res = {"command": " ".join(["bench_speed.py"] + sys.argv[1:]), "sizes": sizes, "threads": a.threads,
            "gflop": {str(k): {"per_image_denoising_step": v["gflop_per_image_step"],
@@ -147,6 +148,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sampler-steps", type=int, default=25)
     p.add_argument("--levers", action="store_true", help="bf16 batch / channels_last / torch.compile sweep")
+    p.add_argument("--compile-max-size", type=int, default=10 ** 6, help="--levers: torch.compile only up to this "
+                                                                          "size (each compile costs minutes)")
     a = p.parse_args()
     if a.levers:
         return sweep(a)
