@@ -125,20 +125,21 @@ def sweep(a) -> int:
     sizes = [int(v) for v in str(a.size).split(",")]
     flops = {size: run(dict(size=size, threads=a.threads, precision="bf16", channels_last=False, mode="flops",
                             batch=1, iters=0)) for size in sizes}
-    rows = [lever_row(size, a.threads, *lever, flops[size]) for size in sizes for lever in LEVERS
-            if size <= a.compile_max_size or not lever[2]]
-    fl = flops[sizes[0]]
     res = {"command": " ".join(["bench_speed.py"] + sys.argv[1:]), "sizes": sizes, "threads": a.threads,
            "gflop": {str(k): {"per_image_denoising_step": v["gflop_per_image_step"],
                               "per_image_stage2_train_step": v["train_gflop_per_image"]} for k, v in flops.items()},
-           "bf16_matmul_peak_gflops": fl["matmul_peak_gflops_bf16"],
-           "fp32_matmul_peak_gflops": fl["matmul_peak_gflops_fp32"], "rows": rows,
+           "bf16_matmul_peak_gflops": flops[sizes[0]]["matmul_peak_gflops_bf16"],
+           "fp32_matmul_peak_gflops": flops[sizes[0]]["matmul_peak_gflops_fp32"], "rows": [],
            "clock": "throughput by the worker's CPU clock; peak by maskray.hardware (fastest of repeated 2048^3 "
                     "products) with the same thread count",
            "note": "bf16 autocast throughout; training FLOPs counted by FlopCounterMode over one stage-2 step"}
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "speed_levers.json").write_text(json.dumps(res, indent=2))
+    out = Path(__file__).parent / "results" / "speed_levers.json"
+    out.parent.mkdir(exist_ok=True)
+    for size in sizes:
+        for lever in LEVERS:
+            if size <= a.compile_max_size or not lever[2]:
+                res["rows"].append(lever_row(size, a.threads, *lever, flops[size]))
+                out.write_text(json.dumps(res, indent=2))  # row by row: a stopped sweep keeps what it measured
     return 0
 
 
