@@ -3,7 +3,7 @@ without channels_last, GFLOPs per denoising step, the fraction of measured matmu
 of training and generation.
 
     python benchmarks/bench_speed.py [--size 128] [--threads 2]
-    python benchmarks/bench_speed.py --levers --size 64 --threads 1   # batch, channels_last, torch.compile
+    python benchmarks/bench_speed.py --levers --size 64,128 --threads 1   # batch, channels_last, torch.compile
 
 Each configuration runs in its own subprocess (clean RSS, no cross-talk). Prints a table and writes
 benchmarks/results/speed.json. Run it on an otherwise idle machine: on 2 cores a second busy process
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,9 @@ if cl:
 x = torch.randn(B, 1, S, S); c = torch.rand(B, 3, S, S); t = torch.randint(0, 1000, (B,))
 if cl:
     x = x.contiguous(memory_format=torch.channels_last); c = c.contiguous(memory_format=torch.channels_last)
+if args.get("freeze"):  # inductor folds the frozen weights into the graph (inference only)
+    import torch._inductor.config as ic
+    ic.freezing = True
 if args.get("compile"):
     model = torch.compile(model)
 ac = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=(prec == "bf16"))
@@ -44,6 +48,11 @@ if mode == "flops":
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         model(x[:1], t[:1], c[:1])
     out["gflop_per_image_step"] = fc.get_total_flops() / 1e9
+    # one stage-2 training step counted, not estimated: the frozen base is back-propagated through without
+    # weight gradients (maskray.training.efficiency, the count behind log.csv's mfu)
+    from maskray.training.efficiency import train_flops_per_image
+    unet.requires_grad_(False)
+    out["train_gflop_per_image"] = train_flops_per_image(model, x[:1], c[:1]) / 1e9
     # matmul peak: the one measurement maskray reports beside every time (maskray.hardware)
     from maskray.hardware import matmul_peak_gflops
     for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -76,52 +85,76 @@ print(json.dumps(out))
 
 
 def run(args: dict) -> dict:
-    r = subprocess.run([sys.executable, "-c", WORKER, json.dumps(args)], capture_output=True, text=True)
+    env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": "1"}  # inductor compiles in one process: the slot's one core
+    r = subprocess.run([sys.executable, "-c", WORKER, json.dumps(args)], capture_output=True, text=True, env=env)
     if r.returncode:
         raise SystemExit(r.stderr[-2000:])
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def sweep(a) -> int:
-    """bf16 levers per stage at one size: batch size, channels_last and torch.compile (inductor), for stage-2
-    training and sampling, each against the measured bf16 matmul peak. Writes results/speed_levers.json."""
-    base = dict(size=a.size, threads=a.threads, precision="bf16", cpu_clock=True)
-    fl = run({**base, "channels_last": False, "mode": "flops", "batch": 1, "iters": 0})
-    gflop, peak = fl["gflop_per_image_step"], fl["matmul_peak_gflops_bf16"]
-    grid = [(b, cl, False) for b in (8, 32) for cl in (False, True)] + [(32, False, True)]
-    rows = []
-    for batch, cl, comp in grid:
-        cfg = {**base, "channels_last": cl, "compile": comp, "batch": batch}
+LEVERS = [  # (batch, channels_last, torch.compile, inductor freezing); compiling costs minutes, so only at batch 32
+    (8, False, False, False), (8, True, False, False), (32, False, False, False), (32, True, False, False),
+    (64, True, False, False), (32, False, True, False), (32, True, True, True)]
+
+
+def lever_row(size: int, threads: int, batch: int, cl: bool, comp: bool, freeze: bool, fl: dict) -> dict:
+    """Stage-2 training and sampling throughput of one configuration, against the bf16 matmul peak."""
+    cfg = dict(size=size, threads=threads, precision="bf16", cpu_clock=True, channels_last=cl, compile=comp,
+               freeze=freeze, batch=batch)
+    peak = fl["matmul_peak_gflops_bf16"]
+    row = {"size": size, "batch": batch, "channels_last": cl, "compile": comp, "freezing": freeze}
+    if not freeze:  # freezing folds weights as constants: inference only
         tr = run({**cfg, "mode": "train", "iters": 3})
-        sm = run({**cfg, "mode": "sample", "iters": 4})
-        rows.append({"batch": batch, "channels_last": cl, "compile": comp, "train_images_per_s": tr["images_per_s"],
-                     "sample_image_steps_per_s": sm["image_steps_per_s"],
-                     "train_fraction_of_peak": tr["images_per_s"] * gflop * 3 / peak,
-                     "sample_fraction_of_peak": sm["image_steps_per_s"] * gflop / peak,
-                     "compile_warmup_s": {"train": tr["warmup_s"], "sample": sm["warmup_s"]}})
-        r = rows[-1]
-        print(f"batch {batch:3d} NHWC {str(cl):5} compile {str(comp):5}  train {r['train_images_per_s']:6.1f} img/s "
-              f"({100 * r['train_fraction_of_peak']:4.1f}%)  sample {r['sample_image_steps_per_s']:7.1f} img-steps/s "
-              f"({100 * r['sample_fraction_of_peak']:4.1f}%)", flush=True)
-    res = {"command": " ".join(["bench_speed.py"] + sys.argv[1:]), "size": a.size, "threads": a.threads,
-           "gflop_per_image_per_denoising_step": gflop, "bf16_matmul_peak_gflops": peak, "rows": rows,
-           "clock": "throughput by the worker's CPU clock; peak by maskray.hardware (fastest of repeated products)",
-           "note": "training FLOPs taken as 3x forward; machine shared with other jobs while measured"}
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "speed_levers.json").write_text(json.dumps(res, indent=2))
+        row |= {"train_images_per_s": tr["images_per_s"], "train_warmup_s": tr["warmup_s"],
+                "train_fraction_of_peak": tr["images_per_s"] * fl["train_gflop_per_image"] / peak}
+    sm = run({**cfg, "mode": "sample", "iters": 4})
+    row |= {"sample_image_steps_per_s": sm["image_steps_per_s"], "sample_warmup_s": sm["warmup_s"],
+            "sample_fraction_of_peak": sm["image_steps_per_s"] * fl["gflop_per_image_step"] / peak}
+    tr_text = (f"train {row['train_images_per_s']:6.1f} img/s ({100 * row['train_fraction_of_peak']:4.1f}%)"
+               if "train_images_per_s" in row else " " * 29)
+    print(f"{size:4d} px batch {batch:3d} NHWC {cl!s:5} compile {comp!s:5} freeze {freeze!s:5}  {tr_text}  sample "
+          f"{row['sample_image_steps_per_s']:7.1f} img-steps/s ({100 * row['sample_fraction_of_peak']:4.1f}%)",
+          flush=True)
+    return row
+
+
+def sweep(a) -> int:
+    """bf16 levers per size: batch size, channels_last, torch.compile (inductor) and inductor's weight freezing
+    for sampling, for stage-2 training and sampling, each against the bf16 matmul peak measured with the same
+    thread count. Writes results/speed_levers.json."""
+    sizes = [int(v) for v in str(a.size).split(",")]
+    flops = {size: run(dict(size=size, threads=a.threads, precision="bf16", channels_last=False, mode="flops",
+                            batch=1, iters=0)) for size in sizes}
+    res = {"command": " ".join(["bench_speed.py"] + sys.argv[1:]), "sizes": sizes, "threads": a.threads,
+           "gflop": {str(k): {"per_image_denoising_step": v["gflop_per_image_step"],
+                              "per_image_stage2_train_step": v["train_gflop_per_image"]} for k, v in flops.items()},
+           "bf16_matmul_peak_gflops": flops[sizes[0]]["matmul_peak_gflops_bf16"],
+           "fp32_matmul_peak_gflops": flops[sizes[0]]["matmul_peak_gflops_fp32"], "rows": [],
+           "clock": "throughput by the worker's CPU clock; peak by maskray.hardware (fastest of repeated 2048^3 "
+                    "products) with the same thread count",
+           "note": "bf16 autocast throughout; training FLOPs counted by FlopCounterMode over one stage-2 step"}
+    out = Path(__file__).parent / "results" / "speed_levers.json"
+    out.parent.mkdir(exist_ok=True)
+    for size in sizes:
+        for lever in LEVERS:
+            if size <= a.compile_max_size or not lever[2]:
+                res["rows"].append(lever_row(size, a.threads, *lever, flops[size]))
+                out.write_text(json.dumps(res, indent=2))  # row by row: a stopped sweep keeps what it measured
     return 0
 
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--size", default="128", help="pixels (--levers: a comma list)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sampler-steps", type=int, default=25)
     p.add_argument("--levers", action="store_true", help="bf16 batch / channels_last / torch.compile sweep")
+    p.add_argument("--compile-max-size", type=int, default=10 ** 6, help="--levers: torch.compile only up to this "
+                                                                          "size (each compile costs minutes)")
     a = p.parse_args()
     if a.levers:
         return sweep(a)
+    a.size = int(a.size)
     base = dict(size=a.size, threads=a.threads, channels_last=False, precision="fp32")
     fl = run({**base, "mode": "flops", "batch": 1, "iters": 0})
     gflop = fl["gflop_per_image_step"]

@@ -14,7 +14,9 @@ image of the same mask and by a segmenter trained once on the real training spli
 - seconds per image (wall clock, batch of all test masks, the machine's thread count recorded).
 
 A model whose card records its own sampler (a distilled student) is run with that sampler only. Writes
-``benchmarks/results/steps.json`` (or ``--out``) and one figure beside it.
+``benchmarks/results/steps.json`` (or ``--out``) and one figure beside it, one row of panels per data set:
+``--append`` adds another data set's models to the same file (each model records its data set's references:
+perfect-sampler bound, real test images' scores). No case ids are written.
 """
 
 from __future__ import annotations
@@ -38,16 +40,13 @@ from maskray.diffusion.conditioning import mask_condition
 from maskray.diffusion.sampling import SCHEDULERS, make_scheduler, sample
 from maskray.diffusion.store import load_model
 from maskray.evaluation.metrics import dice
-from maskray.evaluation.segmenter import Regressor, Segmenter, SegmenterConfig, lesion_detection
+from maskray.evaluation.adherence import nodule_contrast
+from maskray.evaluation.detection import lesion_detection
+from maskray.evaluation.segmenter import Regressor, Segmenter, SegmenterConfig
 from maskray.hardware import matmul_peak_gflops
 from maskray.measures.image import psnr, spectrum_distance, ssim
 from maskray.pipelines.generate import case_seed
 from maskray.provenance import versions
-
-try:  # trust moves it out of the demo; either home serves
-    from maskray.evaluation.adherence import nodule_contrast
-except ImportError:
-    from maskray.demo import nodule_contrast
 
 STEPS = (4, 8, 12, 16, 25, 50)
 RESULTS = Path(__file__).parent / "results"
@@ -139,36 +138,49 @@ def _dice_mean(dice: dict[str, float]) -> float:
     return float(np.mean([v for k, v in dice.items() if k != "nodule"]))
 
 
-def plot(rows: list[dict], ref: dict, path: Path) -> None:
+PANELS = [("psnr", "paired PSNR (dB)"), ("dice_mean", "segmenter Dice (mean, nodules left out)"),
+          ("spectrum_distance", "texture distance (decades)"), ("cpu_seconds_per_image", "CPU seconds per image")]
+
+
+def _panel(ax, key: str, groups: dict[tuple, list[dict]], ref: dict) -> None:
+    for (model, sched), rs in groups.items():
+        style = dict(marker="*", markersize=12, linestyle="none") if len(rs) == 1 else dict(marker="o")
+        ax.plot([r["steps"] for r in rs], [r[key] for r in rs], label=f"{model} {sched}", **style)
+    if key == "psnr":
+        ax.axhline(ref["perfect_sampler_bound_psnr"], color="k", linestyle="--", linewidth=1,
+                   label="perfect-sampler bound")
+    if key == "dice_mean" and "dice" in ref["real_test_images"]:
+        ax.axhline(_dice_mean(ref["real_test_images"]["dice"]), color="k", linestyle="--", linewidth=1,
+                   label="real test images")
+    ax.set_xscale("log")
+    ax.set_xticks(STEPS, [str(s) for s in STEPS])
+    ax.minorticks_off()
+    ax.set_xlabel("sampler steps")
+
+
+def plot(rows: list[dict], models: dict[str, dict], path: Path) -> None:
+    """One row of panels per data set (its models' schedulers as lines, a fixed-sampler student as a star)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("psnr", "paired PSNR (dB)"), ("dice_mean", "segmenter Dice (mean, nodules left out)"),
-              ("spectrum_distance", "texture distance (decades)"), ("seconds_per_image", "wall seconds per image")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        r["dice_mean"] = _dice_mean(r["dice"]) if "dice" in r else float("nan")
-        groups.setdefault((r["model"], r["scheduler"]), []).append(r)
-    for ax, (key, title) in zip(axes, panels):
-        for (model, sched), rs in groups.items():
-            style = dict(marker="*", markersize=12, linestyle="none") if len(rs) == 1 else dict(marker="o")
-            ax.plot([r["steps"] for r in rs], [r[key] for r in rs], label=f"{model} {sched}", **style)
-        if key == "psnr":
-            ax.axhline(ref["bound"], color="k", linestyle="--", linewidth=1, label="perfect-sampler bound")
-        if key == "dice_mean" and "dice" in ref["real"]:
-            ax.axhline(_dice_mean(ref["real"]["dice"]), color="k", linestyle="--",
-                       linewidth=1, label="real test images")
-        ax.set_xscale("log")
-        ax.set_xticks(STEPS, [str(s) for s in STEPS])
-        ax.minorticks_off()
-        ax.set_xlabel("sampler steps")
-        ax.set_title(title, fontsize=10)
-    axes[0].legend(fontsize=7)
+    datasets = list(dict.fromkeys(m["data_name"] for m in models.values()))
+    fig, axes = plt.subplots(len(datasets), len(PANELS), figsize=(4.2 * len(PANELS), 3.6 * len(datasets)),
+                             squeeze=False)
+    for i, data in enumerate(datasets):
+        mine = [r for r in rows if models[r["model"]]["data_name"] == data]
+        groups: dict[tuple, list[dict]] = {}
+        for r in mine:
+            r["dice_mean"] = _dice_mean(r["dice"]) if "dice" in r else float("nan")
+            groups.setdefault((r["model"], r["scheduler"]), []).append(r)
+        ref = next(m for m in models.values() if m["data_name"] == data)
+        for ax, (key, title) in zip(axes[i], PANELS):
+            _panel(ax, key, groups, ref)
+            ax.set_title(f"{data}: {title}", fontsize=9)
+        axes[i][0].legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -176,6 +188,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", action="append", required=True, help="NAME=RUN (repeatable)")
     p.add_argument("--data", required=True, help="the dataset the model was trained on (train and test splits)")
+    p.add_argument("--data-name", default=None, help="the data set's name in the results (default: its folder's)")
     p.add_argument("--schedulers", default=",".join(SCHEDULERS))
     p.add_argument("--steps", default=",".join(map(str, STEPS)))
     p.add_argument("--eval-steps", type=int, default=300, help="training steps of the segmenter and regression "
@@ -196,17 +209,19 @@ def main() -> int:
     out = Path(a.out)
     earlier = json.loads(out.read_text()) if a.append and out.is_file() else {}
     rows = [r for r in earlier.get("rows", []) if r["model"] not in models] + rows
-    models = {**earlier.get("models", {}), **models}
+    data_name = a.data_name or ds.root.name
+    mine = {name: {"path": path, "data_name": data_name, "image_size": card.image_size,
+                   "test_masks": len(ref["ids"]), "perfect_sampler_bound_psnr": ref["bound"],
+                   "real_test_images": ref["real"]} for name, path in models.items()}
+    models = {**earlier.get("models", {}), **mine}
     out.parent.mkdir(parents=True, exist_ok=True)
-    plot(rows, ref, out.with_suffix(".png"))
+    plot(rows, models, out.with_suffix(".png"))
     commands = earlier.get("commands", []) + [" ".join([Path(sys.argv[0]).name] + sys.argv[1:])]
-    res = {"commands": commands, "models": models, "data": str(ds.root),
-           "image_size": card.image_size, "test_masks": len(ref["ids"]), "threads": a.threads,
+    res = {"commands": commands, "models": models, "threads": a.threads,
            "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                        "bf16_matmul_peak_gflops": round(matmul_peak_gflops(torch.bfloat16), 1),
-                       "note": "shared with other jobs while measured: seconds are noisy"},
-           "perfect_sampler_bound_psnr": ref["bound"], "real_test_images": ref["real"], "rows": rows,
-           "wall_s": time.time() - t0, "versions": versions()}
+                       "note": "shared with other jobs while measured: wall seconds are noisy, CPU seconds less so"},
+           "rows": rows, "wall_s": earlier.get("wall_s", 0) + time.time() - t0, "versions": versions()}
     out.write_text(json.dumps(res, indent=2))
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0

@@ -31,23 +31,34 @@ def _nodules(r: dict) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def _dice(scores: dict, labels: list[str]) -> str:
+    return " / ".join(f"{scores['dice'][k]:.3f}" for k in labels) if "dice" in scores else "not measured"
+
+
 def steps_table() -> None:
     d = _load("steps.json")
     if d is None:
         return
-    labels = list(d["real_test_images"]["dice"])
-    print(f"{d['test_masks']} held-out masks, {d['image_size']} px, {d['threads']} thread; perfect-sampler bound "
-          f"{d['perfect_sampler_bound_psnr']:.2f} dB; real test images: Dice "
-          + ", ".join(f"{k} {v:.3f}" for k, v in d["real_test_images"]["dice"].items())
-          + f", nodules {_nodules(d['real_test_images'])}\n")
-    print("| model | sampler | steps | PSNR dB | - bound | Dice " + " / ".join(labels)
-          + " | nodules found, contrast | texture distance | s / image |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in d["rows"]:
-        print(f"| {r['model']} | {r['scheduler']} | {r['steps']} | {r['psnr']:.2f} | {r['psnr_minus_bound']:+.2f} | "
-              + (" / ".join(f"{r['dice'][k]:.3f}" for k in labels) if "dice" in r else "not measured")
-              + f" | {_nodules(r)} | {r['spectrum_distance']:.3f} | {r['seconds_per_image']:.3f} |")
-    print(f"\n`{'`; `'.join(d.get('commands', []))}` (figure: `benchmarks/results/steps.png`)\n")
+    peak = d["machine"]["bf16_matmul_peak_gflops"]
+    for data in dict.fromkeys(m["data_name"] for m in d["models"].values()):
+        names = [k for k, m in d["models"].items() if m["data_name"] == data]
+        m = d["models"][names[0]]
+        real = m["real_test_images"]
+        labels = list(real.get("dice", {}))
+        print(f"**{data}**: {m['test_masks']} held-out masks, {m['image_size']} px, {d['threads']} thread (bf16 "
+              f"matmul peak {peak:.0f} GFLOP/s at 1 thread); perfect-sampler bound "
+              f"{m['perfect_sampler_bound_psnr']:.2f} dB; real test images: Dice "
+              + ", ".join(f"{k} {v:.3f}" for k, v in real.get("dice", {}).items())
+              + (f", nodules {_nodules(real)}" if real.get("nodules") else "") + "\n")
+        print("| model | sampler | steps | PSNR dB | - bound | SSIM | Dice " + " / ".join(labels)
+              + " | nodules found, contrast | texture distance | CPU s / image |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for r in (r for r in d["rows"] if r["model"] in names):
+            print(f"| {r['model']} | {r['scheduler']} | {r['steps']} | {r['psnr']:.2f} | {r['psnr_minus_bound']:+.2f} | "
+                  f"{r['ssim']:.3f} | {_dice(r, labels)} | {_nodules(r)} | {r['spectrum_distance']:.3f} | "
+                  f"{r['cpu_seconds_per_image']:.3f} |")
+        print()
+    print("`python benchmarks/" + "`; `python benchmarks/".join(d["commands"]) + "` (figure: `benchmarks/results/steps.png`)\n")
 
 
 def peer_table() -> None:
@@ -55,34 +66,46 @@ def peer_table() -> None:
     if d is None:
         return
     labels = list(d["real_test_images"]["dice"])
-    print(f"Budget {d['budget_s'][0] / 60:.0f} + {d['budget_s'][1] / 60:.0f} min, {d['threads']} thread, "
-          f"{d['test_masks']} held-out masks; perfect-sampler bound {d['perfect_sampler_bound_psnr']:.2f} dB\n")
-    print("| | parameters (UNet + ControlNet) | steps (base + CN) | train img/s (base / CN) | sampler | s / image | "
-          "PSNR dB | Dice " + " / ".join(labels) + " | texture distance |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name in ("peer", "maskray"):
-        e = d[name]
-        p = e["parameters"]
+    floor = d["realism_floor_real_test"]["features"]
+    print(f"{d['image_size']} px, budget {d['budget_s'][0] / 60:.0f} + {d['budget_s'][1] / 60:.0f} CPU-minutes each, "
+          f"{d['threads']} thread (matmul peak at 1 thread: {d['fp32_matmul_peak_gflops']:.0f} GFLOP/s fp32, "
+          f"{d['bf16_matmul_peak_gflops']:.0f} bf16), {d['test_masks']} held-out masks; perfect-sampler bound "
+          f"{d['perfect_sampler_bound_psnr']:.2f} dB; real test images: Dice "
+          + ", ".join(f"{k} {v:.3f}" for k, v in d["real_test_images"]["dice"].items())
+          + f"; realism floor (real test vs real train): FID {floor['fid']:.2f}, precision {floor['precision']:.2f}, "
+            f"recall {floor['recall']:.2f}\n")
+    print("| | parameters (UNet + ControlNet) | steps (base + CN) | train img/CPU-s (base / CN) | sampler | "
+          "CPU s / image | PSNR dB | SSIM | Dice " + " / ".join(labels) + " | FID | precision / recall |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = [("MONAI tutorial build", d["peer"], d["peer"]["sampler"], d["peer"]["scores"])]
+    rows += [("maskray", d["maskray"], k, v) for k, v in d["maskray"]["samplers"].items()]
+    for name, e, sampler, sc in rows:
+        p, r = e["parameters"], sc["realism"]
         print(f"| {name} | {p['unet'] / 1e6:.2f} M + {p['controlnet'] / 1e6:.2f} M | {e['base']['steps']} + "
-              f"{e['controlnet']['steps']} | {e['train_images_per_s']['base']:.1f} / "
-              f"{e['train_images_per_s']['controlnet']:.1f} | {e['sampler']} | {e['seconds_per_image']:.2f} | "
-              f"{e['psnr']:.2f} | " + " / ".join(f"{e['dice'][k]:.3f}" for k in labels)
-              + f" | {e['spectrum_distance']:.3f} |")
-    print(f"\n`{d['command']}`\n")
+              f"{e['controlnet']['steps']} | {e['train_images_per_cpu_s']['base']:.1f} / "
+              f"{e['train_images_per_cpu_s']['controlnet']:.1f} | {sampler} | {sc['cpu_seconds_per_image']:.3f} | "
+              f"{sc['psnr']:.2f} | {sc['ssim']:.3f} | {_dice(sc, labels)} | {r['fid']:.2f} | "
+              f"{r['precision']:.2f} / {r['recall']:.2f} |")
+    print(f"\n`python benchmarks/{d['command']}`\n")
 
 
 def levers_table() -> None:
     d = _load("speed_levers.json")
     if d is None:
         return
-    print(f"{d['size']} px, {d['threads']} thread, {d['gflop_per_image_per_denoising_step']:.2f} GFLOP per "
-          f"image-step, bf16 matmul peak {d['bf16_matmul_peak_gflops']:.0f} GFLOP/s\n")
-    print("| batch | channels_last | torch.compile | stage-2 train img/s | % of peak | sampling img-steps/s | % of peak |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"{d['threads']} thread; bf16 matmul peak {d['bf16_matmul_peak_gflops']:.0f} GFLOP/s, fp32 "
+          f"{d['fp32_matmul_peak_gflops']:.0f} GFLOP/s (same thread count); GFLOP per image: "
+          + "; ".join(f"{k} px {v['per_image_denoising_step']:.2f} per denoising step, "
+                      f"{v['per_image_stage2_train_step']:.2f} per stage-2 training step" for k, v in d["gflop"].items())
+          + "\n")
+    print("| px | batch | channels_last | torch.compile | freezing | stage-2 train img/s | % of peak | "
+          "sampling img-steps/s | % of peak |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in d["rows"]:
-        print(f"| {r['batch']} | {r['channels_last']} | {r['compile']} | {r['train_images_per_s']:.1f} | "
-              f"{100 * r['train_fraction_of_peak']:.0f}% | {r['sample_image_steps_per_s']:.1f} | "
-              f"{100 * r['sample_fraction_of_peak']:.0f}% |")
+        tr = (f"{r['train_images_per_s']:.1f} | {100 * r['train_fraction_of_peak']:.0f}%"
+              if "train_images_per_s" in r else "(inference only) | ")
+        print(f"| {r['size']} | {r['batch']} | {r['channels_last']} | {r['compile']} | {r['freezing']} | {tr} | "
+              f"{r['sample_image_steps_per_s']:.1f} | {100 * r['sample_fraction_of_peak']:.0f}% |")
     print(f"\n`python benchmarks/{d['command']}`\n")
 
 

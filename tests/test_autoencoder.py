@@ -214,6 +214,20 @@ def test_latent_cache_reused_for_same_autoencoder_recomputed_for_another(tmp_pat
     assert not torch.allclose(z5, z4)
 
 
+def test_latent_cache_other_processes_read_what_the_main_process_wrote(tmp_path, monkeypatch):
+    from maskray.training import latent_cache
+
+    x = images(4)
+    codec = tiny_codec()
+    z_main = cached_latents(x, codec, tmp_path, progress=False)  # a world of one: the main process writes
+    calls = []
+    monkeypatch.setattr(LatentCodec, "encode", lambda self, *a, **k: calls.append(1))
+    monkeypatch.setattr(latent_cache, "on_main", lambda fn: None)  # as a process other than the main one sees it
+    assert torch.equal(cached_latents(x, codec, tmp_path, progress=False), z_main) and not calls
+    with pytest.raises(MaskrayError, match="main process wrote no readable latent cache"):
+        cached_latents(images(4, seed=3), codec, tmp_path, progress=False)
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 TRAIN = ["train", "autoencoder", "--image-size", "32", "--crop-size", "16", "--block-out-channels", "8,16",
          "--batch-size", "2", "--feature-steps", "3", "--feature-matching-weight", "1", "--adversarial-weight",

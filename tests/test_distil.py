@@ -11,6 +11,7 @@ from maskray.diffusion.distillation import (_alpha_sigma, distillation_loss, out
 from maskray.diffusion.objective import DiffusionConfig, make_train_scheduler
 from maskray.diffusion.sampling import make_scheduler
 from maskray.diffusion.store import model_folder
+from maskray.pipelines.generate import DEFAULT_SAMPLER
 
 SCHED = make_train_scheduler(DiffusionConfig())
 AC = SCHED.alphas_cumprod.float()
@@ -76,4 +77,4 @@ def test_distil_stage_trains_and_generate_uses_its_steps(toy_dataset, tmp_path):
     assert main(["generate", "--model", str(tmp_path / "cn"), "--masks", str(toy_dataset), "--cases", "case000",
                  "--out", str(tmp_path / "gt")]) == 0
     used = json.loads((tmp_path / "gt/generate_config.json").read_text())
-    assert (used["scheduler"], used["steps"]) == ("dpm++", 25)
+    assert (used["scheduler"], used["steps"]) == DEFAULT_SAMPLER

@@ -91,3 +91,27 @@ def test_two_process_generation_equals_one_process(toy_dataset, tmp_path):
     launch("generate", *gen, "--out", "two", "--resume", cwd=tmp_path)
     assert files(two) == files(one)
     assert (two / "manifest.json").is_file()
+
+
+def test_two_process_latent_training_encodes_one_cache(toy_dataset, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from maskray.data.layout import Dataset
+    from maskray.diffusion.autoencoder import AutoencoderConfig, LatentCodec
+    from maskray.training.data import load_arrays
+    from maskray.training.latent_cache import images_hash
+
+    torch.manual_seed(0)
+    codec = LatentCodec.new(AutoencoderConfig(factor=4, latent_channels=2, block_out_channels=(8, 16),
+                                              norm_num_groups=4))
+    codec.measure_scaling_factor(torch.rand(4, 1, 32, 32) * 2 - 1)
+    codec.save(tmp_path / "ae")
+    launch("train", "base", "--data", str(toy_dataset), "--out", "lat", "--autoencoder", str(tmp_path / "ae"), *TINY,
+           "--steps", "2", cwd=tmp_path)
+    cache = sorted((tmp_path / "lat/cache").iterdir())
+    arrays = load_arrays(Dataset(toy_dataset), 32, TrainConfig.split, need_labels=False, progress=False)
+    assert [p.name for p in cache] == [f"latents-{images_hash(arrays)[:16]}.safetensors"]  # no stray temp file
+    with torch.no_grad():
+        expected = codec.encode(arrays.pixels(torch.arange(len(arrays))))
+    assert torch.allclose(load_file(str(cache[0]))["latents"], expected, atol=1e-5)

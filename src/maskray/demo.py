@@ -24,7 +24,7 @@ from maskray.data.phantom import PhantomConfig, make_phantom
 from maskray.evaluation.evaluate import EvaluateConfig, evaluate
 from maskray.evaluation.report import HtmlReport
 from maskray.hardware import measure_peaks
-from maskray.pipelines.generate import GenerateConfig, generate
+from maskray.pipelines.generate import DEFAULT_SAMPLER, GenerateConfig, generate
 from maskray.provenance import atomic_write_text, to_jsonable, versions, write_run_info
 from maskray.training.trainer import TrainConfig, train
 
@@ -40,8 +40,8 @@ class DemoConfig:
     base_steps: int = option(600, help="stage-1 steps")
     controlnet_steps: int = option(600, help="stage-2 steps")
     batch_size: int = option(32, help="training batch size")
-    scheduler: str = option("dpm++", help="sampler for generation")
-    sampler_steps: int = option(25, help="sampler steps")
+    scheduler: str = option(DEFAULT_SAMPLER[0], help="sampler for generation")
+    sampler_steps: int = option(DEFAULT_SAMPLER[1], help="sampler steps")
     guidance_scale: float = option(1.0, help="mask guidance scale")
     eval_steps: int = option(300, help="training steps of the evaluation's segmenter and regression baseline")
     feature_steps: int = option(400, help="training steps of the evaluation's self-supervised feature network")

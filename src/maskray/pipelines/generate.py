@@ -35,7 +35,7 @@ from maskray.pipelines.conditions import GenerationConditions, parse_scales
 from maskray.pipelines.sharding import Shard
 from maskray.provenance import atomic_write_text, to_jsonable, write_run_info
 
-DEFAULT_SAMPLER = ("dpm++", 25)  # benchmarks/bench_steps.py
+DEFAULT_SAMPLER = ("ddpm", 25)  # benchmarks/results/steps.json: best lung Dice on real radiographs, at the PSNR bound
 SYNTHETIC_TEXT = {"Comment": "maskray synthetic image (not a real patient)", "Software": "maskray"}
 
 

@@ -4,6 +4,11 @@ Training in latent space encodes every image many times over a run; the encoder 
 latent (the posterior mean, scaled) is computed once and stored as safetensors. A cache file is named by the
 hash of the image set and records the autoencoder it came from (weight hash and scaling factor): another
 autoencoder, or other images, recompute it.
+
+Under several processes (``accelerate launch``) only the main process reads or encodes and writes the file; the
+others wait for it and then read what it wrote. So N processes encode once, not N times, and no process reads a
+file another is still writing (the write itself is atomic: a temporary file renamed into place). Like checkpoints,
+this assumes the output folder is one file system for every process.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from maskray.diffusion.autoencoder import LatentCodec
+from maskray.distributed import on_main
 from maskray.errors import MaskrayError
 from maskray.training.data import TrainingArrays
 from maskray.files import atomic_path
@@ -41,24 +47,21 @@ def _as_float(images: torch.Tensor | TrainingArrays, i: int, j: int) -> torch.Te
     return images[i:j].float()
 
 
-def cached_latents(images: torch.Tensor | TrainingArrays, codec: LatentCodec, cache_dir: str | os.PathLike,
-                   batch_size: int = 16, progress: bool = True) -> torch.Tensor:
-    """Scaled posterior-mean latents ``(N, C, S/f, S/f)`` of images ``(N, 1, S, S)`` in ``[-1, 1]`` (or of a
-    :class:`TrainingArrays`), read from ``cache_dir`` when they were computed there with this autoencoder."""
+def _read(path: Path, key: dict[str, str]) -> torch.Tensor | None:
+    """The cached latents at ``path`` if it was written for ``key``; ``None`` when absent, stale or damaged."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.get_tensor("latents") if f.metadata() == key else None
+    except Exception as e:  # a damaged cache file is recomputed, but say so
+        tqdm.write(f"maskray: {path}: unreadable latent cache ({e.__class__.__name__}); recomputing")
+        return None
+
+
+def _encode_and_write(images, codec: LatentCodec, path: Path, key: dict[str, str], batch_size: int,
+                      progress: bool) -> torch.Tensor:
     n = len(images)
-    shape = tuple(images.images.shape if isinstance(images, TrainingArrays) else images.shape)
-    if len(shape) != 4 or shape[1] != 1:
-        raise ValueError(f"expected (N, 1, S, S) images, got {shape}")
-    key = {"images_sha256": images_hash(images), "autoencoder_sha256": codec.weights_hash(),
-           "scaling_factor": repr(codec.scaling_factor)}
-    path = Path(cache_dir) / f"latents-{key['images_sha256'][:16]}.safetensors"
-    if path.is_file():
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                if f.metadata() == key:
-                    return f.get_tensor("latents")
-        except Exception as e:  # a damaged cache file is recomputed, but say so
-            tqdm.write(f"maskray: {path}: unreadable latent cache ({e.__class__.__name__}); recomputing")
     codec.vae.eval()
     parts = []
     with torch.no_grad():
@@ -66,10 +69,33 @@ def cached_latents(images: torch.Tensor | TrainingArrays, codec: LatentCodec, ca
                       leave=False):
             parts.append(codec.encode(_as_float(images, i, min(n, i + batch_size))).float().cpu())
     latents = torch.cat(parts).contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_path(path) as tmp:
             save_file({"latents": latents}, str(tmp), metadata=key)
     except OSError as e:
         raise MaskrayError(f"{path}: cannot write latent cache ({e})") from None
+    return latents
+
+
+def cached_latents(images: torch.Tensor | TrainingArrays, codec: LatentCodec, cache_dir: str | os.PathLike,
+                   batch_size: int = 16, progress: bool = True) -> torch.Tensor:
+    """Scaled posterior-mean latents ``(N, C, S/f, S/f)`` of images ``(N, 1, S, S)`` in ``[-1, 1]`` (or of a
+    :class:`TrainingArrays`), read from ``cache_dir`` when they were computed there with this autoencoder.
+    Under several processes the main process computes and writes them, the others read its file."""
+    shape = tuple(images.images.shape if isinstance(images, TrainingArrays) else images.shape)
+    if len(shape) != 4 or shape[1] != 1:
+        raise ValueError(f"expected (N, 1, S, S) images, got {shape}")
+    key = {"images_sha256": images_hash(images), "autoencoder_sha256": codec.weights_hash(),
+           "scaling_factor": repr(codec.scaling_factor)}
+    path = Path(cache_dir) / f"latents-{key['images_sha256'][:16]}.safetensors"
+
+    def main_process() -> torch.Tensor:
+        cached = _read(path, key)
+        return cached if cached is not None else _encode_and_write(images, codec, path, key, batch_size, progress)
+
+    latents = on_main(main_process)
+    if latents is None:  # another process: the main one has written the file by now
+        latents = _read(path, key)
+        if latents is None:
+            raise MaskrayError(f"{path}: the main process wrote no readable latent cache for these images")
     return latents
