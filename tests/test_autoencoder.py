@@ -214,6 +214,20 @@ def test_latent_cache_reused_for_same_autoencoder_recomputed_for_another(tmp_pat
     assert not torch.allclose(z5, z4)
 
 
+def test_latent_cache_reads_another_runs_cache_of_the_same_images_and_autoencoder(tmp_path, monkeypatch):
+    x, codec = images(5), tiny_codec()
+    z_base = cached_latents(x, codec, tmp_path / "base", batch_size=2, progress=False)
+    calls = []
+    real_encode = LatentCodec.encode
+    monkeypatch.setattr(LatentCodec, "encode", lambda self, *a, **k: calls.append(1) or real_encode(self, *a, **k))
+    z = cached_latents(x, codec, tmp_path / "cn", batch_size=2, progress=False, also_read=(tmp_path / "base",))
+    assert torch.equal(z, z_base) and not calls and not (tmp_path / "cn").exists()
+    # another autoencoder finds nothing to reuse there: it encodes, into its own folder only
+    cached_latents(x, tiny_codec(seed=7), tmp_path / "cn", batch_size=2, progress=False, also_read=(tmp_path / "base",))
+    assert calls and len(list((tmp_path / "cn").glob("latents-*"))) == 1
+    assert len(list((tmp_path / "base").glob("latents-*"))) == 1
+
+
 def test_latent_cache_other_processes_read_what_the_main_process_wrote(tmp_path, monkeypatch):
     from maskray.training import latent_cache
 

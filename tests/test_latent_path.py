@@ -52,6 +52,8 @@ def test_both_stages_learn_on_latents(latent_runs):
     codec = load_codec(root / "cn", card)
     assert codec.weights_hash() == card.latent["autoencoder_sha256"]
     assert list((root / "base" / "cache").glob("latents-*.safetensors"))
+    # stage 2 read its base's cache of the same images and autoencoder instead of encoding them again
+    assert not list((root / "cn" / "cache").glob("latents-*.safetensors"))
     assert (root / "cn" / "validation" / "strip.png").is_file()
 
 

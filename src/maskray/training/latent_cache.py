@@ -78,9 +78,11 @@ def _encode_and_write(images, codec: LatentCodec, path: Path, key: dict[str, str
 
 
 def cached_latents(images: torch.Tensor | TrainingArrays, codec: LatentCodec, cache_dir: str | os.PathLike,
-                   batch_size: int = 16, progress: bool = True) -> torch.Tensor:
+                   batch_size: int = 16, progress: bool = True,
+                   also_read: tuple[str | os.PathLike, ...] = ()) -> torch.Tensor:
     """Scaled posterior-mean latents ``(N, C, S/f, S/f)`` of images ``(N, 1, S, S)`` in ``[-1, 1]`` (or of a
-    :class:`TrainingArrays`), read from ``cache_dir`` when they were computed there with this autoencoder.
+    :class:`TrainingArrays`), read from ``cache_dir`` when they were computed there with this autoencoder, or from
+    a folder of ``also_read`` (read only: stage 2 takes its base's cache of the same images and autoencoder).
     Under several processes the main process computes and writes them, the others read its file."""
     shape = tuple(images.images.shape if isinstance(images, TrainingArrays) else images.shape)
     if len(shape) != 4 or shape[1] != 1:
@@ -89,13 +91,22 @@ def cached_latents(images: torch.Tensor | TrainingArrays, codec: LatentCodec, ca
            "scaling_factor": repr(codec.scaling_factor)}
     path = Path(cache_dir) / f"latents-{key['images_sha256'][:16]}.safetensors"
 
+    places = [path, *(Path(d) / path.name for d in also_read)]
+
+    def read_any() -> torch.Tensor | None:
+        for place in places:
+            found = _read(place, key)
+            if found is not None:
+                return found
+        return None
+
     def main_process() -> torch.Tensor:
-        cached = _read(path, key)
+        cached = read_any()
         return cached if cached is not None else _encode_and_write(images, codec, path, key, batch_size, progress)
 
     latents = on_main(main_process)
-    if latents is None:  # another process: the main one has written the file by now
-        latents = _read(path, key)
+    if latents is None:  # another process: the main one has found or written the file by now
+        latents = read_any()
         if latents is None:
             raise MaskrayError(f"{path}: the main process wrote no readable latent cache for these images")
     return latents

@@ -78,7 +78,8 @@ def _train(cfg: TrainConfig, stage: Stage, progress: bool) -> Path:
     arrays = load_arrays(ds, cfg.image_size, cfg.split, need_labels=setup.needs_labels, progress=progress)
     if setup.codec is not None:
         setup.codec.vae.to(accelerator.device)  # encode (and decode validation images) where the networks run
-        arrays.latents = cached_latents(arrays, setup.codec, out / "cache", progress=progress)
+        base_cache = (Path(cfg.base) / "cache",) if cfg.base else ()  # stage 2: its base encoded the same images
+        arrays.latents = cached_latents(arrays, setup.codec, out / "cache", progress=progress, also_read=base_cache)
     trainable = setup.trainable.train()
     if cfg.channels_last:
         trainable.to(memory_format=torch.channels_last)
