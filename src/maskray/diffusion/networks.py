@@ -16,6 +16,7 @@ as an embedding added to the time embedding (``class_labels``). Nothing here kno
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
@@ -122,18 +123,24 @@ class ControlledUNet(nn.Module):
     ``conditioning_scale``: a number for every ControlNet, or ``{condition: scale}``. A base with an attribute
     embedding gets an all-zero attribute vector ("not given") when ``cond`` carries none.
     ``context``: float ``(1, L, D)`` fixed cross-attention context (a Stable Diffusion base's encoded prompt),
-    expanded to the batch; ``None`` for a base without cross-attention.
+    expanded to the batch; ``None`` for a base without cross-attention. ``prompts``: instead of a fixed context,
+    ``prompts(attributes, n) -> (n, L, D)`` turns each sample's attribute vector into its encoded prompt (a Stable
+    Diffusion base trained with attributes, which has no class embedding: the attributes reach it as text).
     """
 
     def __init__(self, unet: UNet2DConditionModel, controlnet: ControlNetModel | ControlNetSet | None = None,
-                 context: torch.Tensor | None = None):
+                 context: torch.Tensor | None = None,
+                 prompts: Callable[[torch.Tensor | None, int], torch.Tensor] | None = None):
         super().__init__()
         self.unet = unet
         self.controlnet = controlnet
         self.context = context
+        self.prompts = prompts
 
-    def encoder_states(self, sample: torch.Tensor) -> torch.Tensor | None:
+    def encoder_states(self, sample: torch.Tensor, attributes: torch.Tensor | None = None) -> torch.Tensor | None:
         """The context for a batch like ``sample``: ``(N, L, D)`` on its device, or ``None``."""
+        if self.prompts is not None:
+            return self.prompts(attributes, sample.shape[0]).to(sample.device)
         if self.context is None:
             return None
         return self.context.to(sample.device).expand(sample.shape[0], -1, -1)
@@ -141,8 +148,8 @@ class ControlledUNet(nn.Module):
     def forward(self, sample: torch.Tensor, timesteps: torch.Tensor, cond=None,
                 conditioning_scale: float | dict[str, float] = 1.0) -> torch.Tensor:
         conds = as_conditions(cond)
-        labels = self.class_labels(conds.attributes, sample)
-        context = self.encoder_states(sample)
+        labels = self.class_labels(None if self.prompts is not None else conds.attributes, sample)
+        context = self.encoder_states(sample, conds.attributes)
         down = mid = None
         if isinstance(self.controlnet, ControlNetSet):
             scales = conditioning_scale if isinstance(conditioning_scale, dict) else \
