@@ -259,9 +259,9 @@ def cxr(a, work: Path) -> dict:
 
 def merge_results(path: Path, part: dict) -> None:
     """Write ``part``'s keys into the results file, keeping the other half's (both halves may run at once)."""
-    with open(path.with_suffix(".lock"), "w") as lock:
+    with open(path, "a") as lock:  # the results file is its own lock
         fcntl.flock(lock, fcntl.LOCK_EX)
-        old = json.loads(path.read_text()) if path.is_file() else {}
+        old = json.loads(path.read_text() or "{}")
         old = old if old.get("format") == "parts" else {"format": "parts"}
         old.update(part)
         path.write_text(json.dumps(old, indent=2))
