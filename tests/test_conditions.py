@@ -310,3 +310,73 @@ def test_generate_refuses_guidance_on_what_it_does_not_give(tmp_path):
     edges_only = ModelCard(**{**card.__dict__, "conditions": {"edges": EdgeConfig().to_card()}, "labels": {}})
     with pytest.raises(MaskrayError, match="give --edges-from REAL"):
         GenerationConditions(edges_only, [], None, None, {})
+
+
+# ------------------------------------------------------------------------- ControlNets trained apart, joined
+def _separate_runs(tmp_path, data, base_seed=0, tag=""):
+    """A base and, on it, a mask run and an edges run (2 steps each), their joins moved off zero by hand."""
+    from maskray.diffusion.store import save_model
+
+    base = tmp_path / f"base{tag}"
+    train(TrainConfig(data=str(data), out=str(base), steps=2, attributes=("sex",), **{**TINY, "seed": base_seed}),
+          "base", progress=False)
+    runs = {}
+    for i, name in enumerate(("mask", "edges")):
+        runs[name] = tmp_path / f"cn-{name}{tag}"
+        train(TrainConfig(data=str(data), out=str(runs[name]), base=str(base), steps=2, conditions=(name,), **TINY),
+              "controlnet", progress=False)
+        model, card = load_model(runs[name])
+        _unzero(model.controlnet, 10 + i)
+        save_model(runs[name] / "model", model.unet, card, controlnet=model.controlnet)
+    return runs
+
+
+def test_joined_controlnets_equal_the_same_set_run_jointly(tmp_path):
+    from maskray.cli import main
+    from maskray.data.phantom import PhantomConfig, make_phantom
+
+    data = make_phantom(PhantomConfig(out=tmp_path / "ph", n=8, image_size=32, seed=0, workers=1, test_fraction=0.25),
+                        progress=False)
+    runs = _separate_runs(tmp_path, data)
+    assert main(["train", "join", "--controlnet", f"mask={runs['mask']}", "--controlnet", f"edges={runs['edges']}",
+                 "--out", str(tmp_path / "joined")]) == 0
+    joined, card = load_model(tmp_path / "joined")
+    assert card.condition_names == ["mask", "edges"] and card.labels and card.vocabulary == {"sex": ("F", "M")}
+    mask_model, _ = load_model(runs["mask"])
+    edges_model, _ = load_model(runs["edges"])
+    same = ControlledUNet(mask_model.unet, ControlNetSet({"mask": mask_model.controlnet,
+                                                         "edges": edges_model.controlnet.nets["edges"]})).eval()
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 1, 32, 32, generator=g), torch.full((2,), 400)
+    cond = Conditions({"mask": (torch.rand(2, 3, 32, 32, generator=g) > 0.5).float(),
+                       "edges": (torch.rand(2, 1, 32, 32, generator=g) > 0.8).float()}, encode([{"sex": "F"}] * 2,
+                                                                                              {"sex": ("F", "M")}))
+    with torch.no_grad():
+        for scale in (1.0, {"mask": 1.0, "edges": 0.5}, {"mask": 1.0, "edges": 0.0}):
+            assert torch.equal(joined(x, t, cond, scale), same(x, t, cond, scale))
+        assert (joined(x, t, cond) - joined(x, t, cond, {"mask": 1.0, "edges": 0.0})).abs().max() > 1e-4
+    kw = dict(masks=str(data), split="test", steps=2, batch_size=4, precision="no")
+    alone = generate(GenerateConfig(model=str(runs["mask"]), out=str(tmp_path / "g-mask"), **kw), progress=False)
+    both = generate(GenerateConfig(model=str(tmp_path / "joined"), out=str(tmp_path / "g-joined"), edges_from=str(data),
+                                   conditioning_scale="mask=1,edges=0", **kw), progress=False)
+    for c in json.loads((alone / "manifest.json").read_text())["cases"]:
+        a, b = (np.asarray(Image.open(next((o / "imagesTr").glob(f"{c}_*.png")))) for o in (alone, both))
+        assert np.array_equal(a, b)  # edges scaled to 0: the joined model is the mask run
+
+
+def test_join_refuses_controlnets_of_another_base(tmp_path):
+    from maskray.cli import main
+    from maskray.data.phantom import PhantomConfig, make_phantom
+    from maskray.diffusion.join import join_models, parse_sources
+
+    data = make_phantom(PhantomConfig(out=tmp_path / "ph", n=6, image_size=32, seed=0, workers=1), progress=False)
+    runs = _separate_runs(tmp_path, data)
+    other = _separate_runs(tmp_path, data, base_seed=1, tag="-other")
+    with pytest.raises(MaskrayError, match="trained on another base") as e:
+        join_models({"mask": runs["mask"], "edges": other["edges"]}, tmp_path / "out")
+    assert str(other["edges"]) in str(e.value) and "\n" not in str(e.value) and not (tmp_path / "out").exists()
+    with pytest.raises(MaskrayError, match="follows mask, not 'edges'"):
+        join_models({"mask": runs["mask"], "edges": runs["mask"]}, tmp_path / "out")
+    with pytest.raises(MaskrayError, match="given twice"):
+        parse_sources([f"mask={runs['mask']}", f"mask={runs['edges']}"])
+    assert main(["train", "join", "--controlnet", f"mask={runs['mask']}", "--out", str(tmp_path / "o")]) == 2

@@ -99,7 +99,8 @@ def test_training_writes_a_controlnet_that_names_its_base_without_copying_it(sd_
     model, card = load_model(root / "cn", need_controlnet=True)
     assert model.controlnet.config.conditioning_channels == 2 and model.controlnet.config.cross_attention_dim == 32
     assert tuple(model.controlnet.config.conditioning_embedding_out_channels) == (16, 32, 64)  # 32 px mask -> 8, strided
-    assert torch.equal(model.context, sd.prompt_context(folder, sd.DEFAULT_PROMPT))
+    assert torch.equal(model.encoder_states(torch.zeros(2, 4, 8, 8)),
+                       sd.prompt_context(folder, sd.DEFAULT_PROMPT).expand(2, -1, -1))
     codec = load_codec(root / "cn", card)
     x = torch.rand(2, 1, 32, 32) * 2 - 1
     assert codec.encode(x).shape == (2, 4, 8, 8) and codec.decode(codec.encode(x)).shape == (2, 1, 32, 32)
@@ -109,16 +110,16 @@ def test_training_writes_a_controlnet_that_names_its_base_without_copying_it(sd_
     assert len(rows) == 2 and all(np.isfinite(float(r.split(",")[1])) for r in rows)
 
 
-def _perturbed(root, out):
+def _perturbed(run, out):
     """The trained model with its zero-initialised joins moved by hand (two steps barely move them), saved
     through the same function as training saves with."""
-    model, card = load_model(root / "cn")
+    model, card = load_model(run)
     with torch.no_grad():
         for conv in [*model.controlnet.controlnet_down_blocks, model.controlnet.controlnet_mid_block,
                      model.controlnet.controlnet_cond_embedding.conv_out]:
             conv.weight.fill_(0.05)
     return save_pretrained_model(out, model.controlnet, card, json.loads(
-        (root / "cn" / "model" / "pretrained.json").read_text())["path"])
+        (run / "model" / "pretrained.json").read_text())["path"])
 
 
 def _image(out, case="case000"):
@@ -130,7 +131,7 @@ def test_generate_depends_on_the_mask_and_on_the_prompt(sd_run, tmp_path):
     from conftest import make_toy_dataset
 
     root, data, _ = sd_run
-    model = _perturbed(root, tmp_path / "model")
+    model = _perturbed(root / "cn", tmp_path / "model")
     other = make_toy_dataset(tmp_path / "other", seed=1)  # same case ids (same seeds), other masks
     kw = dict(model=str(model), steps=2, cases=("case000",), batch_size=1, precision="no")
     a = _image(generate(GenerateConfig(masks=str(data), out=str(tmp_path / "a"), **kw), progress=False))
@@ -210,3 +211,63 @@ def test_options_that_do_not_fit_stable_diffusion_mode_are_refused(sd_run, tmp_p
         train(TrainConfig(data=str(data), out=str(tmp_path / "b"), pretrained=str(folder)), "base", progress=False)
     assert main(["train", "controlnet", "--data", str(data), "--out", str(tmp_path / "c"), "--pretrained",
                  str(folder), "--image-size", "30"]) == 2
+
+
+# ------------------------------------------------------------------------------------- attributes as the prompt
+def test_attribute_prompt_template():
+    assert sd.attribute_prompt("a chest radiograph", {"sex": "F", "age": "60-70"}) == \
+        "a chest radiograph of a female patient, age 60-70"
+    assert sd.attribute_prompt("a chest radiograph", {"finding": "tuberculosis", "site": "MCUCXR"}) == \
+        "a chest radiograph, finding tuberculosis, site MCUCXR"
+    assert sd.attribute_prompt("a chest radiograph", {}) == "a chest radiograph"
+
+
+def _with_attributes(data, out):
+    """A copy of ``data`` whose cases record sex and age band (cases.json), alternating."""
+    copy = shutil.copytree(data, out)
+    path = copy / "cases.json"
+    cases = json.loads(path.read_text()) if path.is_file() else {c: {} for c in Dataset(copy).cases}
+    for i, c in enumerate(sorted(cases)):
+        cases[c]["attributes"] = {"sex": "FM"[i % 2], "age": ("60-70", "20-30")[i // 2 % 2]}
+    path.write_text(json.dumps(cases))
+    return copy
+
+
+def test_attributes_become_the_prompt_in_training_and_generation(sd_run, tmp_path):
+    root, data, folder = sd_run
+    attr_data = _with_attributes(data, tmp_path / "attr-data")
+    assert main(["train", "controlnet", "--data", str(attr_data), "--out", str(tmp_path / "cn"), "--pretrained",
+                 str(folder), "--attributes", "sex,age", "--prompt", "x", *TINY]) == 0
+    model, card = load_model(tmp_path / "cn")
+    assert card.vocabulary == {"sex": ("F", "M"), "age": ("20-30", "60-70")}
+    vec = torch.tensor([[1.0, 0, 0, 1], [0, 0, 0, 0], [0, 1, 0, 0]])  # F + 60-70, nothing given, M alone
+    # a short base prompt: the tiny tokenizer keeps 16 characters
+    assert model.prompts.texts(vec, 3) == ["x of a female patient, age 60-70", "x", "x of a male patient"]
+    states = model.encoder_states(torch.zeros(3, 4, 8, 8), vec)
+    assert states.shape[0] == 3 and not torch.equal(states[0], states[1]) and not torch.equal(states[0], states[2])
+    assert torch.equal(states[1], sd.prompt_context(folder, "x")[0])
+    perturbed = _perturbed(tmp_path / "cn", tmp_path / "model")
+    kw = ["--model", str(perturbed), "--masks", str(attr_data), "--steps", "2", "--cases", "case000",
+          "--batch-size", "1", "--precision", "no"]
+    outs = {}
+    for name, extra in (("f", ["--attributes", "sex=F"]), ("m", ["--attributes", "sex=M"]), ("f2", ["--attributes",
+                        "sex=F"]), ("none", [])):
+        assert main(["generate", *kw, "--out", str(tmp_path / name), *extra]) == 0
+        outs[name] = _image(tmp_path / name)
+    assert np.array_equal(outs["f"], outs["f2"])
+    assert np.abs(outs["f"] - outs["m"]).max() > 0, "the image does not depend on the attributes' prompt"
+    assert np.abs(outs["f"] - outs["none"]).max() > 0
+    assert main(["generate", *kw, "--out", str(tmp_path / "bad"), "--attributes", "sex=X"]) == 2
+
+
+def test_attribute_dropout_drops_them_from_the_prompt(sd_run):
+    _, _, folder = sd_run
+    from maskray.diffusion.attributes import drop_attributes, encode
+
+    vocab = {"sex": ("F", "M"), "age": ("20-30", "60-70")}
+    prompts = sd.AttributePrompts(sd.PromptEncoder(folder), sd.DEFAULT_PROMPT, vocab)
+    vec = encode([{"sex": "F", "age": "60-70"}] * 64, vocab)
+    texts = prompts.texts(drop_attributes(vec, vocab, 0.3, torch.Generator().manual_seed(0)), 64)
+    assert {"a chest radiograph of a female patient, age 60-70", "a chest radiograph of a female patient",
+            "a chest radiograph, age 60-70", "a chest radiograph"} == set(texts)
+

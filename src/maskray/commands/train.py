@@ -1,10 +1,12 @@
-"""``maskray train base|controlnet|distil``: parse, build a TrainConfig, call the trainer."""
+"""``maskray train base|controlnet|distil``: parse, build a TrainConfig, call the trainer; ``maskray train join``:
+join separately trained ControlNets of one base into one model."""
 
 from __future__ import annotations
 
 from maskray.cli import add_config_argument
 from maskray.commands.train_autoencoder import register_stage as register_autoencoder
 from maskray.config import add_arguments, from_args
+from maskray.diffusion.join import join_models, parse_sources
 from maskray.training.trainer import TrainConfig, train
 
 
@@ -20,6 +22,25 @@ def register(sub) -> None:
         add_arguments(sp, TrainConfig)
         sp.set_defaults(func=_run, stage=stage)
     register_autoencoder(stages)
+    _register_join(stages)
+
+
+def _register_join(stages) -> None:
+    help_ = "join ControlNets trained separately on one base (one stage-2 run per condition) into one model"
+    sp = stages.add_parser("join", help=help_, description=help_ + "; generate --model OUT then uses them together, "
+                           "with --conditioning-scale and --guidance-scale per condition")
+    sp.add_argument("--controlnet", action="append", required=True, metavar="CONDITION=RUN",
+                    help="a condition and the stage-2 run whose ControlNet follows it; once per condition "
+                         "(e.g. --controlnet mask=runs/cn-mask --controlnet edges=runs/cn-edges)")
+    sp.add_argument("--out", required=True, help="run folder of the joined model (written to OUT/model)")
+    sp.add_argument("--overwrite", action="store_true", help="replace OUT if it holds files")
+    sp.set_defaults(func=_join)
+
+
+def _join(args) -> int:
+    out = join_models(parse_sources(args.controlnet), args.out, overwrite=args.overwrite)
+    print(f"wrote {out}")
+    return 0
 
 
 def _run(args) -> int:

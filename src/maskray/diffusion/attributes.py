@@ -72,6 +72,20 @@ def encode(records: list[dict[str, str] | None], vocab: Vocabulary) -> torch.Ten
     return out
 
 
+def decode(vec: torch.Tensor, vocab: Vocabulary) -> list[dict[str, str]]:
+    """float ``(N, D)`` multi-hot -> per-sample records; an all-zero block (not given, or dropped) is left out."""
+    out = []
+    for row in vec.detach().cpu():
+        rec, offset = {}, 0
+        for name, values in vocab.items():
+            block = row[offset: offset + len(values)]
+            if block.abs().sum() > 0:
+                rec[name] = values[int(block.argmax())]
+            offset += len(values)
+        out.append(rec)
+    return out
+
+
 def drop_attributes(vec: torch.Tensor, vocab: Vocabulary, p: float, generator: torch.Generator) -> torch.Tensor:
     """Zero the whole vector of a sample with probability ``p`` (for guidance on all attributes) and, independently,
     each attribute's block with probability ``p`` (so a request may leave attributes free). Returns a new tensor."""

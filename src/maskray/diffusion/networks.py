@@ -2,8 +2,8 @@
 built from it (Zhang, Rao & Agrawala, ICCV 2023).
 
 maskray's own base has no cross-attention (it conditions on masks, not text), so its
-``encoder_hidden_states`` is ``None``; a Stable Diffusion base (diffusion/pretrained.py) reads a fixed prompt
-embedding there instead, the same for every sample. The ControlNet is a trainable copy of the base's encoder whose
+``encoder_hidden_states`` is ``None``; a Stable Diffusion base (diffusion/pretrained.py) reads a prompt
+embedding there instead (the same for every sample, or with each sample's attributes). The ControlNet is a trainable copy of the base's encoder whose
 outputs join the base through zero-initialised 1x1 convolutions, so a fresh ControlNet leaves the base's
 output unchanged. Its conditioning embedding downsamples the mask by ``2 ** (len(cond_channels) - 1)``:
 one entry for a pixel-space backbone (mask and sample at one resolution). On a latent backbone the mask stays at
@@ -20,6 +20,7 @@ as an embedding added to the time embedding (``class_labels``). Nothing here kno
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
@@ -149,28 +150,29 @@ class ControlledUNet(nn.Module):
     base alone). ``controlnet``: one ``ControlNetModel`` (the mask), a :class:`ControlNetSet`, or ``None``.
     ``conditioning_scale``: a number for every ControlNet, or ``{condition: scale}``. A base with an attribute
     embedding gets an all-zero attribute vector ("not given") when ``cond`` carries none.
-    ``context``: float ``(1, L, D)`` fixed cross-attention context (a Stable Diffusion base's encoded prompt),
-    expanded to the batch; ``None`` for a base without cross-attention.
+    ``prompts``: a Stable Diffusion base's cross-attention context, ``prompts(attributes, n) -> (n, L, D)``: each
+    sample's encoded prompt (the base prompt, followed by its attributes when the model was trained with them: such
+    a base has no class embedding, so attributes reach it as text); ``None`` for a base without cross-attention.
     """
 
     def __init__(self, unet: UNet2DConditionModel, controlnet: ControlNetModel | ControlNetSet | None = None,
-                 context: torch.Tensor | None = None):
+                 prompts: Callable[[torch.Tensor | None, int], torch.Tensor] | None = None):
         super().__init__()
         self.unet = unet
         self.controlnet = controlnet
-        self.context = context
+        self.prompts = prompts
 
-    def encoder_states(self, sample: torch.Tensor) -> torch.Tensor | None:
+    def encoder_states(self, sample: torch.Tensor, attributes: torch.Tensor | None = None) -> torch.Tensor | None:
         """The context for a batch like ``sample``: ``(N, L, D)`` on its device, or ``None``."""
-        if self.context is None:
+        if self.prompts is None:
             return None
-        return self.context.to(sample.device).expand(sample.shape[0], -1, -1)
+        return self.prompts(attributes, sample.shape[0]).to(sample.device)
 
     def forward(self, sample: torch.Tensor, timesteps: torch.Tensor, cond=None,
                 conditioning_scale: float | dict[str, float] = 1.0) -> torch.Tensor:
         conds = as_conditions(cond)
-        labels = self.class_labels(conds.attributes, sample)
-        context = self.encoder_states(sample)
+        labels = self.class_labels(None if self.prompts is not None else conds.attributes, sample)
+        context = self.encoder_states(sample, conds.attributes)
         down = mid = None
         if isinstance(self.controlnet, ControlNetSet):
             scales = conditioning_scale if isinstance(conditioning_scale, dict) else \

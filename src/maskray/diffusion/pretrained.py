@@ -8,7 +8,8 @@ The folder is in diffusers layout, as ``StableDiffusionPipeline.save_pretrained`
     DIR/scheduler/     scheduler_config.json (its noise schedule and prediction target)
 
 Radiographs are grey: to encode, the grey image is repeated to three channels; the decoded RGB is averaged back
-to grey (:class:`RGBLatentCodec`). The text prompt is encoded once and held fixed as the cross-attention context.
+to grey (:class:`RGBLatentCodec`). The text prompt is the cross-attention context: fixed, or, for a model trained
+with patient attributes, the base prompt followed by each case's attributes (:func:`attribute_prompt`).
 Weights load from safetensors only; a part folder that holds a pickled weight file is refused.
 
 A model trained on such a folder does not copy it: its model folder holds the ControlNet and the card, the card
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
+from maskray.diffusion.attributes import decode
 from maskray.diffusion.objective import DiffusionConfig
 from maskray.errors import MaskrayError
 from maskray.provenance import atomic_write_text, file_sha256
@@ -113,22 +115,71 @@ def _transformers():
     return transformers
 
 
-@torch.no_grad()
+class PromptEncoder:
+    """The folder's tokenizer and text encoder: ``encoder(prompt)`` -> float32 ``(1, L, D)``, the last hidden states
+    for ``prompt`` padded to the tokenizer's length (what Stable Diffusion's UNet reads through cross-attention).
+    Each distinct prompt is encoded once and kept (a run asks for a handful)."""
+
+    def __init__(self, root: Path):
+        tf = _transformers()
+        try:
+            self.tokenizer = tf.CLIPTokenizer.from_pretrained(root / "tokenizer")
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise MaskrayError(f"{root / 'tokenizer'}: cannot load the 'tokenizer' part ({str(e).splitlines()[0]})") \
+                from None
+        self.encoder = _from_pretrained(tf.CLIPTextModel, root, "text_encoder", use_safetensors=True).eval()
+        self.length = min(self.tokenizer.model_max_length, self.encoder.config.max_position_embeddings)
+        self.cache: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, prompt: str) -> torch.Tensor:
+        if not prompt.strip():
+            raise MaskrayError("--prompt is empty")
+        if prompt not in self.cache:
+            ids = self.tokenizer([prompt], padding="max_length", max_length=self.length, truncation=True,
+                                 return_tensors="pt")
+            self.cache[prompt] = self.encoder(ids.input_ids)[0].float()
+        return self.cache[prompt]
+
+
 def prompt_context(root: Path, prompt: str) -> torch.Tensor:
-    """float32 ``(1, L, D)``: the text encoder's last hidden states for ``prompt``, padded to the tokenizer's
-    length (what Stable Diffusion's UNet reads through cross-attention)."""
-    if not prompt.strip():
-        raise MaskrayError("--prompt is empty")
-    tf = _transformers()
-    try:
-        tokenizer = tf.CLIPTokenizer.from_pretrained(root / "tokenizer")
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        raise MaskrayError(f"{root / 'tokenizer'}: cannot load the 'tokenizer' part ({str(e).splitlines()[0]})") \
-            from None
-    encoder = _from_pretrained(tf.CLIPTextModel, root, "text_encoder", use_safetensors=True).eval()
-    length = min(tokenizer.model_max_length, encoder.config.max_position_embeddings)
-    ids = tokenizer([prompt], padding="max_length", max_length=length, truncation=True, return_tensors="pt")
-    return encoder(ids.input_ids)[0].float()
+    """float32 ``(1, L, D)``: ``prompt`` encoded by the folder's text encoder."""
+    return PromptEncoder(root)(prompt)
+
+
+SEX_WORDS = {"F": "female", "M": "male", "female": "female", "male": "male"}
+
+
+def attribute_prompt(prompt: str, record: dict[str, str]) -> str:
+    """The prompt of one case: the base ``prompt``, then its attributes in the record's order. ``sex`` (F/M) reads
+    " of a female patient" / " of a male patient"; every other attribute ", NAME VALUE". An attribute not given (or
+    dropped) is left out, so no attributes give the base prompt itself:
+    ``("a chest radiograph", {"sex": "F", "age": "60-70"})`` -> ``"a chest radiograph of a female patient, age 60-70"``.
+    """
+    text = prompt
+    sex = record.get("sex")
+    if sex is not None and str(sex) in SEX_WORDS:
+        text += f" of a {SEX_WORDS[str(sex)]} patient"
+    rest = [f"{k} {v}" for k, v in record.items() if not (k == "sex" and str(v) in SEX_WORDS)]
+    return ", ".join([text] + rest)
+
+
+class AttributePrompts:
+    """Patient attributes as the prompt (Stable Diffusion mode): ``prompts(attributes, n)`` -> float32
+    ``(n, L, D)``, each sample's :func:`attribute_prompt` encoded. ``attributes``: float ``(n, V)`` multi-hot in
+    ``vocab``'s order (diffusion/attributes.py; a zero block is "not given"), or ``None`` (the base prompt)."""
+
+    def __init__(self, encoder: PromptEncoder, prompt: str, vocab: dict[str, tuple[str, ...]]):
+        self.encoder, self.prompt, self.vocab = encoder, prompt, vocab
+        encoder(prompt)  # an empty or unreadable prompt fails here, before any work
+
+    def texts(self, attributes: torch.Tensor | None, n: int) -> list[str]:
+        if attributes is None or not self.vocab:
+            return [self.prompt] * n
+        return [attribute_prompt(self.prompt, rec) for rec in decode(attributes, self.vocab)]
+
+    def __call__(self, attributes: torch.Tensor | None, n: int) -> torch.Tensor:
+        return torch.cat([self.encoder(t) for t in self.texts(attributes, n)])
 
 
 def read_scheduler(root: Path) -> tuple[dict[str, Any], DiffusionConfig]:

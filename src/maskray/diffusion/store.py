@@ -118,11 +118,11 @@ def load_model(path: str | os.PathLike, need_controlnet: bool = False, prompt: s
     if card.pretrained is None and (prompt is not None or pretrained is not None):
         raise MaskrayError(f"{path}: was not trained on a Stable Diffusion folder; --prompt and --pretrained are "
                            f"for models that were")
-    context = None
+    prompts = None
     if card.pretrained is None:
         unet = _load_net(UNet2DConditionModel, folder / "unet", card.unet_sha256)
     else:
-        unet, context = _load_pretrained_base(folder, card, prompt, pretrained)
+        unet, prompts = _load_pretrained_base(folder, card, prompt, pretrained)
     controlnet = None
     if card.stage == "controlnet" and not card.conditions:
         controlnet = _load_net(ControlNetModel, folder / "controlnet", card.controlnet_sha256)
@@ -135,17 +135,19 @@ def load_model(path: str | os.PathLike, need_controlnet: bool = False, prompt: s
         controlnet = ControlNetSet({name: _load_net(ControlNetModel, folder / controlnet_dir(i, name),
                                                     card.conditions[name].get("sha256"))
                                     for i, name in enumerate(card.conditions)})
-    model = ControlledUNet(unet, controlnet, context).eval()
+    model = ControlledUNet(unet, controlnet, prompts=prompts).eval()
     model.requires_grad_(False)
     return model, card
 
 
 def _load_pretrained_base(folder: Path, card: ModelCard, prompt: str | None, pretrained: str | os.PathLike | None):
-    """The Stable Diffusion UNet and the encoded prompt ``(1, L, D)``, each part checked against the card."""
+    """The Stable Diffusion UNet and the prompts (the base prompt, followed by each case's attributes for a model
+    trained with them), each part checked against the card."""
     root = sd.pretrained_root(folder, pretrained)
     sd.verify_parts(root, card.pretrained["parts_sha256"], ("unet", "text_encoder", "tokenizer"))
     unet = sd.load_unet(root)
-    return unet, sd.prompt_context(root, card.pretrained["prompt"] if prompt is None else prompt)
+    text = card.pretrained["prompt"] if prompt is None else prompt
+    return unet, sd.AttributePrompts(sd.PromptEncoder(root), text, card.vocabulary)
 
 
 def load_codec(path: str | os.PathLike, card: ModelCard,

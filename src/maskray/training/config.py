@@ -57,7 +57,8 @@ class TrainConfig:
     edge_low_threshold: float = option(0.75, help="Canny low threshold (a quantile of the gradient magnitude)")
     edge_high_threshold: float = option(0.9, help="Canny high threshold (a quantile of the gradient magnitude)")
     attributes: tuple[str, ...] = option((), help="stage 1: patient attributes from cases.json to condition on, "
-                                         "e.g. sex,age (stage 2 takes its base's)")
+                                         "e.g. sex,age (stage 2 takes its base's; with --pretrained they join "
+                                         "the prompt)")
     seed: int = option(0, help="seed for weights, batches, noise")
     log: Literal["csv", "tensorboard"] = option("csv", help="log format (always CSV; tensorboard adds events)")
     resume: bool = option(False, help="continue from the latest checkpoint in --out")

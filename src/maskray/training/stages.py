@@ -14,8 +14,9 @@ denoises ``(latent_channels, S/f, S/f)`` samples, and the mask still enters the 
 through a conditioning embedding that downsamples by the factor ``f``.
 
 With a Stable Diffusion folder (``--pretrained DIR``, stage 2 only) its UNet is the frozen base, its RGB VAE the
-codec and its encoded prompt the fixed cross-attention context; the run's model folder stores the ControlNet and
-the card, and names the folder instead of copying it (diffusion/pretrained.py).
+codec and its encoded prompt the cross-attention context; with ``--attributes`` each case's attributes join the
+prompt ("a chest radiograph of a female patient, age 60-70") and are dropped with the attribute dropout. The run's
+model folder stores the ControlNet and the card, and names the folder instead of copying it (diffusion/pretrained.py).
 """
 
 from __future__ import annotations
@@ -214,9 +215,9 @@ def _setup_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
 def _setup_pretrained_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     """Stage 2 on a Stable Diffusion folder: its UNet frozen, its VAE as the codec, its prompt encoded once."""
     _need_labels(ds)
-    if tuple(cfg.conditions) != ("mask",) or cfg.attributes:
-        raise MaskrayError("--pretrained (Stable Diffusion) trains a mask ControlNet only; --conditions and "
-                           "--attributes are for maskray's own bases")
+    if tuple(cfg.conditions) != ("mask",):
+        raise MaskrayError("--pretrained (Stable Diffusion) trains a mask ControlNet only; --conditions are for "
+                           "maskray's own bases")
     root = sd.check_folder(cfg.pretrained)
     hashes = sd.parts_sha256(root)
     scheduler_config, diff = sd.read_scheduler(root)
@@ -229,7 +230,8 @@ def _setup_pretrained_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
         raise MaskrayError(f"{root / 'unet'}: takes {unet.config.in_channels} channels but the VAE makes "
                            f"{codec.latent_channels}")
     prompt = sd.DEFAULT_PROMPT if cfg.prompt is None else cfg.prompt
-    context = sd.prompt_context(root, prompt)
+    case_attrs, vocab = _attribute_vocabulary(cfg, ds)
+    prompts = sd.AttributePrompts(sd.PromptEncoder(root), prompt, vocab)  # attributes, when given, join the prompt
     labels = ds.info.foreground
     values = list(labels.values())
     emb = embedding_channels(tuple(cfg.cond_embedding_channels), codec.factor, widen=True)
@@ -238,9 +240,10 @@ def _setup_pretrained_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
                                                         "sample_size")}
     card = dataclasses.replace(
         make_card(cfg, "controlnet", diff, labels, summary, base_unet_sha256=hashes["unet"], cond_embedding_channels=emb,
-              latent=codec.latent_card(), pretrained={"prompt": prompt, "parts_sha256": hashes}),
+                  latent=codec.latent_card(), pretrained={"prompt": prompt, "parts_sha256": hashes},
+                  attributes={k: list(v) for k, v in vocab.items()}),
         unet_sha256=hashes["unet"], scheduler_config=scheduler_config)
     return StageSetup(stage="controlnet", trainable=controlnet, frozen=unet, diffusion=diff, labels=labels,
-                      joined=lambda trained: ControlledUNet(unet, trained, context), card=card, codec=codec,
-                      maker=ConditionMaker(("mask",), values, None, {}, {}), cond_drop=cfg.cond_drop,
+                      joined=lambda trained: ControlledUNet(unet, trained, prompts=prompts), card=card, codec=codec,
+                      maker=ConditionMaker(("mask",), values, None, vocab, case_attrs), cond_drop=cfg.cond_drop,
                       saver=lambda folder, trained, c: save_pretrained_model(folder, trained, c, root))
