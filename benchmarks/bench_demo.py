@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from results_file import write_results  # noqa: E402  (benchmarks/ is the script's own folder on sys.path)
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -85,10 +87,7 @@ def main() -> int:
     md = table(m)
     print(md)
     res = {"command": " ".join(["python benchmarks/bench_demo.py", *sys.argv[1:]]), "markdown": md, "metrics": m}
-    out = HERE / "results" / ("demo_quick.json" if quick else "demo.json")
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(res, indent=1, default=float))
-    print(f"wrote {out}")
+    write_results("demo_quick" if quick else "demo", res)
     return 0
 
 

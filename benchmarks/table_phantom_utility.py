@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from results_file import write_results  # noqa: E402  (benchmarks/ is the script's own folder on sys.path)
+
 HERE = Path(__file__).resolve().parent
 COLUMNS = [("dice_nodule", "nodule Dice (all images)"), ("dice_present_nodule", "nodule Dice (images with one)"),
            ("cpm", "nodule CPM"), ("sensitivity", "sensitivity at p>=0.5"), ("fp_per_image", "FP / image"),
@@ -48,12 +50,16 @@ def table(m: dict) -> str:
 
 
 def main() -> int:
-    if len(sys.argv) not in (2, 3):
+    if len(sys.argv) not in (2, 3) or sys.argv[1].startswith("-"):
         print(__doc__)
         return 2
     name = sys.argv[2] if len(sys.argv) == 3 else "phantom_utility"
     folder = Path(sys.argv[1])
-    m = json.loads((folder / "downstream" / "metrics.json").read_text())
+    metrics = folder / "downstream" / "metrics.json"
+    if not metrics.is_file():
+        print(f"{metrics}: not found (give the folder that run_phantom_utility.sh wrote)", file=sys.stderr)
+        return 1
+    m = json.loads(metrics.read_text())
     times = folder / "times.txt"
     md = table(m)
     print(md)
@@ -64,10 +70,7 @@ def main() -> int:
     from maskray.hardware import measure_peaks  # part of maskray: an import error is a real error, not swallowed
 
     res["hardware"] = measure_peaks()
-    out = HERE / "results" / f"{name}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(res, indent=1, default=float))
-    print(f"wrote {out}")
+    write_results(name, res)
     return 0
 
 
