@@ -8,7 +8,8 @@ results file, which is merged under a lock.
 
 Phantom (64 px, made here): stage 1 with the attributes sex and age; stage 2 three ways with the same steps: mask
 alone, mask + edges trained jointly (one run, two ControlNets, each condition dropped independently), and edges alone
-(joined with the mask-alone ControlNet by ``maskray train join``'s library call: "trained separately"). Then
+(joined with the mask-alone ControlNet by ``maskray train join``'s library call: "trained separately"), and mask +
+edges jointly once more for as much CPU time as the two separate runs took together (equal compute). Then
 - attribute accuracy: a logistic-regression classifier per attribute, trained on the real training images
   (evaluation/attributes.py), on the real test images and on images generated for the test masks asked for each
   value (``--attributes age=20-40`` ...), from the base alone (no mask; attribute guidance 1 and ``--attr-g``) and
@@ -189,6 +190,13 @@ def phantom(a, work: Path) -> dict:
     for name, conds in (("mask", ("mask",)), ("mask_edges_joint", ("mask", "edges")), ("edges", ("edges",))):
         train_stage(f"train_controlnet_{name}", a, data, work / f"cn-{name}", "controlnet", s, a.cn_batch,
                     base=str(base), conditions=conds)
+    # joint again, for the CPU time the two separate ControlNets took together: equal compute, not equal steps
+    joint_per_step = COST["train_controlnet_mask_edges_joint"].get("cpu_s_per_step")
+    separate_cpu = sum(COST[f"train_controlnet_{n}"].get("cpu_s", 0.0) for n in ("mask", "edges"))
+    equal_cpu = work / "cn-mask_edges_joint_equal_cpu"
+    if joint_per_step and separate_cpu:  # absent when those runs were reused: their CPU time is not known here
+        train_stage("train_controlnet_mask_edges_joint_equal_cpu", a, data, equal_cpu, "controlnet",
+                    round(separate_cpu / joint_per_step), a.cn_batch, base=str(base), conditions=("mask", "edges"))
     shutil.rmtree(work / "cn-separate", ignore_errors=True)
     sep = timed("join_mask_and_edges", lambda: join_models({"mask": work / "cn-mask", "edges": work / "cn-edges"},
                                                            work / "cn-separate"))
@@ -203,7 +211,10 @@ def phantom(a, work: Path) -> dict:
     structure = {}
     for name, model, extra in (("mask_only", work / "cn-mask", {}),
                                ("mask_edges_joint", work / "cn-mask_edges_joint", {"edges_from": str(data)}),
-                               ("mask_edges_separate", sep, {"edges_from": str(data)})):
+                               ("mask_edges_separate", sep, {"edges_from": str(data)}),
+                               ("mask_edges_joint_equal_cpu", equal_cpu, {"edges_from": str(data)})):
+        if not (model / "model" / "maskray.json").is_file():
+            continue
         syn = gen(f"gen_structure_{name}", a, work / f"g-{name}", model=str(model), masks=str(data),
                   samples_per_mask=2, **kw, **extra)
         structure[name] = structure_block(real, syn, edges_cfg, a.size)
