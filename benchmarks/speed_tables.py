@@ -2,7 +2,7 @@
 
     python benchmarks/speed_tables.py [steps|peer|levers ...]
 
-Reads benchmarks/results/steps.json (bench_steps.py), peer.json (bench_peer.py) and speed_levers.json
+Reads benchmarks/results/steps.json (bench_steps.py), peer.json and peer_128.json (bench_peer.py), speed_levers.json
 (bench_speed.py --levers); a missing file is named, not guessed.
 """
 
@@ -62,7 +62,13 @@ def steps_table() -> None:
 
 
 def peer_table() -> None:
-    d = _load("peer.json")
+    """One table per peer results file: peer.json (64 px) and peer_128.json (``--size 128 --out ...``) when present."""
+    _peer_table(_load("peer.json"))
+    if (RESULTS / "peer_128.json").is_file():
+        _peer_table(_load("peer_128.json"))
+
+
+def _peer_table(d: dict | None) -> None:
     if d is None:
         return
     labels = list(d["real_test_images"]["dice"])
