@@ -19,8 +19,14 @@ What each number means, and what it is compared with:
   per label as the Medical Segmentation Decathlon scores it, and lesion detection as LUNA16/NODE21 score it
   (FROC and CPM, :mod:`maskray.evaluation.detection`), for synthetic and for real test images.
 - **Diversity**: mean pairwise MS-SSIM among samples of one mask (lower is more diverse).
-- **Memorisation**: each synthetic image's most similar real training image by SSIM, flagged above a
-  threshold calibrated on real test vs real train nearest neighbours.
+- **Memorisation**: each synthetic image's most similar real training image other than its own source by SSIM,
+  flagged above a threshold calibrated on real test vs real train nearest neighbours; and, for images drawn for
+  training masks, the SSIM to their own source image against the same for images drawn for test masks (a model
+  that reproduces its training pairs is closer to its training sources than to unseen ones).
+
+Paired fidelity scores only images fully generated for an unedited real test mask; realism scores one sample
+per mask, at the size of the real test set (:func:`maskray.evaluation.realism.realism`), since FID and
+precision/recall depend on the number of images.
 
 Only the two datasets given are read. What the synthetic set's ``run.json`` says about its checkpoint is
 reported as written, never followed.
@@ -39,14 +45,15 @@ from pathlib import Path
 import torch
 
 from maskray.config import option
-from maskray.data.layout import Dataset, prepare_output_dir
+from maskray.data.layout import Dataset
 from maskray.errors import MaskrayError
+from maskray.files import staged_output
 from maskray.evaluation import features as feat
 from maskray.evaluation import figures, scores
 from maskray.evaluation.attributes import attribute_scores
 from maskray.evaluation.edges import edge_scores
-from maskray.evaluation.pairs import (groups_by_source, load_images, load_labels, open_pair, read_manifest,
-                                      test_split, working_size)
+from maskray.evaluation.pairs import (SyntheticCase, groups_by_mask, load_images, load_labels, open_pair,
+                                      read_manifest, test_split, working_size)
 from maskray.evaluation.realism import realism
 from maskray.evaluation.report import evaluation_report
 from maskray.evaluation.segmenter import Regressor, Segmenter, SegmenterConfig, torch_threads
@@ -101,6 +108,8 @@ def _check(real: Path, real_ds: Dataset, out: Path, cfg: EvaluateConfig) -> None
             raise MaskrayError(f"{opt} {p}: not found")
     if any(k < 1 for k in cfg.ks):
         raise MaskrayError(f"--ks {cfg.ks}: every K must be at least 1")
+    if out.exists() and not out.is_dir():
+        raise MaskrayError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
         raise MaskrayError(f"{out}: folder already holds files; choose another or pass --overwrite")
 
@@ -113,7 +122,7 @@ def _evaluate(real: Path, synthetic: Path, out: Path, cfg: EvaluateConfig, progr
     values = sorted(real_ds.labels.values())
     fg = real_ds.info.foreground
     cases = read_manifest(syn_ds, real_ds)
-    groups = groups_by_source(cases)
+    groups = groups_by_mask(cases)
     train_ids, test_ids = real_ds.case_ids("train", labelled=True), test_split(real_ds)
     if len(train_ids) < 2:
         raise MaskrayError(f"{real}: the real training split needs at least 2 labelled cases")
@@ -131,18 +140,22 @@ def _evaluate(real: Path, synthetic: Path, out: Path, cfg: EvaluateConfig, progr
 
     data = _Data(groups, {c: i for i, c in enumerate(syn_ids)}, {c: i for i, c in enumerate(test_ids)},
                  xtr, ytr, xte, yte, xs, ys)
+    data.paired, unpaired = _pairs(cases, data)
+    one_per_mask = xs[[data.syn_index[ids[0]] for ids in groups.values()]]
     metrics: dict = {"working_size": list(size), "n_real_train": len(train_ids), "n_real_test": len(test_ids),
                      "n_synthetic": len(syn_ids), "n_masks": len(groups), "labels": real_ds.labels}
     checks = lambda x, y: scores.intensity_checks(x, y, fg, cfg.lung_label, cfg.mediastinum_label,  # noqa: E731
                                                   cfg.lesion_label)
     embed, space = _feature_space(cfg, nets["feature_net"])
     parts = {
-        "fidelity": lambda: _fidelity(cfg, data, nets["regressor"], values, checks),
-        "realism": lambda: realism(xtr, xte, xs, embed, space, cfg.seed),
+        "fidelity": lambda: {**_fidelity(cfg, data, nets["regressor"], values, checks), "masks_not_paired": unpaired},
+        "realism": lambda: realism(xtr, xte, one_per_mask, embed, space, cfg.seed),
         "adherence": lambda: scores.adherence(nets["segmenter"], {"synthetic": (xs, ys), "real_test_reference":
                                                                   (xte, yte)}, fg, cfg.lesion_label),
         "diversity": lambda: scores.diversity([xs[[data.syn_index[c] for c in ids]] for ids in groups.values()], xte),
-        "memorisation": lambda: scores.memorisation(xs, xtr, xte, syn_ids, train_ids, cfg.memorisation_percentile),
+        "memorisation": lambda: scores.memorisation(xs, xtr, xte, syn_ids, train_ids, test_ids,
+                                                    [cases[c].source_case for c in syn_ids],
+                                                    cfg.memorisation_percentile),
         "attributes": lambda: attribute_scores(real_ds, syn_ds, train_ids, test_ids, xtr, xte, syn_ids, xs, cfg.seed),
         "edges": lambda: edge_scores(real_ds, syn_ds, syn_ids, xs),
     }
@@ -153,18 +166,18 @@ def _evaluate(real: Path, synthetic: Path, out: Path, cfg: EvaluateConfig, progr
     metrics["memorisation"], memo_pairs = metrics["memorisation"]
     provenance = recorded_provenance(syn_ds)
 
-    t = time.perf_counter()  # write everything, only now that all numbers exist
-    out = prepare_output_dir(out, cfg.overwrite)
-    nets["feature_net"].save(out / "feature_net")
-    figs = _figures(out, cfg, data, nets, metrics, memo_pairs, syn_ids, train_ids, test_ids)
-    rows = flatten(metrics)
-    _write_csv(out / "metrics.csv", rows)
-    evaluation_report(out / "report.html", cfg, metrics, rows, figs, provenance)
-    timing["figures_and_report"] = time.perf_counter() - t
-    metrics["timing_s"] = timing
-    atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
-    write_run_info(out, "evaluate", cfg, seed=cfg.seed, checkpoint=provenance.get("checkpoint"),
-                   extra={"real": str(real), "synthetic": str(synthetic)})
+    t = time.perf_counter()  # write everything, only now that all numbers exist, into a folder that appears whole
+    with staged_output(out, cfg.overwrite) as tmp:
+        nets["feature_net"].save(tmp / "feature_net")
+        figs = _figures(tmp, cfg, data, nets, metrics, memo_pairs, syn_ids, train_ids, test_ids)
+        rows = flatten(metrics)
+        _write_csv(tmp / "metrics.csv", rows)
+        evaluation_report(tmp / "report.html", cfg, metrics, rows, figs, provenance)
+        timing["figures_and_report"] = time.perf_counter() - t
+        metrics["timing_s"] = timing
+        atomic_write_text(tmp / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
+        write_run_info(tmp, "evaluate", cfg, seed=cfg.seed, checkpoint=provenance.get("checkpoint"),
+                       extra={"real": str(real), "synthetic": str(synthetic)})
     return metrics
 
 
@@ -179,6 +192,26 @@ class _Data:
     yte: torch.Tensor
     xs: torch.Tensor
     ys: torch.Tensor
+    paired: dict[str, str] | None = None  # mask -> the real test case whose image its samples are scored against
+
+
+def _pairs(cases: dict[str, SyntheticCase], d: _Data) -> tuple[dict[str, str], dict[str, int]]:
+    """Masks whose samples may be scored against a real test image: drawn for exactly that image's mask
+    (the label maps are equal at the working size) and fully generated. An edited mask (``maskray masks``) or a
+    region-preserving image (real pixels outside the region) would make paired scores meaningless or inflated;
+    they are counted, not scored."""
+    paired, unpaired = {}, {"source_not_in_test_split": 0, "mask_differs_from_source": 0, "region_preserving": 0}
+    for mask, ids in d.groups.items():
+        src = cases[ids[0]].source_case
+        if src not in d.test_index:
+            unpaired["source_not_in_test_split"] += 1
+        elif any(cases[c].mode != "full" for c in ids):
+            unpaired["region_preserving"] += 1
+        elif not torch.equal(d.ys[d.syn_index[ids[0]]], d.yte[d.test_index[src]]):
+            unpaired["mask_differs_from_source"] += 1
+        else:
+            paired[mask] = src
+    return paired, unpaired
 
 
 def _no_mask(syn: Dataset, cid: str):
@@ -216,10 +249,11 @@ def _feature_space(cfg: EvaluateConfig, net: FeatureNet):
 
 
 def _fidelity(cfg: EvaluateConfig, d: _Data, regressor: Regressor, values: list[int], checks) -> dict:
-    sources = [s for s in d.groups if s in d.test_index]
+    sources = list(d.paired)  # masks, each scored against the real test image it equals
     if not sources:
-        return {"note": "no synthetic case was made from a real test mask; paired fidelity needs them"}
-    ti = torch.tensor([d.test_index[s] for s in sources])
+        return {"note": "no synthetic image was fully generated for an unedited real test mask; paired fidelity "
+                        "needs them (generate --masks REAL --split test)"}
+    ti = torch.tensor([d.test_index[d.paired[s]] for s in sources])
     real_x, real_y = d.xte[ti], d.yte[ti]
     first = torch.stack([d.xs[d.syn_index[d.groups[s][0]]] for s in sources])
     mean_k = {}
@@ -234,10 +268,11 @@ def _fidelity(cfg: EvaluateConfig, d: _Data, regressor: Regressor, values: list[
 
 
 def _figures(out: Path, cfg, d: _Data, nets, metrics, memo_pairs, syn_ids, train_ids, test_ids) -> dict:
-    sources = [s for s in d.groups if s in d.test_index][: cfg.grid_rows]
+    masks = list(d.paired)[: cfg.grid_rows]
     reg = nets["regressor"]
-    rows = [(s, d.xte[d.test_index[s]], [d.xs[d.syn_index[c]] for c in d.groups[s]], d.yte[d.test_index[s]],
-             reg.predict(d.yte[d.test_index[s]].unsqueeze(0))[0]) for s in sources]
+    rows = [(m, d.xte[d.test_index[d.paired[m]]], [d.xs[d.syn_index[c]] for c in d.groups[m]],
+             d.yte[d.test_index[d.paired[m]]], reg.predict(d.yte[d.test_index[d.paired[m]]].unsqueeze(0))[0])
+            for m in masks]
     adh = metrics["adherence"]
     return {
         "grid": figures.grid(out / "grid.png", rows),

@@ -117,12 +117,14 @@ class TorchScriptExtractor:
 
 
 def nearest_by_ssim(queries: torch.Tensor, pool: torch.Tensor, candidates: int = 16,
-                    exclude_self: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                    exclude_self: bool = False, exclude: list[int | None] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """For each query image, its most similar pool image by SSIM (Gaussian 11/1.5 on [0, 1]).
 
     Images ``(N, 1, H, W)`` and ``(M, 1, H, W)`` in ``[-1, 1]``. To stay fast, SSIM is computed only for the
     ``candidates`` pool images with the highest pixel correlation to the query. With ``exclude_self`` the
-    pool is the query set and each image's own index is skipped. Returns (index ``(N,)``, SSIM ``(N,)``)."""
+    pool is the query set and each image's own index is skipped; ``exclude[i]``, when not ``None``, is a pool
+    index that query ``i`` may not match (its own source). Returns (index ``(N,)``, SSIM ``(N,)``)."""
     from maskray.measures.image import ssim
 
     def normed(x):
@@ -133,7 +135,10 @@ def nearest_by_ssim(queries: torch.Tensor, pool: torch.Tensor, candidates: int =
     corr = normed(queries) @ normed(pool).T
     if exclude_self:
         corr.fill_diagonal_(-float("inf"))
-    c = min(candidates, pool.shape[0] - (1 if exclude_self else 0))
+    banned = [(i, j) for i, j in enumerate(exclude or []) if j is not None]
+    for i, j in banned:
+        corr[i, j] = -float("inf")
+    c = min(candidates, pool.shape[0] - (1 if exclude_self or banned else 0))
     cand = corr.topk(c, dim=1).indices  # (N, c)
     q, p = queries.clamp(-1, 1), pool.clamp(-1, 1)
     scores = torch.empty(cand.shape, dtype=torch.float32)

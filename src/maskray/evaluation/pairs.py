@@ -1,14 +1,16 @@
 """Loading real and synthetic datasets for evaluation, and pairing synthetic cases with their real source.
 
 A synthetic dataset is a native-layout dataset whose images were generated for masks. Its ``manifest.json``
-maps each synthetic case id to ``{"source_case": real case id, "seed": int, "sample": k}`` (``k`` numbers
-the samples drawn for one mask); the mapping may also sit under a top-level ``"cases"`` key. Without a
-manifest, a synthetic case is paired with the real case of the same identifier (sample 0).
+maps each synthetic case id to ``{"source_case": real case id, "mask_case": the mask it was drawn for, "seed":
+int, "sample": k, "mode": "full" | "region-preserving"}`` (``k`` numbers the samples drawn for one mask; a
+missing ``mask_case`` is the source case, a missing ``mode`` is ``full``); the mapping may also sit under a
+top-level ``"cases"`` key. Without a manifest, a synthetic case is paired with the real case of the same
+identifier (sample 0). Samples are grouped by the mask they were drawn for, not by their source: several edited
+masks of one real case (``maskray masks``) are several groups.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import torch
 from maskray.data.layout import Dataset
 from maskray.data.resize import resize_image, resize_label
 from maskray.errors import MaskrayError
+from maskray.files import read_json
 
 MANIFEST = "manifest.json"
 
@@ -27,6 +30,12 @@ class SyntheticCase:
     source_case: str | None  # None when the source is unknown (no manifest, no real case of that id)
     sample: int
     seed: int | None
+    mask_case: str = ""  # the mask the image was drawn for ("" = the source case, or the case itself)
+    mode: str = "full"  # "region-preserving": real pixels outside an edited region
+
+    @property
+    def mask(self) -> str:
+        return self.mask_case or self.source_case or self.case_id
 
 
 def read_manifest(syn: Dataset, real: Dataset | None = None) -> dict[str, SyntheticCase]:
@@ -34,27 +43,30 @@ def read_manifest(syn: Dataset, real: Dataset | None = None) -> dict[str, Synthe
     path = syn.root / MANIFEST
     entries: dict = {}
     if path.is_file():
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise MaskrayError(f"{path}: not valid JSON ({e})") from None
-        entries = raw.get("cases", raw) if isinstance(raw, dict) else None
+        raw = read_json(path, what="manifest")
+        entries = raw.get("cases", raw)
         if not isinstance(entries, dict):
             raise MaskrayError(f"{path}: must map synthetic case id to {{'source_case', 'seed', 'sample'}}")
     out: dict[str, SyntheticCase] = {}
     for cid in syn.case_ids():
         e = entries.get(cid)
-        if isinstance(e, dict):
-            src = e.get("source_case")
-            try:
-                sample = int(e.get("sample", 0) or 0)
-                seed = None if e.get("seed") is None else int(e["seed"])
-            except (TypeError, ValueError):
-                raise MaskrayError(f"{path}: case {cid} has a non-integer 'sample' or 'seed'") from None
-            out[cid] = SyntheticCase(cid, None if src is None else str(src), sample, seed)
-        else:
+        if e is None:
             src = cid if (real is None or cid in real.cases) else None
             out[cid] = SyntheticCase(cid, src, 0, None)
+            continue
+        if not isinstance(e, dict):
+            raise MaskrayError(f"{path}: case {cid}: expected an object with 'source_case', 'seed', 'sample'")
+        src, mask, mode = e.get("source_case"), e.get("mask_case"), e.get("mode", "full")
+        if not all(v is None or isinstance(v, str) for v in (src, mask)) or mode not in ("full",
+                                                                                          "region-preserving"):
+            raise MaskrayError(f"{path}: case {cid}: 'source_case' and 'mask_case' must be strings and 'mode' "
+                               "'full' or 'region-preserving'")
+        try:
+            sample = int(e.get("sample", 0) or 0)
+            seed = None if e.get("seed") is None else int(e["seed"])
+        except (TypeError, ValueError):
+            raise MaskrayError(f"{path}: case {cid} has a non-integer 'sample' or 'seed'") from None
+        out[cid] = SyntheticCase(cid, src, sample, seed, mask or "", mode)
     if real is not None:
         missing = sorted({c.source_case for c in out.values() if c.source_case and c.source_case not in real.cases})
         if missing:
@@ -62,13 +74,12 @@ def read_manifest(syn: Dataset, real: Dataset | None = None) -> dict[str, Synthe
     return out
 
 
-def groups_by_source(cases: dict[str, SyntheticCase]) -> dict[str, list[str]]:
-    """Source case -> its synthetic case ids, ordered by sample index."""
+def groups_by_mask(cases: dict[str, SyntheticCase]) -> dict[str, list[str]]:
+    """The mask each image was drawn for -> its synthetic case ids, ordered by sample index."""
     groups: dict[str, list[SyntheticCase]] = {}
     for c in cases.values():
-        if c.source_case is not None:
-            groups.setdefault(c.source_case, []).append(c)
-    return {s: [c.case_id for c in sorted(v, key=lambda c: (c.sample, c.case_id))] for s, v in sorted(groups.items())}
+        groups.setdefault(c.mask, []).append(c)
+    return {m: [c.case_id for c in sorted(v, key=lambda c: (c.sample, c.case_id))] for m, v in sorted(groups.items())}
 
 
 def open_pair(real: Path, synthetic: Path) -> tuple[Dataset, Dataset]:
@@ -108,8 +119,8 @@ def working_size(syn: Dataset, size: int) -> tuple[int, int]:
         first = next(iter(syn.cases))
         hw = tuple(syn.image(first).shape[-2:])
     if hw[0] % 16 or hw[1] % 16 or min(hw) < 16:
-        raise MaskrayError(f"--size: working size {hw[0]}x{hw[1]} must be a multiple of 16 (at least 16); "
-                           "pass --size, e.g. --size 64")
+        raise MaskrayError(f"--image-size: working size {hw[0]}x{hw[1]} must be a multiple of 16 (at least 16); "
+                           "pass --image-size, e.g. --image-size 64")
     return hw
 
 

@@ -10,7 +10,9 @@ Two measures:
   (or loaded with ``--feature-net``), or of a local TorchScript extractor (``--feature-weights``).
 
 Each synthetic distance is flagged ``behind_real`` when it exceeds the floor: a synthetic set that matched the
-real distribution would score at the floor.
+real distribution would score at the floor. FID (biased upward
+at small sample sizes) and precision/recall depend on the number of images, so the floor and the synthetic set
+are scored at the same size: the smaller of the two, a seeded subset of the larger.
 """
 
 from __future__ import annotations
@@ -32,14 +34,19 @@ def blur(images: torch.Tensor, sigma: float = BLUR_SIGMA) -> torch.Tensor:
 
 def realism(xtr: torch.Tensor, xte: torch.Tensor, xs: torch.Tensor, embed, space: str, seed: int = 0) -> dict:
     """Distances of the real test set (floor), the synthetic set and the blurred real test set from the real
-    training set. ``embed``: ``(N, 1, H, W)`` -> ``(N, D)`` features. Returns the realism section."""
+    training set, each with the same number of images. ``embed``: ``(N, 1, H, W)`` -> ``(N, D)`` features.
+    Returns the realism section."""
+    n = min(len(xte), len(xs))
+    gen = torch.Generator().manual_seed(seed)
+    xte = xte[torch.randperm(len(xte), generator=gen)[:n].sort().values] if len(xte) > n else xte
+    xs = xs[torch.randperm(len(xs), generator=gen)[:n].sort().values] if len(xs) > n else xs
     queries = {"floor_real_test": xte, "synthetic": xs, "blurred_real_test": blur(xte)}
     ftr = embed(xtr).numpy()
     spectrum = {name: spectrum_distance(xtr, x) for name, x in queries.items()}
     features = {name: feat.distances(ftr, embed(x).numpy(), seed) for name, x in queries.items()}
     floor_f, syn_f = features["floor_real_test"], features["synthetic"]
     return {
-        "reference": "real training split",
+        "reference": "real training split", "images_per_set": n,
         "power_spectrum": {
             "definition": "RMS over radii of the difference of mean log10 radial power spectra (decades)",
             **spectrum, "synthetic_behind_real": spectrum["synthetic"] > spectrum["floor_real_test"]},

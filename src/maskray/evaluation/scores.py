@@ -150,17 +150,38 @@ def diversity(groups: list[torch.Tensor], real: torch.Tensor) -> dict:
 
 
 def memorisation(xs: torch.Tensor, xtr: torch.Tensor, xte: torch.Tensor, syn_ids: list[str],
-                 train_ids: list[str], percentile: float) -> tuple[dict, list[tuple[int, int, float]]]:
-    """Each synthetic image's most similar real training image by SSIM, flagged above the ``percentile`` of
-    the same similarity for real test images. Returns the section and the four closest pairs."""
-    idx, sim = feat.nearest_by_ssim(xs, xtr)
+                 train_ids: list[str], test_ids: list[str], sources: list[str | None],
+                 percentile: float) -> tuple[dict, list[tuple[int, int, float]]]:
+    """Two checks. (1) Each synthetic image's most similar real training image other than its own source, by
+    SSIM, flagged above the ``percentile`` of the same similarity for real test images (an image that follows a
+    training mask shares its source's anatomy, so its source is left out here). (2) For images drawn for
+    training masks, SSIM to their own source image, against the same for images drawn for test masks: a model
+    that reproduces its training pairs is much closer to its training sources than to unseen ones. Returns the
+    section and the four closest pairs of (1)."""
+    train_at, test_at = {c: i for i, c in enumerate(train_ids)}, {c: i for i, c in enumerate(test_ids)}
+    idx, sim = feat.nearest_by_ssim(xs, xtr, exclude=[train_at.get(s) for s in sources])
     _, sim_real = feat.nearest_by_ssim(xte, xtr)
     thr = float(np.percentile(sim_real.numpy(), percentile))
     flagged = [(syn_ids[i], train_ids[int(idx[i])], float(sim[i])) for i in range(len(syn_ids)) if sim[i] > thr]
-    res = {"similarity": "SSIM to the most similar real training image",
+    res = {"similarity": "SSIM to the most similar real training image other than the image's own source",
            "synthetic_nearest_ssim": summarize(sim), "synthetic_nearest_ssim_max": float(sim.max()),
            "real_test_nearest_ssim": summarize(sim_real),
            "threshold": thr, "threshold_rule": f"{percentile}th percentile of real test vs real train",
            "n_flagged": len(flagged), "flagged": [{"synthetic": a, "train": b, "ssim": s} for a, b, s in flagged]}
+    res["own_source"] = _own_source(xs, xtr, xte, sources, train_at, test_at)
     order = torch.argsort(sim, descending=True)[:4].tolist()
     return res, [(i, int(idx[i]), float(sim[i])) for i in order]
+
+
+def _own_source(xs, xtr, xte, sources, train_at, test_at) -> dict:
+    """SSIM of each image to its own source image, split by the source's split; the gap train - test."""
+    out: dict = {"note": "SSIM of a synthetic image to the real image of its own source case; a train-minus-test "
+                         "gap well above zero means the model reproduces its training pairs"}
+    for split, at, pool in (("train", train_at, xtr), ("test", test_at, xte)):
+        pairs = [(i, at[s]) for i, s in enumerate(sources) if s in at]
+        if pairs:
+            q, p = torch.tensor([i for i, _ in pairs]), torch.tensor([j for _, j in pairs])
+            out[f"{split}_sources"] = summarize(ssim(xs[q].clamp(-1, 1), pool[p].clamp(-1, 1)).double())
+    if "train_sources" in out and "test_sources" in out:
+        out["train_minus_test"] = out["train_sources"]["mean"] - out["test_sources"]["mean"]
+    return out
