@@ -410,3 +410,13 @@ def test_a_latent_model_is_served_in_both_modes(served, tmp_path):
         far[8:25, 14:31] = False
         assert np.array_equal(out[far], real[far]) and not np.array_equal(out[~far], real[~far])
     service.close()
+
+
+def test_inserting_into_a_data_set_of_another_size_names_the_real_flag():
+    from types import SimpleNamespace
+
+    from maskray.serve.service import Service
+
+    ws = SimpleNamespace(has_image=lambda c: True, label=lambda c: np.zeros((32, 48), np.int64))
+    why = Service._inpaint_problem(SimpleNamespace(engine=SimpleNamespace(image_size=64), workspace=ws), "case000")
+    assert "32 x 48 px" in why and "maskray data import --image-size 64" in why
