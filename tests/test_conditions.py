@@ -380,3 +380,13 @@ def test_join_refuses_controlnets_of_another_base(tmp_path):
     with pytest.raises(MaskrayError, match="given twice"):
         parse_sources([f"mask={runs['mask']}", f"mask={runs['edges']}"])
     assert main(["train", "join", "--controlnet", f"mask={runs['mask']}", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_attribute_chance_follows_the_requests_not_the_training_majority():
+    from maskray.evaluation.attributes import chance_level
+
+    train = ["F"] + ["M"] * 3  # P_train(F) = 0.25; the majority share is 0.75
+    assert chance_level(train, ["F"] * 8) == (pytest.approx(0.25), {"F": 0.25})
+    chance, by_value = chance_level(train, ["F", "M"])
+    assert chance == pytest.approx(0.5 * 0.25 + 0.5 * 0.75) and by_value == {"F": 0.25, "M": 0.75}
+    assert chance_level(train, ["X"]) == (0.0, {"X": 0.0}) and chance_level(train, []) == (None, {})

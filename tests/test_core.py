@@ -211,3 +211,23 @@ def test_region_preserving_generation_keeps_every_pixel_outside_the_region(toy_d
     assert_only_region_changed(toy_dataset, out, edited)
     new, masks = Dataset(out), Dataset(edited)
     assert all(torch.equal(new.label(c), masks.label(c)) for c in new.case_ids())
+
+
+def test_scaled_spacing_scales_each_axis_by_its_own_ratio(tmp_path):
+    from conftest import TOY_LABELS
+    from maskray.data.layout import DatasetInfo, write_case, write_dataset_info
+    from maskray.pipelines.generate import _scaled_spacing
+
+    write_case(tmp_path, "case000", np.full((40, 20), 0.5), np.zeros((40, 20), np.uint8))  # H=40, W=20
+    write_dataset_info(tmp_path, DatasetInfo(labels=dict(TOY_LABELS), spacing=(0.5, 0.3)), 1)
+    sy, sx = _scaled_spacing(Dataset(tmp_path), 80)  # 40 -> 80 rows, 20 -> 80 columns
+    assert sy == pytest.approx(0.25) and sx == pytest.approx(0.075)
+
+
+def test_region_preserving_size_error_names_the_real_flag(toy_dataset):
+    from maskray.errors import MaskrayError
+    from maskray.pipelines.generate import _inpaint_inputs
+
+    ds = Dataset(toy_dataset)
+    with pytest.raises(MaskrayError, match="maskray data import --image-size 64"):
+        _inpaint_inputs(ds, ds, "case000", "case000", ds.label("case000"), 64, 2)

@@ -66,3 +66,72 @@ def test_downstream_rejects_bad_fraction(tmp_path, capsys):
     rc = main(["downstream", "--real", str(real), "--synthetic", str(syn), "--out", str(tmp_path / "o"),
                "--fractions", "0,0.5"])
     assert rc == 2 and "--fractions" in capsys.readouterr().err
+
+
+def _unknown_source_synthetic(real, root):
+    """A synthetic set whose ids match no real case and which has no manifest: every source is unknown."""
+    syn = make_synthetic(real, root, samples=1)
+    (syn / "manifest.json").unlink()
+    return syn
+
+
+def test_downstream_refuses_unknown_sources_before_training(tmp_path, capsys):
+    real = make_real(tmp_path / "real")
+    syn = _unknown_source_synthetic(real, tmp_path / "syn")
+    rc = main(["downstream", "--real", str(real), "--synthetic", str(syn), "--out", str(tmp_path / "o"),
+               "--steps", "1", "--seeds", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(syn) in err and "12 synthetic cases" in err and "--allow-unknown-sources" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_downstream_allowed_unknown_sources_are_counted_and_provenance_recorded(tmp_path):
+    real = make_real(tmp_path / "real")
+    syn = _unknown_source_synthetic(real, tmp_path / "syn")
+    (syn / "manifest.json").write_text("{}")  # an empty manifest: hashed, and still no known source
+    cfg = DownstreamConfig(seeds=1, fractions=(1.0,), steps=1, batch_size=4, threads=1, allow_unknown_sources=True)
+    m = run_downstream(real, syn, tmp_path / "out", cfg)
+    assert m["n_synthetic_unknown_source"] == 12 and m["n_synthetic_used"] == 12
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["n_synthetic_unknown_source"] == 12
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["checkpoint"] == str(syn / "nowhere")  # as the synthetic set's run.json records it
+    assert run["synthetic_provenance"]["manifest_sha256"] and run["synthetic_provenance"]["synthetic_run"]
+    assert "12 of unknown source" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_downstream_checks_out_before_training(tmp_path, capsys, monkeypatch):
+    from maskray.evaluation import downstream
+
+    def no_training(*a, **k):
+        raise AssertionError("trained before --out was checked")
+
+    monkeypatch.setattr(downstream.Segmenter, "train", no_training)
+    real = make_real(tmp_path / "real")
+    syn = make_synthetic(real, tmp_path / "syn", samples=1)
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "old.txt").write_text("old")
+    for out, says in ((tmp_path / "file", "not a folder"), (tmp_path / "full", "--overwrite")):
+        rc = main(["downstream", "--real", str(real), "--synthetic", str(syn), "--out", str(out), "--steps", "1"])
+        assert rc == 2 and says in capsys.readouterr().err
+
+
+def test_downstream_failure_keeps_old_results_whole(tmp_path, monkeypatch):
+    from maskray.evaluation import downstream
+
+    def fails(*a, **k):
+        raise RuntimeError("killed while writing the outputs")
+
+    monkeypatch.setattr(downstream.figures, "froc_points", fails)
+    real = make_real(tmp_path / "real")
+    syn = make_synthetic(real, tmp_path / "syn", samples=1)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "metrics.json").write_text("old")
+    try:
+        run_downstream(real, syn, tmp_path / "out", DownstreamConfig(seeds=1, fractions=(1.0,), steps=1, batch_size=4,
+                                                                     overwrite=True, threads=1))
+    except RuntimeError:
+        pass
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["metrics.json"]
+    assert (tmp_path / "out" / "metrics.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "real", "syn"]  # no staging folder left

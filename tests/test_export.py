@@ -207,3 +207,20 @@ def test_cli_export_refuses_bad_input(synth, tmp_path, capsys):
     assert main(["export", str(synth), "--format", "nifti", "--out", str(out), "--overwrite"]) == 0
     assert main(["export", str(tmp_path / "nothing"), "--format", "png", "--out", str(tmp_path / "p")]) == 2
     assert main(["export", str(synth), "--format", "nnunet", "--dataset-id", "1000", "--out", str(tmp_path / "n")]) == 2
+
+
+def test_dicom_claims_no_burned_in_text_only_where_maskray_made_every_pixel(synth, tmp_path):
+    from maskray.export.dicom import REGION_PRESERVING, build_dataset
+
+    manifest = json.loads((synth / "manifest.json").read_text())
+    manifest["cases"]["case000"]["mode"] = "region-preserving"
+    manifest["cases"]["case001"]["mode"] = "full"
+    (synth / "manifest.json").write_text(json.dumps(manifest))
+    out = export_dataset(synth, tmp_path / "dcm", "dicom", salt=SALT)
+    region = pydicom.dcmread(out / "images" / f"{sid('case000')}.dcm")
+    full = pydicom.dcmread(out / "images" / f"{sid('case001')}.dcm")
+    assert full.BurnedInAnnotation == "NO" and not full.DerivationDescription.startswith("region")
+    assert "BurnedInAnnotation" not in region and region.SyntheticData == "YES"
+    assert region.DerivationDescription.startswith(REGION_PRESERVING) and "DERIVED" in region.ImageType
+    real = build_dataset(np.zeros((4, 4), np.uint8), None, "case_x", False, "maskray export")
+    assert "BurnedInAnnotation" not in real and real.SyntheticData == "NO"

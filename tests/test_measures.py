@@ -103,3 +103,14 @@ def test_nodule_contrast_is_inside_minus_the_lung_ring_for_each_nodule():
     labels[0, 1:12, 1:12] = 0  # no lung within the 3 px ring of the first nodule: skipped
     labels[0, 5:8, 5:8] = 3
     assert len(nodule_contrasts(images, labels, nodule=3, lung=1)) == 1
+
+
+@pytest.mark.parametrize("size", [64, 80, 96, 112, 128, 256])
+def test_ms_ssim_scales_follow_monais_own_check(size):
+    from maskray.evaluation.metrics import ms_ssim, ms_ssim_scales
+
+    x = textured(1, size)
+    y = (x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(-1, 1)
+    v = ms_ssim(x, y)
+    assert v.shape == (1,) and 0.0 < float(v) < 1.0 and float(ms_ssim(x, x)) == pytest.approx(1.0, abs=1e-4)
+    assert ms_ssim_scales(size) == {64: 3, 80: 3, 96: 3, 112: 4, 128: 4, 256: 5}[size]

@@ -410,3 +410,28 @@ def test_a_latent_model_is_served_in_both_modes(served, tmp_path):
         far[8:25, 14:31] = False
         assert np.array_equal(out[far], real[far]) and not np.array_equal(out[~far], real[~far])
     service.close()
+
+
+def test_inserting_into_a_data_set_of_another_size_names_the_real_flag():
+    from types import SimpleNamespace
+
+    from maskray.serve.service import Service
+
+    ws = SimpleNamespace(has_image=lambda c: True, label=lambda c: np.zeros((32, 48), np.int64))
+    why = Service._inpaint_problem(SimpleNamespace(engine=SimpleNamespace(image_size=64), workspace=ws), "case000")
+    assert "32 x 48 px" in why and "maskray data import --image-size 64" in why
+
+
+def test_an_inserted_nodule_download_is_marked_region_preserving():
+    import pydicom
+
+    from maskray.serve.downloads import render_file
+
+    def dcm(mode):
+        data, _ = render_file("image.dcm", np.zeros((8, 8), np.float32), np.zeros((8, 8), np.uint8), (1.0, 1.0),
+                              {"mode": mode, "seed": 1}, "maskray-synthetic-1-0")
+        return pydicom.dcmread(io.BytesIO(data))
+
+    new, insert = dcm("new"), dcm("inpaint")
+    assert new.BurnedInAnnotation == "NO" and "BurnedInAnnotation" not in insert
+    assert insert.SyntheticData == "YES" and insert.DerivationDescription.startswith("region-preserving")

@@ -1,8 +1,11 @@
 """Are the patient attributes obeyed? A small classifier per attribute, trained on the real training images,
 predicts the attribute of real test images (how well the attribute can be seen at all) and of generated images
 (against the value each was asked for, ``manifest.json``'s ``attributes``). Generated accuracy near the real
-test accuracy means the generator draws the attribute as the real data shows it; near chance (the training
-split's majority-class share) means it ignores the request.
+test accuracy means the generator draws the attribute as the real data shows it; near chance means it ignores
+the request. Chance is what a generator that ignores the request scores with a classifier that is always right:
+its images follow the training split's distribution, so a request for ``v`` is met with probability
+``P_train(v)``, and over the requests chance is ``sum_v P_req(v) * P_train(v)`` (:func:`chance_level`). It is
+not the training majority share: asking ``sex=F`` of every case, with 30% women in training, has chance 0.3.
 
 The classifier is scikit-learn's logistic regression on the principal components of the image shrunk to
 ``FEATURE_SIDE`` pixels a side: a well-kept, fast, deterministic model that a few hundred images suffice for.
@@ -57,9 +60,21 @@ def _accuracy(clf, x: torch.Tensor, y: list[str]) -> float | None:
     return float(np.mean(clf.predict(features(x)) == np.asarray(y))) if y else None
 
 
+def chance_level(train_values: list[str], requested: list[str]) -> tuple[float | None, dict[str, float]]:
+    """The accuracy a request-ignoring generator scores: ``sum_v P_req(v) * P_train(v)`` over the requested
+    values, and per requested value ``P_train(v)`` (0 for a value the training split never shows). None when
+    nothing was requested."""
+    if not train_values or not requested:
+        return None, {}
+    train, asked = Counter(train_values), Counter(requested)
+    by_value = {v: train[v] / len(train_values) for v in sorted(asked)}
+    return sum(asked[v] / len(requested) * p for v, p in by_value.items()), by_value
+
+
 def attribute_scores(real: Dataset, syn: Dataset, train_ids: list[str], test_ids: list[str], xtr: torch.Tensor,
                      xte: torch.Tensor, syn_ids: list[str], xs: torch.Tensor, seed: int = 0) -> dict:
-    """Per attribute asked for in ``syn``: accuracy on real test and on generated images, chance, counts.
+    """Per attribute asked for in ``syn``: accuracy on real test and on generated images (overall and per
+    requested value), chance (:func:`chance_level`, overall and per requested value), counts.
 
     ``xtr``/``xte``/``xs``: images of ``train_ids``/``test_ids``/``syn_ids`` ``(N, 1, S, S)`` in ``[-1, 1]``."""
     asked = requested_attributes(syn)
@@ -76,14 +91,14 @@ def attribute_scores(real: Dataset, syn: Dataset, train_ids: list[str], test_ids
         clf = fit_classifier(xtr[[i for i, _ in tr]], [v for _, v in tr], seed)
         te = [(i, recorded[c][name]) for i, c in enumerate(test_ids) if name in recorded.get(c, {})]
         gen = [(i, asked[c][name]) for i, c in enumerate(syn_ids) if name in asked.get(c, {})]
-        counts = Counter(v for _, v in tr)
+        chance, chance_by_value = chance_level([v for _, v in tr], [w for _, w in gen])
         per_value = {v: _accuracy(clf, xs[[i for i, w in gen if w == v]], [w for _, w in gen if w == v])
                      for v in sorted({w for _, w in gen})}
         res[name] = {
             "real_test_accuracy": _accuracy(clf, xte[[i for i, _ in te]], [v for _, v in te]),
             "generated_accuracy": _accuracy(clf, xs[[i for i, _ in gen]], [v for _, v in gen]),
             "generated_accuracy_by_value": per_value,
-            "chance": max(counts.values()) / len(tr),
+            "chance": chance, "chance_by_value": chance_by_value,
             "n_train": len(tr), "n_real_test": len(te), "n_generated": len(gen),
         }
     return res

@@ -16,7 +16,11 @@ true lesion; FROC at 1/8..8 false positives per image with the segmenter's proba
 mean, the CPM; sensitivity and false positives per image at p >= 0.5). Mean and spread are across seeds.
 
 Synthetic cases whose source mask belongs to the real test split are never trained on (they would leak the
-test labels). With ``synthetic_sources="fraction"`` only synthetic cases made from the masks of the chosen
+test labels). Synthetic cases of unknown source (no ``manifest.json`` entry and no real case of the same id)
+could be such cases, so they are refused unless ``allow_unknown_sources`` is set; their count is then recorded.
+The output folder appears complete or not at all (:func:`maskray.files.staged_output`), and ``run.json``
+records the synthetic set's provenance (its run.json, checkpoint and manifest hash) as ``maskray evaluate``
+does. With ``synthetic_sources="fraction"`` only synthetic cases made from the masks of the chosen
 real fraction (or of no real case) are used, so the labelled-data budget is the same with and without them.
 """
 
@@ -35,10 +39,12 @@ import torch
 from tqdm.auto import tqdm
 
 from maskray.config import option
-from maskray.data.layout import Dataset, prepare_output_dir
+from maskray.data.layout import Dataset
 from maskray.errors import MaskrayError
 from maskray.evaluation import figures
+from maskray.evaluation.evaluate import recorded_provenance
 from maskray.evaluation.metrics import summarize
+from maskray.files import staged_output
 from maskray.export.nnunet import NnunetCase, write_nnunet_dataset, write_splits_final
 from maskray.evaluation.pairs import (load_images, open_pair, load_labels, read_manifest, test_split,
                                       working_size)
@@ -65,6 +71,9 @@ class DownstreamConfig:
                     "from that fraction's masks")
     export_nnunet: bool = option(False, help="also write the datasets in nnU-Net v2 raw format with splits_final.json")
     nnunet_id: int = option(900, help="first nnU-Net dataset id of the export (real, real+synthetic, synthetic)")
+    allow_unknown_sources: bool = option(
+        False, help="also train on synthetic cases whose source case is unknown (no manifest.json entry); any made "
+                    "from real test masks would then leak test labels")
     threads: int = option(0, help="CPU threads for torch (0 = torch's default); 1 is far faster when other "
                                   "processes share the CPU (see docs/evaluate.md)")
     overwrite: bool = option(False, help="replace a non-empty output folder")
@@ -105,9 +114,6 @@ def _run_downstream(real: Path, synthetic: Path, out: Path, cfg: DownstreamConfi
         raise MaskrayError(f"--fractions {cfg.fractions}: each fraction must lie in (0, 1]")
     if cfg.steps < 1:
         raise MaskrayError(f"--steps {cfg.steps}: must be at least 1")
-    out = Path(out)
-    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
-        raise MaskrayError(f"{out}: folder already holds files; choose another or pass --overwrite")
     test_ids = test_split(real_ds)
     train_ids = real_ds.case_ids("train", labelled=True)
     if not train_ids:
@@ -117,9 +123,30 @@ def _run_downstream(real: Path, synthetic: Path, out: Path, cfg: DownstreamConfi
     syn_ids = [c for c in sorted(cases) if cases[c].source_case not in held_out
                and syn_ds.cases[c].label_path is not None]
     n_leak = sum(1 for c in cases.values() if c.source_case in held_out)
+    n_unknown = sum(1 for c in syn_ids if cases[c].source_case is None)
+    if n_unknown and not cfg.allow_unknown_sources:
+        raise MaskrayError(f"{synthetic}: {n_unknown} synthetic cases have no known source case (no manifest.json "
+                           "entry, no real case of the same id), so those made from real test masks cannot be "
+                           "excluded; add a manifest.json or pass --allow-unknown-sources")
     if not syn_ids:
         raise MaskrayError(f"{synthetic}: no labelled synthetic case is usable for training (those made from real "
                            "test masks are excluded)")
+    provenance = recorded_provenance(syn_ds)
+    with staged_output(out, cfg.overwrite) as tmp:  # refuses an unusable --out before any training
+        metrics = _train_and_write(cfg, real_ds, syn_ds, tmp, train_ids, test_ids, syn_ids, cases)
+        metrics.update(n_synthetic_excluded_test_sources=n_leak, n_synthetic_unknown_source=n_unknown)
+        if "nnunet_export" in metrics:  # the folders as they are named once the staging folder becomes out
+            metrics["nnunet_export"] = {k: str(out / Path(v).relative_to(tmp)) for k, v in
+                                        metrics["nnunet_export"].items()}
+        _write_results(tmp, cfg, metrics, provenance)
+        write_run_info(tmp, "downstream", cfg, seed=cfg.seed, checkpoint=provenance.get("checkpoint"),
+                       extra={"real": str(real), "synthetic": str(synthetic), "synthetic_provenance": provenance})
+    return metrics
+
+
+def _train_and_write(cfg: DownstreamConfig, real_ds: Dataset, syn_ds: Dataset, out: Path, train_ids: list[str],
+                     test_ids: list[str], syn_ids: list[str], cases: dict) -> dict:
+    """Load the images, train and score every run, and write the figures (and the nnU-Net export) into ``out``."""
     fractions = tuple(sorted(set(cfg.fractions) | {1.0}))
     fg = real_ds.info.foreground
     values = sorted(real_ds.labels.values())
@@ -133,23 +160,25 @@ def _run_downstream(real: Path, synthetic: Path, out: Path, cfg: DownstreamConfi
 
     summary = summarize_runs(runs)
     metrics = {"working_size": list(size), "n_real_train": len(train_ids), "n_real_test": len(test_ids),
-               "n_synthetic_used": len(syn_ids), "n_synthetic_excluded_test_sources": n_leak,
-               "labels": real_ds.labels, "fractions": list(fractions), "seeds": list(range(cfg.seed, cfg.seed + cfg.seeds)),
+               "n_synthetic_used": len(syn_ids), "labels": real_ds.labels, "fractions": list(fractions),
+               "seeds": list(range(cfg.seed, cfg.seed + cfg.seeds)),
                "steps": cfg.steps, "summary": summary, "runs": runs}
-
-    out = prepare_output_dir(out, cfg.overwrite)
-    atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
     _write_rows(out / "metrics.csv", summary, ["condition", "fraction", "metric", "mean", "std", "n"])
     flat_runs = [_flat(r) for r in runs]
     _write_rows(out / "runs.csv", flat_runs, list(flat_runs[0]))
-    plot = figures.dice_vs_fraction(out / "dice_vs_fraction.png", summary, list(fg), cfg.lesion_label)
-    froc_plot = figures.froc_points(out / "froc.png", summary, cfg.lesion_label)
+    figures.dice_vs_fraction(out / "dice_vs_fraction.png", summary, list(fg), cfg.lesion_label)
+    figures.froc_points(out / "froc.png", summary, cfg.lesion_label)
     if cfg.export_nnunet:
         metrics["nnunet_export"] = export_nnunet_sets(real_ds, syn_ds, syn_ids, train_ids, test_ids, out / "nnunet", cfg)
-        atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
-    _report(out / "report.html", cfg, metrics, plot, froc_plot)
-    write_run_info(out, "downstream", cfg, seed=cfg.seed, extra={"real": str(real), "synthetic": str(synthetic)})
     return metrics
+
+
+def _write_results(out: Path, cfg: DownstreamConfig, metrics: dict, provenance: dict) -> None:
+    """metrics.json and report.html, once every number exists."""
+    atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
+    froc = out / "froc.png"
+    _report(out / "report.html", cfg, metrics, out / "dice_vs_fraction.png", froc if froc.is_file() else None,
+            provenance)
 
 
 def _train_and_score(cfg: DownstreamConfig, data: dict, train_ids: list[str], syn_ids: list[str], cases: dict,
@@ -229,9 +258,10 @@ def export_nnunet_sets(real: Dataset, syn: Dataset, syn_ids: list[str], train_id
                        root: Path, cfg: DownstreamConfig) -> dict:
     """Write real / real+synthetic / synthetic training sets in nnU-Net v2 raw format through the one nnU-Net
     writer (:func:`maskray.export.nnunet.write_nnunet_dataset`; ``real_`` and ``syn_`` name prefixes; real test
-    cases in imagesTs) with a one-fold ``splits_final.json`` whose validation cases are real only (the real val
-    split, or a seeded 20% of the real training cases). Synthetic cases made from real test masks are never
-    written. Copy ``splits_final.json`` into ``nnUNet_preprocessed/DatasetXXX_NAME/`` before
+    cases in imagesTs) with a one-fold ``splits_final.json``. The real and real+synthetic sets validate on real
+    cases only (the real val split, or a seeded 20% of the real training cases); the synthetic set holds no real
+    training case, so it validates on its first 20% of synthetic cases (sorted by id). Synthetic cases made
+    from real test masks are never written. Copy ``splits_final.json`` into ``nnUNet_preprocessed/DatasetXXX_NAME/`` before
     ``nnUNetv2_train DATASET 2d 0``."""
     val = real.case_ids("val", labelled=True)
     if not val:
@@ -259,14 +289,16 @@ def export_nnunet_sets(real: Dataset, syn: Dataset, syn_ids: list[str], train_id
     return written
 
 
-def _report(path: Path, cfg: DownstreamConfig, metrics: dict, plot: Path, froc_plot: Path | None) -> None:
+def _report(path: Path, cfg: DownstreamConfig, metrics: dict, plot: Path, froc_plot: Path | None,
+            provenance: dict) -> None:
     from maskray.evaluation.report import HtmlReport
 
     rep = HtmlReport("maskray downstream")
     rep.text(f"Segmenter: MONAI BasicUNet + DiceCE, {cfg.steps} steps, batch {cfg.batch_size}, seeds "
              f"{metrics['seeds']}; working size {metrics['working_size'][0]}x{metrics['working_size'][1]}. "
              f"Real training cases: {metrics['n_real_train']}; synthetic used: {metrics['n_synthetic_used']} "
-             f"({metrics['n_synthetic_excluded_test_sources']} made from real test masks excluded); scored on "
+             f"({metrics['n_synthetic_excluded_test_sources']} made from real test masks excluded; "
+             f"{metrics['n_synthetic_unknown_source']} of unknown source used); scored on "
              f"{metrics['n_real_test']} real test cases.")
     rep.text("Caveat: if the generator was trained on all real labelled pairs, 'real+synthetic' at a fraction below "
              "1 indirectly uses more labels than 'real' at that fraction.", cls="note")
@@ -295,5 +327,6 @@ def _report(path: Path, cfg: DownstreamConfig, metrics: dict, plot: Path, froc_p
         rep.json_block("nnU-Net v2 export", metrics["nnunet_export"])
     rep.heading("Provenance")
     rep.json_block("downstream config", to_jsonable(cfg))
+    rep.json_block("synthetic set (as it records itself; paths not opened)", to_jsonable(provenance))
     rep.json_block("versions", versions())
     rep.save(path)

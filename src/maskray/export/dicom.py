@@ -3,10 +3,15 @@
 Each case becomes ``images/ID.dcm`` (``ID`` the export's opaque case id): SOP Class Secondary Capture Image
 Storage (1.2.840.10008.5.1.4.1.1.7), Study, Series and SOP Instance UIDs derived from the exported case and
 the export's salt (:class:`maskray.export.common.Anonymiser`), no date or time, Synthetic Data (0008,001C)
-``YES`` when the images are synthetic, Conversion Type ``SYN`` (synthetic image), Burned In Annotation
-``NO``, MONOCHROME2 at the stored bit depth (8 or 16), Pixel Spacing and Nominal Scanned Pixel Spacing from
+``YES`` when the images are synthetic, Conversion Type ``SYN`` (synthetic image), MONOCHROME2 at the stored bit depth (8 or 16), Pixel Spacing and Nominal Scanned Pixel Spacing from
 ``dataset.json`` ``spacing``. The patient module holds no person: Patient's Name ``SYNTHETIC^ID`` (or
 ``ANONYMOUS^ID`` for real images), Patient ID the exported case id, birth date and sex empty.
+
+Burned In Annotation ``NO`` is asserted only for fully generated images, where maskray made every pixel.
+Real images and region-preserving images (``generate --inpaint-from``, ``manifest.json`` ``mode``
+``region-preserving``; serve's ``inpaint``) keep real pixels that maskray cannot vouch for, so the attribute
+is left out. A region-preserving image stays Synthetic Data ``YES`` (its edited region is generated) and its
+Derivation Description begins by saying that it keeps real pixels outside an edited region.
 
 Source DICOMs (``source_dicom_dir``) are read with ``specific_tags`` limited to geometry (Rows, Columns,
 Pixel Spacing, Imager Pixel Spacing), so patient, study and institution data are never even loaded. The
@@ -30,6 +35,7 @@ from maskray.export.native import NIFTI_ENDING, save_nifti
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 GEOMETRY_TAGS = ("Rows", "Columns", "PixelSpacing", "ImagerPixelSpacing")
+REGION_PRESERVING = "region-preserving: real image pixels kept outside an edited, generated region"
 
 if TYPE_CHECKING:  # pydicom is imported where it is used, so importing this module stays cheap
     import pydicom
@@ -54,9 +60,10 @@ def source_spacing(path: Path, shape: tuple[int, int]) -> tuple[float, float] | 
 
 
 def build_dataset(pixels: np.ndarray, spacing: tuple[float, float] | None, case_id: str, synthetic: bool,
-                  derivation: str, uid=None) -> "pydicom.Dataset":
+                  derivation: str, uid=None, region_preserving: bool = False) -> "pydicom.Dataset":
     """A Secondary Capture dataset for uint8/uint16 ``(H, W)`` pixels; ``uid(role)`` gives each UID
-    (``role`` is "sop", "study" or "series"; default: a new random UID each)."""
+    (``role`` is "sop", "study" or "series"; default: a new random UID each). ``region_preserving``: a
+    generated image that keeps a real image's pixels outside an edited region."""
     from pydicom.dataset import Dataset as DicomDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -72,7 +79,7 @@ def build_dataset(pixels: np.ndarray, spacing: tuple[float, float] | None, case_
     ds.SOPInstanceUID = sop_uid
     ds.SpecificCharacterSet = "ISO_IR 100"
     _patient_and_study(ds, case_id, synthetic, uid)
-    _equipment(ds, case_id, synthetic, derivation)
+    _equipment(ds, case_id, synthetic, derivation, region_preserving)
     _image(ds, pixels, spacing)
     return ds
 
@@ -99,14 +106,18 @@ def _patient_and_study(ds, case_id: str, synthetic: bool, uid) -> None:
     ds.PatientOrientation = ""
 
 
-def _equipment(ds, case_id: str, synthetic: bool, derivation: str) -> None:
-    """What made the image: maskray, a synthetic flag, the derivation (no path, no source id)."""
+def _equipment(ds, case_id: str, synthetic: bool, derivation: str, region_preserving: bool = False) -> None:
+    """What made the image: maskray, a synthetic flag, the derivation (no path, no source id). Burned In
+    Annotation NO only where maskray made every pixel (see the module docstring)."""
     ds.ConversionType = "SYN" if synthetic else "WSD"
     ds.Manufacturer = "maskray"
     ds.SoftwareVersions = __version__
     ds.SyntheticData = "YES" if synthetic else "NO"
-    ds.BurnedInAnnotation = "NO"
+    if synthetic and not region_preserving:
+        ds.BurnedInAnnotation = "NO"
     ds.ImageType = ["DERIVED", "SECONDARY"]
+    if region_preserving:
+        derivation = f"{REGION_PRESERVING}; {derivation}"
     ds.DerivationDescription = derivation[:1024]
     ds.ImageComments = f"maskray case {case_id}"
 
@@ -159,12 +170,13 @@ def export_dicom(ds: Dataset, out: Path, synthetic: bool, ids: dict[str, str], a
                 if p is not None and p.is_file():
                     spacing = source_spacing(p, pixels.shape) or spacing
                     break
+        region = synthetic and rec.get("mode") == "region-preserving"  # as generate's manifest.json records it
         parts = ["maskray synthetic image" if synthetic else "maskray export",
                  f"source ref {anon.ref(str(rec.get('source_case', cid)))}"]
         if weights:
             parts.append(f"weights sha256 {weights[:16]}")
         dataset = build_dataset(pixels, spacing, new_id, synthetic, "; ".join(parts),
-                                lambda role, _id=new_id: anon.uid(_id, role))
+                                lambda role, _id=new_id: anon.uid(_id, role), region_preserving=region)
         write_dicom(out / "images" / f"{new_id}.dcm", dataset)
         if case.label_path is not None:
             save_nifti(out / "labels" / f"{new_id}{NIFTI_ENDING}", read_label_file(case.label_path).astype(np.uint8),

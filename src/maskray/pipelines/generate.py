@@ -311,11 +311,13 @@ def _mask_origins(masks: Dataset) -> dict[str, str]:
 
 
 def _scaled_spacing(ds: Dataset, size: int):
+    """The masks' ``(sy, sx)`` spacing after their ``(H, W)`` label maps are resized to ``size x size``: each
+    axis scaled by its own ratio (a non-square mask is stretched, not only shrunk)."""
     if ds.info.spacing is None:
         return None
     first = next(iter(ds.cases.values()))
-    h = read_label_file(first.label_path).shape[0] if first.label_path else size
-    return tuple(s * h / size for s in ds.info.spacing)
+    hw = read_label_file(first.label_path).shape[-2:] if first.label_path else (size, size)
+    return tuple(s * n / size for s, n in zip(ds.info.spacing, hw))
 
 
 def _read_mask(masks: Dataset, case_id: str, mapping: list[int | None]) -> torch.Tensor:
@@ -338,7 +340,7 @@ def _inpaint_inputs(real: Dataset, masks: Dataset, source: str, case_id: str, la
     if x.shape[-1] != size or x.shape[-2] != size:
         raise MaskrayError(f"{real.cases[source].image_path}: is {tuple(x.shape[-2:])} px but the model works at "
                            f"{size} px; region-preserving mode keeps pixels as they are, so resize the dataset "
-                           f"first (maskray data import --size {size})")
+                           f"first (maskray data import --image-size {size})")
     old = real.label(source)
     # compare by label name: the edited masks may number labels differently from the real dataset
     translated = torch.zeros_like(old)

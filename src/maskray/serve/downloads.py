@@ -2,7 +2,9 @@
 
 Downloaded files are written by the exporters' own writers (:mod:`maskray.export`), so they are marked
 synthetic exactly as ``maskray export`` marks them: PNG text chunks, the NIfTI ``descrip``, DICOM Synthetic
-Data ``YES`` with a new identity. A download is named ``maskray-synthetic-JOB-K``; neither its name nor its
+Data ``YES`` with a new identity (an ``inpaint`` image, which keeps the real image's pixels outside the
+nodule's region, is marked region-preserving: no Burned In Annotation claim, and said so in its Derivation
+Description). A download is named ``maskray-synthetic-JOB-K``; neither its name nor its
 content holds the source case id, a file name, a path or a source date. The output data set (native layout)
 is the user's own working copy and records the source case in its ``manifest.json``, as ``generate`` does.
 """
@@ -56,7 +58,8 @@ def render_file(name: str, image01: np.ndarray, label: np.ndarray, spacing: tupl
     with tempfile.TemporaryDirectory(prefix="maskray-serve-") as tmp:
         path = Path(tmp) / f"{stem}.{fmt}"
         if fmt == "dcm":
-            write_dicom(path, build_dataset(arr, spacing, stem, True, note))
+            write_dicom(path, build_dataset(arr, spacing, stem, True, note,
+                                            region_preserving=record.get("mode") == "inpaint"))
         else:
             data = arr.astype(np.float32) / 255.0 if what == "image" else arr
             save_nifti(path, data, spacing, "maskray synthetic" if what == "image" else "maskray label map")

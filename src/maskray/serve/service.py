@@ -110,7 +110,8 @@ class Service:
         h, w = ws.label(case_id).shape
         if (h, w) != (size, size):
             return (f"the data set's images are {h} x {w} px but the model works at {size} px; inserting a "
-                    f"nodule keeps the real pixels, so serve a data set at {size} px (maskray data import --size)")
+                    f"nodule keeps the real pixels, so serve a data set at {size} px "
+                    f"(maskray data import --image-size {size})")
         return None
 
     def _work(self, job: Job) -> Result:
