@@ -49,7 +49,7 @@ from maskray.diffusion.edges import EdgeConfig, edge_map
 from maskray.diffusion.sampling import make_scheduler, sample
 from maskray.diffusion.join import join_models
 from maskray.diffusion.store import load_model
-from maskray.evaluation.attributes import fit_classifier, features
+from maskray.evaluation.attributes import chance_level, features, fit_classifier
 from maskray.evaluation.edges import edge_f1
 from maskray.evaluation.pairs import load_images
 from maskray.measures.image import psnr
@@ -122,7 +122,10 @@ def attribute_block(real: Dataset, train_ids, test_ids, size, generated: dict, s
         ytr = [rec[c][name] for c in train_ids]
         clf = fit_classifier(xtr, ytr, seed)
         vals, counts = np.unique(ytr, return_counts=True)
-        res = {"chance": float(counts.max() / len(ytr)), "real_test": accuracy(clf, xte, [rec[c][name] for c in test_ids]),
+        asked = [v for g in generated.values() for v, (x, _) in g.get(name, {}).items() for _ in range(len(x))]
+        res = {"chance": chance_level(ytr, asked)[0],  # a generator that ignores the requests scores this
+               "chance_majority": float(counts.max() / len(ytr)),  # the real test images' chance
+               "real_test": accuracy(clf, xte, [rec[c][name] for c in test_ids]),
                "n_real_test": len(test_ids), "values_in_training": {str(v): int(k) for v, k in zip(vals, counts)}}
         for gname, by_attr in generated.items():
             if by_attr.get(name):
