@@ -131,6 +131,14 @@ def test_feature_weights_torchscript(tmp_path):
     ext = feat.TorchScriptExtractor(path, size=16)
     f = ext.features(torch.zeros(3, 1, 32, 32))
     assert f.shape == (3, 2) and torch.allclose(f[:, 0], torch.full((3,), 0.5))
+    # evaluate uses it in place of its own feature network, which is then neither trained nor saved
+    real = make_real(tmp_path / "real")
+    syn = make_synthetic(real, tmp_path / "syn", samples=1)
+    import dataclasses
+
+    m = evaluate(real, syn, tmp_path / "out", dataclasses.replace(FAST, feature_weights=path, feature_size=16))
+    assert "TorchScript" in m["realism"]["features"]["feature_space"]
+    assert "train_feature_net" not in m["timing_s"] and not (tmp_path / "out" / "feature_net").exists()
 
 
 def test_torch_threads_restores():

@@ -168,7 +168,8 @@ def _evaluate(real: Path, synthetic: Path, out: Path, cfg: EvaluateConfig, progr
 
     t = time.perf_counter()  # write everything, only now that all numbers exist, into a folder that appears whole
     with staged_output(out, cfg.overwrite) as tmp:
-        nets["feature_net"].save(tmp / "feature_net")
+        if nets["feature_net"] is not None:
+            nets["feature_net"].save(tmp / "feature_net")
         figs = _figures(tmp, cfg, data, nets, metrics, memo_pairs, syn_ids, train_ids, test_ids)
         rows = flatten(metrics)
         _write_csv(tmp / "metrics.csv", rows)
@@ -229,7 +230,7 @@ def _train_networks(cfg, xtr, ytr, values, feature_net, progress, timing) -> dic
     reg_cfg = SegmenterConfig(steps=cfg.reg_steps, batch_size=cfg.batch_size, seed=cfg.seed)
     nets["regressor"] = Regressor.train(ytr, xtr, values, reg_cfg)
     timing["train_regression"], t = time.perf_counter() - t, time.perf_counter()
-    if feature_net is None:
+    if feature_net is None and cfg.feature_weights is None:  # an extractor given by the user replaces it
         feature_net = train_feature_net(xtr, steps=cfg.feature_steps, seed=cfg.seed, progress=progress,
                                         batch_size=cfg.batch_size)
         timing["train_feature_net"] = time.perf_counter() - t
