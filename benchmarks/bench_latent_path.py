@@ -93,6 +93,8 @@ def main() -> None:
     p.add_argument("--cases", type=int, default=400, help="phantom cases")
     p.add_argument("--ae-steps", type=int, default=1500)
     p.add_argument("--steps", type=int, default=600, help="steps of each diffusion stage (both paths)")
+    p.add_argument("--controlnet-batch-size", type=int, default=None,
+                   help="batch of the latent stage 2 (default: maskray's); its steps stay --steps")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-steps", type=int, default=300)
     p.add_argument("--skip-pixel", action="store_true")
@@ -122,7 +124,8 @@ def main() -> None:
     run("train_base_latent", ["train", "base", "--data", str(data), "--out", str(lat / "base"), "--image-size", "256",
                               "--autoencoder", str(lat / "ae"), "--steps", str(a.steps), "--overwrite"], times, env)
     run("train_controlnet_latent", ["train", "controlnet", "--data", str(data), "--out", str(lat / "cn"), "--base",
-                                    str(lat / "base"), "--image-size", "256", "--steps", str(a.steps), "--overwrite"],
+                                    str(lat / "base"), "--image-size", "256", "--steps", str(a.steps), "--overwrite",
+                                    *(["--batch-size", str(a.controlnet_batch_size)] if a.controlnet_batch_size else [])],
         times, env)
     run("generate_latent", ["generate", "--model", str(lat / "cn"), "--masks", str(data), "--split", "test",
                             "--out", str(lat / "gen"), "--overwrite"], times, env)
