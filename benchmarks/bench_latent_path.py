@@ -55,8 +55,9 @@ def make_data(a, work: Path, times: dict, env: dict) -> Path:
         run("data", ["phantom", "--out", str(data), "--n", str(a.cases), "--image-size", "256", "--seed", "0",
                      "--overwrite"], times, env)
     else:
-        run("data", ["data", "import", "--out", str(data), "--images", str(CXR / "images"), "--masks",
-                     str(CXR / "masks"), "--threshold", "127", "--label-name", "lung", "--image-size", "256",
+        cxr = Path(a.cxr)
+        run("data", ["data", "import", "--out", str(data), "--images", str(cxr / "images"), "--masks",
+                     str(cxr / "masks"), "--threshold", "127", "--label-name", "lung", "--image-size", "256",
                      "--val-fraction", "0.1", "--test-fraction", "0.1", "--seed", "0", "--overwrite"], times, env)
     return data
 
@@ -101,9 +102,10 @@ def main() -> None:
     p.add_argument("--feature-net", default=None, help="evaluate's feature net, already trained on the same real data "
                                                         "(saves its training; evaluate writes one under eval/feature_net)")
     p.add_argument("--reuse", action="store_true", help="skip stages whose output is complete (times kept)")
+    p.add_argument("--cxr", default=str(CXR), help="the cxr-lungs folder (from a worktree: ../../shared/...)")
     a = p.parse_args()
-    if a.data == "cxr" and not (CXR / "images").is_dir():
-        print(f"skipped: {CXR} not found (internal development data)")
+    if a.data == "cxr" and not (Path(a.cxr) / "images").is_dir():
+        print(f"skipped: {a.cxr} not found (internal development data)")
         return
     work = Path(a.work or f"bench_out/latent-{a.data}")
     work.mkdir(parents=True, exist_ok=True)
