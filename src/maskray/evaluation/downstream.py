@@ -42,12 +42,11 @@ from maskray.config import option
 from maskray.data.layout import Dataset
 from maskray.errors import MaskrayError
 from maskray.evaluation import figures
-from maskray.evaluation.evaluate import recorded_provenance
 from maskray.evaluation.metrics import summarize
 from maskray.files import staged_output
 from maskray.export.nnunet import NnunetCase, write_nnunet_dataset, write_splits_final
-from maskray.evaluation.pairs import (load_images, open_pair, load_labels, read_manifest, test_split,
-                                      working_size)
+from maskray.evaluation.pairs import (load_images, open_pair, load_labels, read_manifest, recorded_provenance,
+                                      test_split, working_size)
 from maskray.evaluation.scores import segmentation_scores
 from maskray.evaluation.segmenter import Segmenter, SegmenterConfig, torch_threads
 from maskray.provenance import atomic_write_text, to_jsonable, versions, write_run_info

@@ -53,7 +53,7 @@ from maskray.evaluation import figures, scores
 from maskray.evaluation.attributes import attribute_scores
 from maskray.evaluation.edges import edge_scores
 from maskray.evaluation.pairs import (SyntheticCase, groups_by_mask, load_images, load_labels, open_pair,
-                                      read_manifest, test_split, working_size)
+                                      read_manifest, recorded_provenance, test_split, working_size)
 from maskray.evaluation.realism import realism
 from maskray.evaluation.report import evaluation_report
 from maskray.evaluation.segmenter import Regressor, Segmenter, SegmenterConfig, torch_threads
@@ -286,26 +286,6 @@ def _figures(out: Path, cfg, d: _Data, nets, metrics, memo_pairs, syn_ids, train
         "losses": figures.losses(out / "losses.png", {"segmenter DiceCE loss": (nets["segmenter"].losses, False),
                                                       "regression MSE loss": (reg.losses, True)}),
     }
-
-
-def recorded_provenance(syn: Dataset) -> dict:
-    """What the synthetic dataset records about itself (its run.json as written, the manifest's hash). Paths
-    it names, such as the checkpoint, are reported and never opened."""
-    prov: dict = {"synthetic_root": str(syn.root)}
-    run = syn.root / "run.json"
-    if run.is_file():
-        try:
-            info = json.loads(run.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise MaskrayError(f"{run}: not valid JSON ({e})") from None
-        prov["synthetic_run"] = info
-        if isinstance(info, dict) and info.get("checkpoint"):
-            prov["checkpoint"] = str(info["checkpoint"])
-            prov["checkpoint_note"] = "as recorded by the synthetic set's run.json; not opened or verified"
-    manifest = syn.root / "manifest.json"
-    if manifest.is_file():
-        prov["manifest_sha256"] = file_sha256(manifest)
-    return prov
 
 
 def flatten(metrics: dict) -> list[dict]:

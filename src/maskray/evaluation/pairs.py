@@ -20,6 +20,7 @@ from maskray.data.layout import Dataset
 from maskray.data.resize import resize_image, resize_label
 from maskray.errors import MaskrayError
 from maskray.files import read_json
+from maskray.provenance import file_sha256
 
 MANIFEST = "manifest.json"
 
@@ -130,3 +131,20 @@ def test_split(real: Dataset) -> list[str]:
         raise MaskrayError(f"{real.root}: the real dataset has no labelled test cases; run `maskray data split` "
                            "on it first (or give it imagesTs/labelsTs)")
     return ids
+
+
+def recorded_provenance(syn: Dataset) -> dict:
+    """What the synthetic dataset records about itself (its run.json as written, the manifest's hash). Paths
+    it names, such as the checkpoint, are reported and never opened."""
+    prov: dict = {"synthetic_root": str(syn.root)}
+    run = syn.root / "run.json"
+    if run.is_file():
+        info = read_json(run, what="run.json")
+        prov["synthetic_run"] = info
+        if info.get("checkpoint"):
+            prov["checkpoint"] = str(info["checkpoint"])
+            prov["checkpoint_note"] = "as recorded by the synthetic set's run.json; not opened or verified"
+    manifest = syn.root / "manifest.json"
+    if manifest.is_file():
+        prov["manifest_sha256"] = file_sha256(manifest)
+    return prov
