@@ -64,7 +64,8 @@ class AutoencoderTrainConfig:
                                             help="weight of discriminator feature matching (0: off)")
     adversarial_weight: float = option(LossWeights.adversarial, help="weight of the hinge adversarial loss (0: off)")
     disc_start: int = option(0, help="steps before the discriminator and its terms switch on (0: half the run)")
-    adaptive_weight: bool = option(LossWeights.adaptive, help="latent diffusion's adaptive adversarial weight")
+    adaptive_weight: bool = option(LossWeights.adaptive, help="scale the adversarial weight by latent diffusion's "
+                                                              "adaptive weight (off: measured better, docs/latent.md)")
     feature_net: str | None = option(None, help="a trained feature network folder (else one is trained)")
     feature_steps: int = option(300, help="steps of self-supervised feature-network training")
     scale_cases: int = option(64, help="training images used to measure the latent scaling factor")
