@@ -169,6 +169,18 @@ def prepare_output_dir(path: str | os.PathLike, overwrite: bool = False, hint: s
     return path
 
 
+def check_output_folder(out: str | os.PathLike, overwrite: bool = False, resume: bool = False,
+                        hint: str = "--overwrite") -> Path:
+    """``out`` resolved, or a one-line error when it is a file, or a folder holding files without ``overwrite``
+    or ``resume``. Commands that work long before writing call it first; :func:`staged_output` calls it too."""
+    out = checked_folder_arg(out, "output folder")
+    if out.exists() and not out.is_dir():
+        raise MaskrayError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
+        raise MaskrayError(f"{out}: folder already holds files; choose another or pass {hint}")
+    return out
+
+
 @contextlib.contextmanager
 def staged_output(out: str | os.PathLike, overwrite: bool = False, resume: bool = False,
                   hint: str = "--overwrite") -> Iterator[Path]:
@@ -180,17 +192,12 @@ def staged_output(out: str | os.PathLike, overwrite: bool = False, resume: bool 
     hidden sibling folder, renamed to ``out`` when the block ends without error and removed when it raises
     (Ctrl-C included). A kill -9 leaves the sibling, which the next run on ``out`` removes.
     """
-    out = checked_folder_arg(out, "output folder")
-    if out.exists() and not out.is_dir():
-        raise MaskrayError(f"{out}: exists and is not a folder")
+    out = check_output_folder(out, overwrite, resume, hint)
     _report_stale(remove_stale(out.parent, out.name + "."))
-    if out.is_dir() and any(out.iterdir()):
-        if resume:
-            remove_stale(out)
-            yield out
-            return
-        if not overwrite:
-            raise MaskrayError(f"{out}: folder already holds files; choose another or pass {hint}")
+    if out.is_dir() and any(out.iterdir()) and resume:
+        remove_stale(out)
+        yield out
+        return
     made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.staging-{_tag()}")

@@ -47,7 +47,7 @@ import torch
 from maskray.config import option
 from maskray.data.layout import Dataset
 from maskray.errors import MaskrayError
-from maskray.files import staged_output
+from maskray.files import check_output_folder, staged_output
 from maskray.evaluation import features as feat
 from maskray.evaluation import figures, scores
 from maskray.evaluation.attributes import attribute_scores
@@ -108,10 +108,7 @@ def _check(real: Path, real_ds: Dataset, out: Path, cfg: EvaluateConfig) -> None
             raise MaskrayError(f"{opt} {p}: not found")
     if any(k < 1 for k in cfg.ks):
         raise MaskrayError(f"--ks {cfg.ks}: every K must be at least 1")
-    if out.exists() and not out.is_dir():
-        raise MaskrayError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
-        raise MaskrayError(f"{out}: folder already holds files; choose another or pass --overwrite")
+    check_output_folder(out, cfg.overwrite)  # before the networks train, not only when the results are written
 
 
 def _evaluate(real: Path, synthetic: Path, out: Path, cfg: EvaluateConfig, progress: bool) -> dict:
