@@ -154,3 +154,35 @@ def test_log_is_cut_back_to_the_resumed_step(two_stage, tmp_path):
     rows = (run / "log.csv").read_text().splitlines()
     assert rows[0].startswith("step,loss") and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
     assert np.isfinite([float(r.split(",")[1]) for r in rows[1:]]).all()
+
+
+def test_snr_shift_divides_every_steps_snr_and_every_sampler_shares_it():
+    from maskray.diffusion.objective import DiffusionConfig, make_train_scheduler
+    from maskray.diffusion.sampling import SCHEDULERS, make_scheduler
+
+    plain = make_train_scheduler(DiffusionConfig()).alphas_cumprod.double()
+    sched = make_train_scheduler(DiffusionConfig(snr_shift=2.0))
+    shifted = sched.alphas_cumprod.double()
+    ratio = (shifted / (1 - shifted)) / (plain / (1 - plain))
+    assert torch.allclose(ratio, torch.full_like(ratio, 0.25), rtol=1e-3)
+    for name in SCHEDULERS:  # built from the card's config, as generate does
+        assert torch.allclose(make_scheduler(name, dict(sched.config)).alphas_cumprod, sched.alphas_cumprod)
+
+
+def test_stage_two_takes_its_bases_snr_shift(tmp_path):
+    from conftest import make_toy_dataset
+
+    data = make_toy_dataset(tmp_path / "toy", n=4)
+    train(TrainConfig(data=str(data), out=str(tmp_path / "base"), steps=1, snr_shift=2.0, **TINY), "base",
+          progress=False)
+    base_card = ModelCard.load(tmp_path / "base" / "model")
+    assert base_card.diffusion["snr_shift"] == 2.0 and len(base_card.scheduler_config["trained_betas"]) == 1000
+    train(TrainConfig(data=str(data), out=str(tmp_path / "cn"), base=str(tmp_path / "base"), steps=1, **TINY),
+          "controlnet", progress=False)
+    cn_card = ModelCard.load(tmp_path / "cn" / "model")
+    assert cn_card.diffusion["snr_shift"] == 2.0
+    assert cn_card.scheduler_config["trained_betas"] == base_card.scheduler_config["trained_betas"]
+    with pytest.raises(MaskrayError, match="--snr-shift 3.0: stage 2 takes its base's"):
+        train(TrainConfig(data=str(data), out=str(tmp_path / "cn3"), base=str(tmp_path / "base"), steps=1,
+                          snr_shift=3.0, **TINY), "controlnet", progress=False)
+    assert not (tmp_path / "cn3" / "model").exists()

@@ -5,7 +5,12 @@ Levers (measured in benchmarks/bench_learning.py):
 - min-SNR-gamma loss weighting (Hang et al. 2023): the per-timestep weight ``min(SNR, gamma) / SNR`` for
   epsilon and ``min(SNR, gamma) / (SNR + 1)`` for v, which keeps low-noise steps from dominating;
 - ``timestep_bias``: timesteps drawn with density proportional to ``t ** bias``; ``bias > 0`` spends
-  more steps at high noise, where the coarse layout (what a mask decides) is formed.
+  more steps at high noise, where the coarse layout (what a mask decides) is formed;
+- ``snr_shift``: every timestep's signal-to-noise ratio divided by ``shift ** 2`` (the resolution shift of
+  simple diffusion, Hoogeboom et al. 2023): an image with more redundant values (a larger one, or a latent with
+  several channels per position) keeps its layout visible at noise levels that erase a small one's, so the
+  schedule is moved towards noise to make the network learn the layout again. Stored as the scheduler's
+  ``trained_betas``, which every diffusers sampler reads.
 """
 
 from __future__ import annotations
@@ -27,11 +32,25 @@ class DiffusionConfig:
     num_train_timesteps: int = option(1000, help="discrete diffusion steps")
     min_snr_gamma: float = option(5.0, help="min-SNR loss weighting gamma; 0 disables")
     timestep_bias: float = option(0.0, help="draw t with density ~ t**bias (0 = uniform)")
+    snr_shift: float = option(1.0, help="divide each step's signal-to-noise ratio by this squared (1 = none)")
+
+
+def shifted_betas(alphas_cumprod: torch.Tensor, shift: float) -> list[float]:
+    """Betas whose cumulative products give ``SNR(t) / shift**2`` for the schedule ``alphas_cumprod``."""
+    ac = alphas_cumprod.double()
+    shifted = ac / (ac + shift ** 2 * (1 - ac))
+    previous = torch.cat([torch.ones(1, dtype=torch.float64), shifted[:-1]])
+    return (1 - shifted / previous).tolist()
 
 
 def make_train_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
+    sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                          prediction_type=cfg.prediction_type, clip_sample=False)
+    if cfg.snr_shift == 1.0:
+        return sched
     return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
-                         prediction_type=cfg.prediction_type, clip_sample=False)
+                         prediction_type=cfg.prediction_type, clip_sample=False,
+                         trained_betas=shifted_betas(sched.alphas_cumprod, cfg.snr_shift))
 
 
 def train_scheduler(config: dict) -> DDPMScheduler:

@@ -80,6 +80,9 @@ class TrainConfig:
                                                                                       help="noise schedule")
     min_snr_gamma: float = option(5.0, help="min-SNR-gamma loss weighting (0 disables)")
     timestep_bias: float = option(0.0, help="draw t with density ~ t**bias")
+    snr_shift: float = option(1.0, help="divide each noise level's signal-to-noise ratio by this squared: > 1 "
+                                        "trains more at the noise levels where layout forms (stage 1; stage 2 "
+                                        "takes its base's)")
 
     def unet_config(self) -> UNetConfig:
         return UNetConfig(block_out_channels=self.block_out_channels, layers_per_block=self.layers_per_block,
@@ -91,7 +94,8 @@ class TrainConfig:
 
     def diffusion_config(self) -> DiffusionConfig:
         return DiffusionConfig(prediction_type=self.prediction_type, beta_schedule=self.beta_schedule,
-                               min_snr_gamma=self.min_snr_gamma, timestep_bias=self.timestep_bias)
+                               min_snr_gamma=self.min_snr_gamma, timestep_bias=self.timestep_bias,
+                               snr_shift=self.snr_shift)
 
 
 def validate(cfg: TrainConfig, stage: Stage) -> None:
@@ -104,6 +108,8 @@ def validate(cfg: TrainConfig, stage: Stage) -> None:
     for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints"):
         if getattr(cfg, name) < 1:
             raise MaskrayError(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 < cfg.snr_shift <= 64:
+        raise MaskrayError(f"--snr-shift {cfg.snr_shift} must lie in (0, 64]")
     if not 0 <= cfg.cond_drop < 1:
         raise MaskrayError("--cond-drop must lie in [0, 1)")
     if cfg.log == "tensorboard":

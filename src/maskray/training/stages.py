@@ -192,6 +192,9 @@ def _setup_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     # target and schedule come from the base; the loss weighting is this stage's own
     diff = dataclasses.replace(DiffusionConfig(**base_card.diffusion), min_snr_gamma=cfg.min_snr_gamma,
                                timestep_bias=cfg.timestep_bias)
+    if cfg.snr_shift not in (1.0, diff.snr_shift):
+        raise MaskrayError(f"--snr-shift {cfg.snr_shift}: stage 2 takes its base's noise schedule (shift "
+                           f"{diff.snr_shift}); leave --snr-shift out")
     codec = load_codec(cfg.base, base_card)
     if cfg.autoencoder and (codec is None or _open_codec(cfg).weights_hash() != codec.weights_hash()):
         raise MaskrayError(f"{cfg.autoencoder}: is not the autoencoder of the base {cfg.base}; stage 2 uses its "
