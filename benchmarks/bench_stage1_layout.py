@@ -15,6 +15,7 @@ samples per variant under --work.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import subprocess
@@ -48,8 +49,10 @@ def train_variant(a, name: str, flags: list[str], env: dict) -> dict:
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cost = {"cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
                 "wall_s": round(time.time() - t, 1)}
+        (out / "bench_cost.json").write_text(json.dumps(cost))  # kept for a later --reuse
     else:
-        cost = {"reused": True}
+        recorded = out / "bench_cost.json"
+        cost = {**(json.loads(recorded.read_text()) if recorded.is_file() else {}), "reused": True}
     return {"flags": flags, "run": out, **cost}
 
 
