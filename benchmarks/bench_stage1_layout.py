@@ -8,7 +8,7 @@ recorded), samples ``--samples`` images without any condition (DDPM, 25 steps; t
 decodes them, and scores them against the real training split in the embedding of evaluate's self-supervised
 feature network (``maskray evaluate`` writes one under EVAL/feature_net): FID, precision and recall, beside the
 real-test-vs-real-train floor. Precision is the share of generated images that land among real ones, which a
-model without a chest's layout fails. Writes benchmarks/results/stage1_layout.json (no case ids) and a strip of
+model without a chest's layout fails. Writes benchmarks/results/stage1_layout.json (or --name) (no case ids) and a strip of
 samples per variant under --work.
 """
 
@@ -88,6 +88,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="bench_out/stage1_layout")
     p.add_argument("--reuse", action="store_true", help="score runs already trained under --work")
+    p.add_argument("--name", default="stage1_layout", help="results file benchmarks/results/NAME.json")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
@@ -117,7 +118,7 @@ def main() -> int:
                                    "spectrum_distance": r["power_spectrum"]["floor_real_test"]},
                "n_real_train": len(xtr), "n_real_test": len(xte), "variants": rows, "versions": versions(),
                "hardware": measure_peaks() if len(rows) == len(a.variant) else None}
-        write_results("stage1_layout", res)  # after every variant, so a cut-short run keeps what it measured
+        write_results(a.name, res)  # after every variant, so a cut-short run keeps what it measured
     return 0
 
 
