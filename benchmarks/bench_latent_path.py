@@ -62,8 +62,9 @@ def make_data(a, work: Path, times: dict, env: dict) -> Path:
     return data
 
 
-def sampling_seconds(model: Path, data: Path, n: int = 16, steps: int = 20) -> float:
-    """Seconds per image to sample and decode ``n`` images in ``steps`` DPM-Solver++ steps (bf16)."""
+def sampling_seconds(model: Path, data: Path, n: int = 16, steps: int = 20, guidance_scale: str = "1") -> float:
+    """Seconds per image to sample and decode ``n`` images in ``steps`` steps of generate's default sampler (bf16),
+    at mask guidance ``guidance_scale`` (above 1 each step costs a second network pass)."""
     from maskray.data.layout import Dataset
     from maskray.pipelines.generate import GenerateConfig, generate
 
@@ -71,7 +72,7 @@ def sampling_seconds(model: Path, data: Path, n: int = 16, steps: int = 20) -> f
     cases = tuple(ds.case_ids("test")[:n])
     out = model.parent / f"timing-{model.name}"
     cfg = GenerateConfig(model=str(model), masks=str(data), out=str(out), cases=cases, steps=steps,
-                         batch_size=len(cases), overwrite=True)
+                         batch_size=len(cases), guidance_scale=guidance_scale, overwrite=True)
     generate(cfg, progress=False)  # warm-up (first-call allocations)
     t = time.time()
     generate(cfg, progress=False)
