@@ -172,6 +172,7 @@ def test_snr_shift_divides_every_steps_snr_and_every_sampler_shares_it():
 def test_stage_two_takes_its_bases_snr_shift(tmp_path):
     from conftest import make_toy_dataset
 
+    assert TrainConfig().diffusion_config().snr_shift == 1.0  # pixel models: the plain schedule
     data = make_toy_dataset(tmp_path / "toy", n=4)
     train(TrainConfig(data=str(data), out=str(tmp_path / "base"), steps=1, snr_shift=2.0, **TINY), "base",
           progress=False)

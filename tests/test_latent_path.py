@@ -55,6 +55,12 @@ def test_both_stages_learn_on_latents(latent_runs):
     # stage 2 read its base's cache of the same images and autoencoder instead of encoding them again
     assert not list((root / "cn" / "cache").glob("latents-*.safetensors"))
     assert (root / "cn" / "validation" / "strip.png").is_file()
+    # a latent base shifts its noise schedule by default (measured: stage 1 learns the layout), and stage 2 keeps it
+    from maskray.diffusion.objective import LATENT_SNR_SHIFT
+
+    _, base_card = load_model(root / "base")
+    assert base_card.diffusion["snr_shift"] == card.diffusion["snr_shift"] == LATENT_SNR_SHIFT
+    assert card.scheduler_config["trained_betas"] == base_card.scheduler_config["trained_betas"]
 
 
 def test_generate_decodes_to_images_that_depend_on_the_mask(latent_runs, tmp_path):

@@ -209,6 +209,9 @@ def test_options_that_do_not_fit_stable_diffusion_mode_are_refused(sd_run, tmp_p
               progress=False)
     with pytest.raises(MaskrayError, match="train only 'controlnet'"):
         train(TrainConfig(data=str(data), out=str(tmp_path / "b"), pretrained=str(folder)), "base", progress=False)
+    with pytest.raises(MaskrayError, match="brings its own noise schedule"):
+        train(TrainConfig(data=str(data), out=str(tmp_path / "s"), pretrained=str(folder), snr_shift=2.0),
+              "controlnet", progress=False)
     assert main(["train", "controlnet", "--data", str(data), "--out", str(tmp_path / "c"), "--pretrained",
                  str(folder), "--image-size", "30"]) == 2
 

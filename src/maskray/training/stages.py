@@ -135,8 +135,8 @@ def _latent_card(codec: LatentCodec | None) -> dict | None:
 
 
 def _setup_base(cfg: TrainConfig, ds: Dataset) -> StageSetup:
-    diff = cfg.diffusion_config()
     codec = _open_codec(cfg) if cfg.autoencoder else None
+    diff = cfg.diffusion_config(latent=codec is not None)
     unet_cfg = cfg.unet_config()
     if codec is not None:
         unet_cfg = dataclasses.replace(unet_cfg, in_channels=codec.config.latent_channels)
@@ -192,7 +192,7 @@ def _setup_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     # target and schedule come from the base; the loss weighting is this stage's own
     diff = dataclasses.replace(DiffusionConfig(**base_card.diffusion), min_snr_gamma=cfg.min_snr_gamma,
                                timestep_bias=cfg.timestep_bias)
-    if cfg.snr_shift not in (1.0, diff.snr_shift):
+    if cfg.snr_shift is not None and cfg.snr_shift != diff.snr_shift:
         raise MaskrayError(f"--snr-shift {cfg.snr_shift}: stage 2 takes its base's noise schedule (shift "
                            f"{diff.snr_shift}); leave --snr-shift out")
     codec = load_codec(cfg.base, base_card)
