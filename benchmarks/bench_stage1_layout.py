@@ -8,8 +8,8 @@ recorded), samples ``--samples`` images without any condition (DDPM, 25 steps; t
 decodes them, and scores them against the real training split in the embedding of evaluate's self-supervised
 feature network (``maskray evaluate`` writes one under EVAL/feature_net): FID, precision and recall, beside the
 real-test-vs-real-train floor. Precision is the share of generated images that land among real ones, which a
-model without a chest's layout fails. Writes benchmarks/results/stage1_layout.json (or --name) (no case ids) and a strip of
-samples per variant under --work.
+model without a chest's layout fails. Writes benchmarks/results/stage1_layout.json (or --name) (no case ids), a strip of
+samples per variant under --work and WORK/variants.png, one row per variant at half size.
 """
 
 from __future__ import annotations
@@ -119,6 +119,12 @@ def main() -> int:
                "n_real_train": len(xtr), "n_real_test": len(xte), "variants": rows, "versions": versions(),
                "hardware": measure_peaks() if len(rows) == len(a.variant) else None}
         write_results(a.name, res)  # after every variant, so a cut-short run keeps what it measured
+    strips = [Image.open(Path(a.work) / f"{spec.partition(':')[0]}.png") for spec in a.variant]
+    figure = Image.new("L", (strips[0].width, sum(im.height for im in strips)))
+    for i, im in enumerate(strips):
+        figure.paste(im, (0, i * strips[0].height))
+    figure.resize((figure.width // 2, figure.height // 2), Image.LANCZOS).save(Path(a.work) / "variants.png")
+    print(f"wrote {Path(a.work) / 'variants.png'} (one row per --variant, in order)")
     return 0
 
 
