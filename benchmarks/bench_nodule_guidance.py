@@ -34,7 +34,7 @@ def run_maskray(argv: list[str], done: Path, reuse: bool, expect: dict | None = 
     """Run ``maskray ARGV`` in its own process unless ``reuse`` and ``done`` exists; CPU and wall seconds.
     A reused generated set must have been drawn with the ``expect`` settings (its run.json config)."""
     if reuse and done.is_file():
-        config = json.loads(done.read_text())["config"]
+        config = json.loads(done.read_text())["config"] if expect else {}
         wrong = {k: config.get(k) for k, v in (expect or {}).items() if str(config.get(k)) != str(v)}
         if wrong:
             raise SystemExit(f"{done}: drawn with {wrong}, not {expect}; leave out --reuse or remove it")
