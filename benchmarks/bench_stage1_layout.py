@@ -1,7 +1,7 @@
 """Stage 1 alone on 256 px latents: does the unconditional model learn where a chest's parts go?
 
     python benchmarks/bench_stage1_layout.py --data DS256 --autoencoder AE --feature-net FN --steps 400 \
-        --variant default: --variant attention16:--attention-levels=2 --variant highnoise:--timestep-bias=1
+        --variant plain:--snr-shift=1 --variant shift4:--snr-shift=4 --variant attention16:--attention-levels=2
 
 Each variant trains `maskray train base --autoencoder AE` for the same steps (its own process; CPU seconds
 recorded), samples ``--samples`` images without any condition (DDPM, 25 steps; the same noise for every variant),
