@@ -54,9 +54,7 @@ def make_train_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
                           prediction_type=cfg.prediction_type, clip_sample=False)
     if cfg.snr_shift == 1.0:
         return sched
-    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
-                         prediction_type=cfg.prediction_type, clip_sample=False,
-                         trained_betas=shifted_betas(sched.alphas_cumprod, cfg.snr_shift))
+    return DDPMScheduler.from_config(sched.config, trained_betas=shifted_betas(sched.alphas_cumprod, cfg.snr_shift))
 
 
 def train_scheduler(config: dict) -> DDPMScheduler:
