@@ -4,6 +4,7 @@ of training and generation.
 
     python benchmarks/bench_speed.py [--size 128] [--threads 2]
     python benchmarks/bench_speed.py --levers --size 64,128 --threads 1   # batch, channels_last, torch.compile
+    python benchmarks/bench_speed.py --profile --size 64,128 --threads 1  # where a step's time goes, by operator
 
 Each configuration runs in its own subprocess (clean RSS, no cross-talk). Prints a table and writes
 benchmarks/results/speed.json. Run it on an otherwise idle machine: on 2 cores a second busy process
@@ -18,6 +19,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+from results_file import write_results  # same directory
 
 WORKER = r'''
 import json, sys, time, resource, torch
@@ -57,28 +60,31 @@ if mode == "flops":
     from maskray.hardware import matmul_peak_gflops
     for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         out[f"matmul_peak_gflops_{name}"] = matmul_peak_gflops(dt, 2048, 10)
-elif mode == "train":
-    # stage 2: the ControlNet trains, the base is frozen but back-propagated through
-    unet.requires_grad_(False)
-    opt = torch.optim.AdamW(cn.parameters(), 1e-4)
-    def step():
-        with ac():
-            y = model(x, t, c)
-        loss = (y.float() - x).pow(2).mean(); loss.backward(); opt.step(); opt.zero_grad()
-    t0 = clock(); step(); step(); out["warmup_s"] = clock() - t0
-    t0 = clock(); n = args["iters"]
-    for _ in range(n): step()
-    out["images_per_s"] = n * B / (clock() - t0)
 else:
-    model.eval()
-    with torch.no_grad():
+    if mode in ("train", "profile_train"):
+        # stage 2: the ControlNet trains, the base is frozen but back-propagated through
+        unet.requires_grad_(False)
+        opt = torch.optim.AdamW(cn.parameters(), 1e-4)
         def step():
             with ac():
+                y = model(x, t, c)
+            loss = (y.float() - x).pow(2).mean(); loss.backward(); opt.step(); opt.zero_grad()
+    else:  # one denoising step of base + ControlNet
+        model.eval()
+        def step():
+            with torch.no_grad(), ac():
                 model(x, t, c)
-        t0 = clock(); step(); step(); out["warmup_s"] = clock() - t0
-        t0 = clock(); n = args["iters"]
+    t0 = clock(); step(); step(); out["warmup_s"] = clock() - t0
+    n = args["iters"]
+    if mode.startswith("profile"):  # where the steps' time goes, by operator (self time: nothing counted twice)
+        from torch.profiler import profile, ProfilerActivity
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(n): step()
+        out["self_us_by_op"] = {e.key: e.self_cpu_time_total for e in prof.key_averages() if e.self_cpu_time_total > 0}
+    else:
+        t0 = clock()
         for _ in range(n): step()
-    out["image_steps_per_s"] = n * B / (clock() - t0)
+        out["images_per_s" if mode == "train" else "image_steps_per_s"] = n * B / (clock() - t0)
 out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps(out))
 '''
@@ -143,6 +149,55 @@ def sweep(a) -> int:
     return 0
 
 
+OP_GROUPS = {  # profiler operator -> what it is; everything else is elementwise work, copies and casts
+    "aten::mkldnn_convolution": "convolution", "aten::convolution_backward": "convolution",
+    "aten::addmm": "matmul", "aten::mm": "matmul", "aten::bmm": "matmul",
+    "aten::native_group_norm": "group_norm", "aten::native_group_norm_backward": "group_norm",
+    "aten::silu": "silu", "aten::silu_backward": "silu", "aten::silu_": "silu"}
+PROFILE_STEPS = 3  # profiled steps, after two warm-up steps
+
+
+def profile_row(size: int, threads: int, batch: int, kind: str, fl: dict) -> dict:
+    """One profiled configuration (``kind`` train: stage 2 in NCHW, training's default; sample: one denoising step
+    in channels_last, generate's default): each operator group's share of the time, and the FLOP rate of the
+    convolution and matmul kernels alone against the bf16 peak (what fusing everything else away could reach)."""
+    cl = kind == "sample"
+    prof = run(dict(size=size, threads=threads, precision="bf16", channels_last=cl, batch=batch,
+                    iters=PROFILE_STEPS, mode=f"profile_{kind}"))
+    groups: dict[str, float] = {}
+    for op, us in prof["self_us_by_op"].items():
+        groups[OP_GROUPS.get(op, "other")] = groups.get(OP_GROUPS.get(op, "other"), 0.0) + us / 1e6
+    total = sum(groups.values())
+    gflop = PROFILE_STEPS * batch * fl["train_gflop_per_image" if kind == "train" else "gflop_per_image_step"]
+    peak = fl["matmul_peak_gflops_bf16"]
+    kernels = groups.get("convolution", 0.0) + groups.get("matmul", 0.0)
+    row = {"size": size, "batch": batch, "kind": kind, "channels_last": cl, "profiled_seconds": total,
+           "share": {k: v / total for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
+           "fraction_of_peak_profiled": gflop / total / peak, "conv_matmul_kernels_fraction_of_peak": gflop / kernels / peak}
+    print(f"{size:4d} px {kind:6} batch {batch}: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in row["share"].items())
+          + f"; kernels alone {100 * row['conv_matmul_kernels_fraction_of_peak']:.0f}% of peak, whole step "
+            f"{100 * row['fraction_of_peak_profiled']:.0f}% (under the profiler)", flush=True)
+    return row
+
+
+def profile_sweep(a) -> int:
+    """Where the time of a stage-2 training step and of a denoising step goes (torch.profiler, bf16 autocast, the
+    defaults' memory formats), per size. Writes results/speed_profile.json."""
+    sizes = [int(v) for v in str(a.size).split(",")]
+    res = {"command": " ".join(["bench_speed.py"] + sys.argv[1:]), "threads": a.threads, "rows": [],
+           "note": f"self CPU time per operator over {PROFILE_STEPS} steps after 2 warm-up steps; "
+                   "FLOPs counted by FlopCounterMode; kernels alone = those FLOPs over the convolution and matmul "
+                   "operators' own time"}
+    for size in sizes:
+        fl = run(dict(size=size, threads=a.threads, precision="bf16", channels_last=False, mode="flops", batch=1,
+                      iters=0))
+        res["bf16_matmul_peak_gflops"] = fl["matmul_peak_gflops_bf16"]
+        for kind in ("train", "sample"):
+            res["rows"].append(profile_row(size, a.threads, 32, kind, fl))
+    write_results("speed_profile", res)
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--size", default="128", help="pixels (--levers: a comma list)")
@@ -151,9 +206,13 @@ def main() -> int:
     p.add_argument("--levers", action="store_true", help="bf16 batch / channels_last / torch.compile sweep")
     p.add_argument("--compile-max-size", type=int, default=10 ** 6, help="--levers: torch.compile only up to this "
                                                                           "size (each compile costs minutes)")
+    p.add_argument("--profile", action="store_true", help="where a training and a sampling step's time goes, by "
+                                                          "operator (batch 32 per --size)")
     a = p.parse_args()
     if a.levers:
         return sweep(a)
+    if a.profile:
+        return profile_sweep(a)
     a.size = int(a.size)
     base = dict(size=a.size, threads=a.threads, channels_last=False, precision="fp32")
     fl = run({**base, "mode": "flops", "batch": 1, "iters": 0})

@@ -1,9 +1,9 @@
 """The speed tables of docs/speed.md (and the README's speed section), printed as Markdown from the results files.
 
-    python benchmarks/speed_tables.py [steps|peer|levers ...]
+    python benchmarks/speed_tables.py [steps|peer|levers|profile ...]
 
 Reads benchmarks/results/steps.json (bench_steps.py), peer.json and peer_128.json (bench_peer.py), speed_levers.json
-(bench_speed.py --levers); a missing file is named, not guessed.
+(bench_speed.py --levers), speed_profile.json (bench_speed.py --profile); a missing file is named, not guessed.
 """
 
 from __future__ import annotations
@@ -115,8 +115,27 @@ def levers_table() -> None:
     print(f"\n`python benchmarks/{d['command']}`\n")
 
 
+def profile_table() -> None:
+    d = _load("speed_profile.json")
+    if d is None:
+        return
+    print(f"{d['threads']} thread; bf16 matmul peak {d['bf16_matmul_peak_gflops']:.0f} GFLOP/s (measured in the same "
+          "run); share of the step's profiled time per operator group\n")
+    print("| px | step (batch 32) | memory format | convolutions | GroupNorm | SiLU | other (adds, concatenations, "
+          "copies, casts, optimizer) | conv + matmul kernels alone, % of peak | whole step, % of peak |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in d["rows"]:
+        sh = r["share"]
+        other = 1 - sh.get("convolution", 0) - sh.get("group_norm", 0) - sh.get("silu", 0)
+        print(f"| {r['size']} | {'stage-2 training' if r['kind'] == 'train' else 'denoising'} | "
+              f"{'channels_last' if r['channels_last'] else 'NCHW'} | {100 * sh.get('convolution', 0):.0f}% | "
+              f"{100 * sh.get('group_norm', 0):.0f}% | {100 * sh.get('silu', 0):.0f}% | {100 * other:.0f}% | "
+              f"{100 * r['conv_matmul_kernels_fraction_of_peak']:.0f}% | {100 * r['fraction_of_peak_profiled']:.0f}% |")
+    print(f"\n`python benchmarks/{d['command']}`\n")
+
+
 def main(argv: list[str]) -> int:
-    tables = {"steps": steps_table, "peer": peer_table, "levers": levers_table}
+    tables = {"steps": steps_table, "peer": peer_table, "levers": levers_table, "profile": profile_table}
     for name in argv or list(tables):
         if name not in tables:
             print(f"unknown table '{name}' (allowed: {', '.join(tables)})", file=sys.stderr)
