@@ -99,6 +99,7 @@ def test_info_and_case_search(client):
     info = client.get("/api/info").json()
     assert info["image_size"] == 32 and info["cases"] == 4 and info["spacing_mm"] == [SPACING, SPACING]
     assert "dpm++" in info["schedulers"] and info["limits"]["seeds"] == 8 and info["can_save"] is True
+    assert info["defaults"]["guidance_scale"] == 1.0  # a pixel model asks for no guidance
     assert "path" not in json.dumps(info) and "/" not in json.dumps(info["model"])
     assert client.get("/api/cases").json()["ids"] == ["case000", "case001", "case002", "case003"]
     assert client.get("/api/cases?q=E002").json() == {"total": 1, "offset": 0, "ids": ["case002"]}
@@ -399,9 +400,12 @@ def test_a_latent_model_is_served_in_both_modes(served, tmp_path):
           "controlnet", progress=False)
     service = open_service(ServeConfig(model=str(tmp_path / "cn"), data=str(ds)))
     with TestClient(create_app(service)) as c:
-        assert c.get("/api/info").json()["model"]["latent"] is True
+        info = c.get("/api/info").json()
+        assert info["model"]["latent"] is True
+        assert info["defaults"]["guidance_scale"] == 1.5  # a latent mask model's own, as generate uses
         new = run_job(c, nodules=[nodule(10)], seeds=[1])
         assert new["state"] == "done", new
+        assert service.result(new["job"], 0)[1].record["guidance_scale"] == 1.5  # left out: the model's
         assert png(c.get(f"/api/jobs/{new['job']}/0/view/image.png").content).size == (32, 32)
         real = np.asarray(png(c.get("/api/cases/case001/image.png").content), dtype=int)
         ins = run_job(c, nodules=[nodule(10)], mode="inpaint", seeds=[1])

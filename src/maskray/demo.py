@@ -42,7 +42,8 @@ class DemoConfig:
     batch_size: int = option(32, help="training batch size")
     scheduler: str = option(DEFAULT_SAMPLER[0], help="sampler for generation")
     sampler_steps: int = option(DEFAULT_SAMPLER[1], help="sampler steps")
-    guidance_scale: float = option(1.0, help="mask guidance scale")
+    guidance_scale: float | None = option(None, help="mask guidance scale (default: the model card's, 1.5 on the "
+                                                     "latent path; else 1)")
     eval_steps: int = option(300, help="training steps of the evaluation's segmenter and regression baseline")
     feature_steps: int = option(400, help="training steps of the evaluation's self-supervised feature network")
     seed: int = option(0, help="seed of everything")
@@ -95,7 +96,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     t = time.time()
     gen = generate(GenerateConfig(model=str(out / "controlnet"), masks=str(data), out=str(out / "generated"),
                                   split="test", scheduler=cfg.scheduler, steps=cfg.sampler_steps,
-                                  guidance_scale=cfg.guidance_scale, seed=cfg.seed), progress=progress)
+                                  guidance_scale=None if cfg.guidance_scale is None else str(cfg.guidance_scale),
+                                  seed=cfg.seed), progress=progress)
     times["generate_s"] = time.time() - t
     t = time.time()
     full = evaluate(data, gen, out / "evaluation", EvaluateConfig(seg_steps=cfg.eval_steps, reg_steps=cfg.eval_steps,

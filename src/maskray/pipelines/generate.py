@@ -50,8 +50,9 @@ class GenerateConfig:
     scheduler: str | None = option(None, help=f"sampler: {', '.join(SCHEDULERS)} (default: the one the model card "
                                               f"names, e.g. a distilled model's; else {DEFAULT_SAMPLER[0]})")
     steps: int | None = option(None, help=f"sampler steps (default: the model card's; else {DEFAULT_SAMPLER[1]})")
-    guidance_scale: str = option("1", help="classifier-free guidance on the conditions (1 = off): a number for all "
-                                      "at once, or per condition, e.g. mask=2,edges=1")
+    guidance_scale: str | None = option(None, help="classifier-free guidance on the conditions (1 = off): a number "
+                                                "for all at once, or per condition, e.g. mask=2,edges=1 (default: the "
+                                                "model card's, 1.5 for a latent mask model; else 1)")
     conditioning_scale: str = option("1", help="ControlNet residual scale: a number, or per condition, e.g. "
                                            "mask=1,edges=0.5 (0 leaves a condition out)")
     edges_from: str | None = option(None, help="real dataset whose images' edge maps condition each case (a model "
@@ -148,11 +149,14 @@ def _open_out(cfg: GenerateConfig) -> Path:
 
 
 def with_model_sampler(cfg: GenerateConfig, card: ModelCard) -> GenerateConfig:
-    """``cfg`` with an unset scheduler or step count taken from the model card (a distilled model names the
-    sampler it was trained for), else from ``DEFAULT_SAMPLER``."""
+    """``cfg`` with an unset scheduler, step count or guidance scale taken from the model card (a distilled model
+    names the sampler it was trained for, a latent mask model its mask guidance), else from ``DEFAULT_SAMPLER``
+    and no guidance."""
     own = (card.sampling.get("scheduler"), card.sampling.get("steps"))
+    guidance = cfg.guidance_scale if cfg.guidance_scale is not None else str(card.sampling.get("guidance_scale", "1"))
     return dataclasses.replace(cfg, scheduler=cfg.scheduler or own[0] or DEFAULT_SAMPLER[0],
-                               steps=cfg.steps if cfg.steps is not None else own[1] or DEFAULT_SAMPLER[1])
+                               steps=cfg.steps if cfg.steps is not None else own[1] or DEFAULT_SAMPLER[1],
+                               guidance_scale=guidance)
 
 
 def generate(cfg: GenerateConfig, progress: bool = True) -> Path:

@@ -51,7 +51,7 @@ class GenerateIn(MaskIn):
     mode: Literal["new", "inpaint"] = "new"
     scheduler: str = Field(GenerateParams.scheduler, max_length=20)
     steps: int = Field(GenerateParams.steps, ge=1, le=MAX_STEPS)
-    guidance_scale: float = Field(GenerateParams.guidance_scale, ge=0.0, le=MAX_GUIDANCE)
+    guidance_scale: float | None = Field(None, ge=0.0, le=MAX_GUIDANCE)  # None: the model's default
     seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(default_factory=lambda: [0], min_length=1,
                                                              max_length=MAX_SEEDS)
 

@@ -31,7 +31,7 @@ SCHEDULER_NAMES = tuple(SCHEDULERS)
 SYNTHETIC_PNG_TEXT = dict(SYNTHETIC_TEXT)  # how generated PNGs are marked synthetic
 # scheduler, steps, guidance, precision, channels_last, inpaint margin (generate leaves the sampler unset so that a
 # model card may name its own; the page starts from generate's default sampler)
-DEFAULTS = GenerateConfig(scheduler=DEFAULT_SAMPLER[0], steps=DEFAULT_SAMPLER[1])
+DEFAULTS = GenerateConfig(scheduler=DEFAULT_SAMPLER[0], steps=DEFAULT_SAMPLER[1], guidance_scale="1")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Request:
     seeds: tuple[int, ...]
     scheduler: str = DEFAULTS.scheduler
     steps: int = DEFAULTS.steps
-    guidance_scale: float = DEFAULTS.guidance_scale
+    guidance_scale: float = 1.0
     known: torch.Tensor | None = None
     old_label: torch.Tensor | None = None
     margin: int = DEFAULTS.inpaint_margin
@@ -90,6 +90,11 @@ class Engine:
         return {"stage": self.card.stage, "image_size": self.image_size, "step": self.card.step,
                 "latent": self.card.latent is not None, "unet_sha256": self.card.unet_sha256,
                 "controlnet_sha256": self.card.controlnet_sha256}
+
+    @property
+    def default_guidance(self) -> float:
+        """The mask guidance the model card asks for (a latent mask model: 1.5), else 1, as `generate` uses."""
+        return float(self.card.sampling.get("guidance_scale", 1.0))
 
     def check_scheduler(self, name: str) -> None:
         make_scheduler(name, self.card.scheduler_config)

@@ -29,7 +29,7 @@ class GenerateParams:
     mode: str = "new"
     scheduler: str = DEFAULTS.scheduler
     steps: int = DEFAULTS.steps
-    guidance_scale: float = DEFAULTS.guidance_scale
+    guidance_scale: float | None = None  # None: the model's default (Engine.default_guidance)
     seeds: tuple[int, ...] = (0,)
 
 
@@ -66,7 +66,7 @@ class Service:
                 "border_margin_mm": r.border_margin_mm, "min_gap_mm": r.min_gap_mm, "can_save": self.output is not None,
                 "model": self.engine.record, "downloads": list(FILES),
                 "defaults": {"scheduler": DEFAULTS.scheduler, "steps": DEFAULTS.steps,
-                             "guidance_scale": DEFAULTS.guidance_scale}}
+                             "guidance_scale": self.engine.default_guidance}}
 
     def case(self, case_id: str) -> dict:
         lab = self.workspace.label(case_id)
@@ -129,9 +129,10 @@ class Service:
         def progress(done: int, total: int) -> None:
             job.done, job.total = done, total
 
-        req = Request(lab, p.seeds, p.scheduler, p.steps, p.guidance_scale, known, old)
+        guidance = p.guidance_scale if p.guidance_scale is not None else self.engine.default_guidance
+        req = Request(lab, p.seeds, p.scheduler, p.steps, guidance, known, old)
         imgs = self.engine.generate(req, progress)
-        record = {"mode": p.mode, "scheduler": p.scheduler, "steps": p.steps, "guidance_scale": p.guidance_scale,
+        record = {"mode": p.mode, "scheduler": p.scheduler, "steps": p.steps, "guidance_scale": guidance,
                   "seeds": list(p.seeds), "nodules": records, "model": self.engine.record}
         return Result(((imgs[:, 0] + 1) / 2).clamp(0, 1).numpy(), lab.numpy(), real,
                       ws.spacing_at(size, label.shape[0]), record)
