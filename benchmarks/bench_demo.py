@@ -2,10 +2,12 @@
 
     python benchmarks/bench_demo.py --out bench_out/demo            # the full demo (about 12 min on 2 cores)
     python benchmarks/bench_demo.py --quick --out bench_out/demo-q  # --quick (about 3 min)
+    python benchmarks/bench_demo.py --latent --out bench_out/demo-l # --latent: the 256 px path
     python benchmarks/bench_demo.py --from-folder maskray-demo      # only tabulate a finished demo
 
-Writes ``benchmarks/results/demo.json`` (or ``demo_quick.json``): the demo's metrics.json (headline, times,
-measured matmul peak, config, versions) plus the Markdown table the README shows, and prints the table.
+Writes ``benchmarks/results/demo.json`` (or ``demo_quick.json``, ``demo_latent.json``): the demo's metrics.json
+(headline, times, measured matmul peak, config, versions) plus the Markdown table the README shows, and prints the
+table.
 Every number in the table is read from the demo's own metrics.json, which ``maskray evaluate`` computed.
 """
 
@@ -70,24 +72,26 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench_out/demo", help="demo output folder")
     p.add_argument("--quick", action="store_true", help="maskray demo --quick")
+    p.add_argument("--latent", action="store_true", help="maskray demo --latent (the 256 px latent path)")
     p.add_argument("--from-folder", default=None, help="tabulate a finished demo folder instead of running one")
     a = p.parse_args()
     if a.from_folder:
         folder = Path(a.from_folder)
         m = json.loads((folder / "metrics.json").read_text())
-        quick = bool(m["config"].get("quick"))
+        quick, latent = bool(m["config"].get("quick")), bool(m["config"].get("latent"))
     else:
         from maskray.cli import main as cli
 
-        argv = ["demo", "--out", a.out, "--overwrite"] + (["--quick"] if a.quick else [])
+        argv = ["demo", "--out", a.out, "--overwrite", *(["--quick"] if a.quick else []),
+                *(["--latent"] if a.latent else [])]
         if cli(argv) != 0:
             return 1
         m = json.loads((Path(a.out) / "metrics.json").read_text())
-        quick = a.quick
+        quick, latent = a.quick, a.latent
     md = table(m)
     print(md)
     res = {"command": " ".join(["python benchmarks/bench_demo.py", *sys.argv[1:]]), "markdown": md, "metrics": m}
-    write_results("demo_quick" if quick else "demo", res)
+    write_results("demo" + ("_latent" if latent else "") + ("_quick" if quick else ""), res)
     return 0
 
 
