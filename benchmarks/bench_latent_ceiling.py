@@ -40,7 +40,13 @@ def write_reconstructions(data: Path, ae: Path, template: Path, out: Path, batch
     cases = json.loads((template / "manifest.json").read_text())["cases"]
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(template, tmp)
+    # the generated set's layout and mask pairing, not its provenance: no generate config or run record of the
+    # ControlNet stays beside images it did not make, and each manifest entry names the autoencoder instead
+    shutil.copytree(template, tmp, ignore=shutil.ignore_patterns("generate_config.json", "run.json"))
+    cases = {c: {"source_case": e["source_case"], "mask_case": e["mask_case"], "sample": e["sample"],
+                 "made_by": "autoencoder reconstruction of the real image", "autoencoder": str(ae)}
+             for c, e in cases.items()}
+    (tmp / "manifest.json").write_text(json.dumps({"cases": cases}, indent=2))
     ids = sorted(cases)
     t = time.time()
     with torch.no_grad():
