@@ -5,6 +5,7 @@ of training and generation.
     python benchmarks/bench_speed.py [--size 128] [--threads 2]
     python benchmarks/bench_speed.py --levers --size 64,128 --threads 1   # batch, channels_last, torch.compile
     python benchmarks/bench_speed.py --profile --size 64,128 --threads 1  # where a step's time goes, by operator
+    python benchmarks/bench_speed.py --kernels --size 64,128 --threads 1  # sampling: autocast / bf16 / fused kernel
 
 Each configuration runs in its own subprocess (clean RSS, no cross-talk). Prints a table and writes
 benchmarks/results/speed.json. Run it on an otherwise idle machine: on 2 cores a second busy process
@@ -71,6 +72,10 @@ else:
             loss = (y.float() - x).pow(2).mean(); loss.backward(); opt.step(); opt.zero_grad()
     else:  # one denoising step of base + ControlNet
         model.eval()
+        if args.get("kernels"):  # as generate prepares a loaded model: bf16 weights, fused kernels or PyTorch's
+            from maskray.diffusion.fused import prepare_for_sampling
+            out["kernels"] = prepare_for_sampling(model, torch.device("cpu"), prec, cl,
+                                                  fused=args["kernels"] == "fused")
         def step():
             with torch.no_grad(), ac():
                 model(x, t, c)
@@ -82,9 +87,12 @@ else:
             for _ in range(n): step()
         out["self_us_by_op"] = {e.key: e.self_cpu_time_total for e in prof.key_averages() if e.self_cpu_time_total > 0}
     else:
-        t0 = clock()
-        for _ in range(n): step()
-        out["images_per_s" if mode == "train" else "image_steps_per_s"] = n * B / (clock() - t0)
+        best = float("inf")
+        for _ in range(args.get("repeats", 1)):  # the fastest of several timings: a shared machine only slows one
+            t0 = clock()
+            for _ in range(n): step()
+            best = min(best, clock() - t0)
+        out["images_per_s" if mode == "train" else "image_steps_per_s"] = n * B / best
 out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps(out))
 '''
@@ -153,36 +161,46 @@ OP_GROUPS = {  # profiler operator -> what it is; everything else is elementwise
     "aten::mkldnn_convolution": "convolution", "aten::convolution_backward": "convolution",
     "aten::addmm": "matmul", "aten::mm": "matmul", "aten::bmm": "matmul",
     "aten::native_group_norm": "group_norm", "aten::native_group_norm_backward": "group_norm",
-    "aten::silu": "silu", "aten::silu_backward": "silu", "aten::silu_": "silu"}
+    "aten::silu": "silu", "aten::silu_backward": "silu", "aten::silu_": "silu",
+    "maskray_kernels::group_norm_silu": "group_norm_silu (fused)"}
 PROFILE_STEPS = 3  # profiled steps, after two warm-up steps
 
 
+PROFILE_KINDS = {  # what is profiled: (mode, channels_last, sampling kernels)
+    "train": ("train", False, None),  # stage 2, training's default (NCHW, autocast)
+    "sample": ("sample", True, "fused"),  # one denoising step as generate runs it by default
+    "sample_pytorch": ("sample", True, "pytorch"),  # the same with PyTorch's GroupNorm and SiLU
+}
+
+
 def profile_row(size: int, threads: int, batch: int, kind: str, fl: dict) -> dict:
-    """One profiled configuration (``kind`` train: stage 2 in NCHW, training's default; sample: one denoising step
-    in channels_last, generate's default): each operator group's share of the time, and the FLOP rate of the
-    convolution and matmul kernels alone against the bf16 peak (what fusing everything else away could reach)."""
-    cl = kind == "sample"
+    """One profiled configuration (``kind``: a key of PROFILE_KINDS): each operator group's share of the time,
+    and the FLOP rate of the convolution and matmul kernels alone against the bf16 peak (what fusing everything
+    else away could reach)."""
+    mode, cl, kernels = PROFILE_KINDS[kind]
     prof = run(dict(size=size, threads=threads, precision="bf16", channels_last=cl, batch=batch,
-                    iters=PROFILE_STEPS, mode=f"profile_{kind}"))
+                    iters=PROFILE_STEPS, mode=f"profile_{mode}", kernels=kernels))
     groups: dict[str, float] = {}
     for op, us in prof["self_us_by_op"].items():
         groups[OP_GROUPS.get(op, "other")] = groups.get(OP_GROUPS.get(op, "other"), 0.0) + us / 1e6
     total = sum(groups.values())
-    gflop = PROFILE_STEPS * batch * fl["train_gflop_per_image" if kind == "train" else "gflop_per_image_step"]
+    gflop = PROFILE_STEPS * batch * fl["train_gflop_per_image" if mode == "train" else "gflop_per_image_step"]
     peak = fl["matmul_peak_gflops_bf16"]
     kernels = groups.get("convolution", 0.0) + groups.get("matmul", 0.0)
-    row = {"size": size, "batch": batch, "kind": kind, "channels_last": cl, "profiled_seconds": total,
+    row = {"size": size, "batch": batch, "kind": kind, "channels_last": cl, "kernels": prof.get("kernels"),
+           "profiled_seconds": total,
            "share": {k: v / total for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
            "fraction_of_peak_profiled": gflop / total / peak, "conv_matmul_kernels_fraction_of_peak": gflop / kernels / peak}
-    print(f"{size:4d} px {kind:6} batch {batch}: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in row["share"].items())
+    print(f"{size:4d} px {kind:14} batch {batch}: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in row["share"].items())
           + f"; kernels alone {100 * row['conv_matmul_kernels_fraction_of_peak']:.0f}% of peak, whole step "
             f"{100 * row['fraction_of_peak_profiled']:.0f}% (under the profiler)", flush=True)
     return row
 
 
 def profile_sweep(a) -> int:
-    """Where the time of a stage-2 training step and of a denoising step goes (torch.profiler, bf16 autocast, the
-    defaults' memory formats), per size. Writes results/speed_profile.json."""
+    """Where the time of a stage-2 training step and of a denoising step goes (torch.profiler, bf16, the
+    defaults' memory formats; sampling with the fused kernel and with PyTorch's), per size. Writes
+    results/speed_profile.json."""
     sizes = [int(v) for v in str(a.size).split(",")]
     res = {"command": " ".join(["bench_speed.py"] + sys.argv[1:]), "threads": a.threads, "rows": [],
            "note": f"self CPU time per operator over {PROFILE_STEPS} steps after 2 warm-up steps; "
@@ -192,9 +210,47 @@ def profile_sweep(a) -> int:
         fl = run(dict(size=size, threads=a.threads, precision="bf16", channels_last=False, mode="flops", batch=1,
                       iters=0))
         res["bf16_matmul_peak_gflops"] = fl["matmul_peak_gflops_bf16"]
-        for kind in ("train", "sample"):
+        for kind in PROFILE_KINDS:
             res["rows"].append(profile_row(size, a.threads, 32, kind, fl))
     write_results("speed_profile", res)
+    return 0
+
+
+KERNEL_CHOICES = {  # how a loaded model samples: what each choice changes
+    "autocast": None,  # fp32 weights cast by autocast at every call (generate before the fused kernel)
+    "pytorch": "pytorch",  # bf16 convolution / linear weights, PyTorch's GroupNorm and SiLU
+    "fused": "fused",  # bf16 weights and the fused GroupNorm + SiLU kernel: generate's default on a CPU
+}
+
+
+def kernel_sweep(a) -> int:
+    """Sampling throughput (one denoising step, bf16, channels_last) per size, batch and kernel choice, each
+    the fastest of three timings in its own process, against the bf16 matmul peak measured alongside. Writes
+    results/speed_kernels.json."""
+    sizes = [int(v) for v in str(a.size).split(",")]
+    batches = [int(v) for v in str(a.batches).split(",")]
+    res = {"command": " ".join(["bench_speed.py"] + sys.argv[1:]), "threads": a.threads, "rows": [],
+           "clock": "throughput by the worker's CPU clock, fastest of 3 timings of 4 steps; peak by maskray.hardware "
+                    "with the same thread count, measured per size before its rows",
+           "choices": {"autocast": "fp32 weights under bf16 autocast", "pytorch": "bf16 weights, PyTorch kernels",
+                       "fused": "bf16 weights, fused GroupNorm + SiLU (generate's default)"}}
+    for size in sizes:
+        fl = run(dict(size=size, threads=a.threads, precision="bf16", channels_last=False, mode="flops", batch=1,
+                      iters=0))
+        peak = fl["matmul_peak_gflops_bf16"]
+        res.setdefault("bf16_matmul_peak_gflops", {})[str(size)] = peak
+        res.setdefault("gflop_per_image_step", {})[str(size)] = fl["gflop_per_image_step"]
+        for batch in batches:
+            for choice, kernels in KERNEL_CHOICES.items():
+                sm = run(dict(size=size, threads=a.threads, precision="bf16", channels_last=True, batch=batch,
+                              mode="sample", iters=4, repeats=3, cpu_clock=True, kernels=kernels))
+                row = {"size": size, "batch": batch, "choice": choice, "kernels": sm.get("kernels", "autocast"),
+                       "image_steps_per_s": sm["image_steps_per_s"],
+                       "fraction_of_peak": sm["image_steps_per_s"] * fl["gflop_per_image_step"] / peak}
+                res["rows"].append(row)
+                print(f"{size:4d} px batch {batch:3d} {choice:9} {row['image_steps_per_s']:7.1f} img-steps/s "
+                      f"({100 * row['fraction_of_peak']:4.1f}% of {peak:.0f} GFLOP/s)", flush=True)
+    write_results("speed_kernels", res)
     return 0
 
 
@@ -208,7 +264,12 @@ def main() -> int:
                                                                           "size (each compile costs minutes)")
     p.add_argument("--profile", action="store_true", help="where a training and a sampling step's time goes, by "
                                                           "operator (batch 32 per --size)")
+    p.add_argument("--kernels", action="store_true", help="sampling: autocast vs bf16 weights vs the fused kernel, "
+                                                          "per --size and --batches")
+    p.add_argument("--batches", default="8,16,32", help="--kernels: batch sizes")
     a = p.parse_args()
+    if a.kernels:
+        return kernel_sweep(a)
     if a.levers:
         return sweep(a)
     if a.profile:

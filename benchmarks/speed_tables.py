@@ -1,9 +1,10 @@
 """The speed tables of docs/speed.md (and the README's speed section), printed as Markdown from the results files.
 
-    python benchmarks/speed_tables.py [steps|peer|levers|profile ...]
+    python benchmarks/speed_tables.py [steps|peer|levers|profile|kernels ...]
 
 Reads benchmarks/results/steps.json (bench_steps.py), peer.json and peer_128.json (bench_peer.py), speed_levers.json
-(bench_speed.py --levers), speed_profile.json (bench_speed.py --profile); a missing file is named, not guessed.
+(bench_speed.py --levers), speed_profile.json (bench_speed.py --profile), speed_kernels.json (bench_speed.py
+--kernels); a missing file is named, not guessed.
 """
 
 from __future__ import annotations
@@ -115,27 +116,57 @@ def levers_table() -> None:
     print(f"\n`python benchmarks/{d['command']}`\n")
 
 
+PROFILE_STEP_NAMES = {"train": "stage-2 training", "sample": "denoising, fused kernel (default)",
+                      "sample_pytorch": "denoising, PyTorch's kernels"}
+
+
 def profile_table() -> None:
     d = _load("speed_profile.json")
     if d is None:
         return
     print(f"{d['threads']} thread; bf16 matmul peak {d['bf16_matmul_peak_gflops']:.0f} GFLOP/s (measured in the same "
           "run); share of the step's profiled time per operator group\n")
-    print("| px | step (batch 32) | memory format | convolutions | GroupNorm | SiLU | other (adds, concatenations, "
-          "copies, casts, optimizer) | conv + matmul kernels alone, % of peak | whole step, % of peak |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| px | step (batch 32) | memory format | convolutions | GroupNorm | SiLU | GroupNorm + SiLU fused | other "
+          "(adds, concatenations, copies, casts, optimizer) | conv + matmul kernels alone, % of peak | whole step, "
+          "% of peak |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in d["rows"]:
         sh = r["share"]
-        other = 1 - sh.get("convolution", 0) - sh.get("group_norm", 0) - sh.get("silu", 0)
-        print(f"| {r['size']} | {'stage-2 training' if r['kind'] == 'train' else 'denoising'} | "
-              f"{'channels_last' if r['channels_last'] else 'NCHW'} | {100 * sh.get('convolution', 0):.0f}% | "
-              f"{100 * sh.get('group_norm', 0):.0f}% | {100 * sh.get('silu', 0):.0f}% | {100 * other:.0f}% | "
-              f"{100 * r['conv_matmul_kernels_fraction_of_peak']:.0f}% | {100 * r['fraction_of_peak_profiled']:.0f}% |")
+        named = ("convolution", "group_norm", "silu", "group_norm_silu (fused)")
+        other = 1 - sum(sh.get(k, 0) for k in named)
+        print(f"| {r['size']} | {PROFILE_STEP_NAMES.get(r['kind'], r['kind'])} | "
+              f"{'channels_last' if r['channels_last'] else 'NCHW'} | "
+              + " | ".join(f"{100 * sh.get(k, 0):.0f}%" for k in named)
+              + f" | {100 * other:.0f}% | {100 * r['conv_matmul_kernels_fraction_of_peak']:.0f}% | "
+                f"{100 * r['fraction_of_peak_profiled']:.0f}% |")
+    print(f"\n`python benchmarks/{d['command']}`\n")
+
+
+def kernels_table() -> None:
+    d = _load("speed_kernels.json")
+    if d is None:
+        return
+    peaks = ", ".join(f"{k} px {v:.0f}" for k, v in d["bf16_matmul_peak_gflops"].items())
+    print(f"{d['threads']} thread; one denoising step (base + ControlNet), bf16, channels_last; bf16 matmul peak "
+          f"GFLOP/s measured before each size's rows: {peaks}\n")
+    print("| px | batch | fp32 weights + autocast | bf16 weights, PyTorch kernels | bf16 weights + fused GroupNorm/SiLU "
+          "(default) | fused vs autocast |")
+    print("|---|---|---|---|---|---|")
+    cells: dict = {}
+    for r in d["rows"]:
+        cells.setdefault((r["size"], r["batch"]), {})[r["choice"]] = r
+    for (size, batch), row in cells.items():
+        text = [f"{row[c]['image_steps_per_s']:.1f} img-steps/s ({100 * row[c]['fraction_of_peak']:.0f}%)"
+                if c in row else "" for c in ("autocast", "pytorch", "fused")]
+        gain = (f"{row['fused']['image_steps_per_s'] / row['autocast']['image_steps_per_s']:.2f}x"
+                if "fused" in row and "autocast" in row else "")
+        print(f"| {size} | {batch} | " + " | ".join(text) + f" | {gain} |")
     print(f"\n`python benchmarks/{d['command']}`\n")
 
 
 def main(argv: list[str]) -> int:
-    tables = {"steps": steps_table, "peer": peer_table, "levers": levers_table, "profile": profile_table}
+    tables = {"steps": steps_table, "peer": peer_table, "levers": levers_table, "profile": profile_table,
+              "kernels": kernels_table}
     for name in argv or list(tables):
         if name not in tables:
             print(f"unknown table '{name}' (allowed: {', '.join(tables)})", file=sys.stderr)

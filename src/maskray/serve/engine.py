@@ -21,6 +21,7 @@ import torch
 
 from maskray.data.layout import Dataset
 from maskray.diffusion.conditioning import mask_condition
+from maskray.diffusion.fused import prepare_for_sampling
 from maskray.diffusion.sampling import SCHEDULERS, make_scheduler
 from maskray.diffusion.store import load_codec, load_model
 from maskray.errors import MaskrayError
@@ -77,19 +78,19 @@ class Engine:
         self.labels = dict(self.card.labels)
         self.mapping = condition_mapping(self.card, dataset, str(self.run))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model.to(self.device)
+        self.kernels = prepare_for_sampling(self.model, self.device, DEFAULTS.precision, DEFAULTS.channels_last,
+                                            DEFAULTS.fused_kernels)
         if self.codec is not None:
             self.codec.vae.to(self.device)
-        if DEFAULTS.channels_last:
-            self.model.to(memory_format=torch.channels_last)
         self._lock = threading.Lock()
 
     @property
     def record(self) -> dict:
-        """What identifies the model in every output (weight hashes and training step, never a path)."""
+        """What identifies the model in every output (weight hashes and training step, never a path), and which
+        sampling kernels ran."""
         return {"stage": self.card.stage, "image_size": self.image_size, "step": self.card.step,
                 "latent": self.card.latent is not None, "unet_sha256": self.card.unet_sha256,
-                "controlnet_sha256": self.card.controlnet_sha256}
+                "controlnet_sha256": self.card.controlnet_sha256, "kernels": self.kernels}
 
     @property
     def default_guidance(self) -> float:

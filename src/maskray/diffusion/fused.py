@@ -1,0 +1,150 @@
+"""Fused GroupNorm + SiLU for sampling on the CPU: maskray's one hand-written kernel, and why it exists.
+
+A denoising step of the default network spends about a quarter of its time in GroupNorm and SiLU (``python
+benchmarks/bench_speed.py --profile``): PyTorch runs them as two kernels, four passes over the activations, and
+its channels_last bf16 GroupNorm slows sharply when a group's channel count is not a multiple of the vector width
+(12 channels per group: 5x slower than the fused kernel). ``kernels/group_norm_silu.cpp`` does both in one read for
+the statistics and one read-write from cache, and also takes the ResNet block's time-embedding addition into the
+norm. It is built on first use with torch's C++ extension loader (about 10 s with g++; cached per machine and
+source) and used only where it applies: inference (no autograd), a bf16 channels_last tensor on the CPU. Anywhere
+else, and on a machine where it cannot be built, the blocks run diffusers' own code; :func:`prepare_for_sampling`
+says which ran, for the output's record. Figures: ``python benchmarks/bench_speed.py --fused`` (docs/speed.md).
+
+The fused ResNet block reproduces diffusers' ``ResnetBlock2D.forward`` for the configuration maskray builds (time
+embedding added before the second norm, no resampling inside the block, dropout off in eval) and falls back to
+it otherwise; the result differs from eager bf16 only by rounding (one bf16 rounding instead of two).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import platform
+import sys
+import types
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.resnet import ResnetBlock2D
+from torch import nn
+
+KERNEL_SOURCE = Path(__file__).parent / "kernels" / "group_norm_silu.cpp"
+PYTORCH_KERNELS = "pytorch"
+FUSED_KERNELS = "fused group_norm_silu"
+
+
+def _cpu_signature() -> str:
+    """What ``-march=native`` compiles for: the CPU's model and feature flags (Linux), else the platform."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        keep = [ln for ln in lines if ln.startswith(("model name", "flags"))][:2]
+        return "\n".join(keep)
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+@functools.cache
+def kernel_problem() -> str | None:
+    """``None`` once the fused kernel is loaded (built on first call), else one line saying why it cannot be."""
+    if not sys.platform.startswith("linux"):
+        return "the fused CPU kernel is built for Linux only"
+    try:
+        from torch.utils.cpp_extension import load
+        digest = hashlib.sha256(KERNEL_SOURCE.read_bytes() + _cpu_signature().encode()
+                                + torch.__version__.encode()).hexdigest()[:12]
+        load(name=f"maskray_kernels_{digest}", sources=[str(KERNEL_SOURCE)],
+             extra_cflags=["-O3", "-march=native"], is_python_module=False, verbose=False)
+        torch.ops.maskray_kernels.group_norm_silu  # noqa: B018 (registered by the library just loaded)
+    except Exception as err:  # no compiler, no ninja, no headers: the eager path still works
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return f"could not build the fused CPU kernel ({type(err).__name__}: {first[:200]})"
+    return None
+
+
+def _applies(x: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.dim() == 4 and not torch.is_grad_enabled()
+            and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def group_norm_silu(norm: nn.GroupNorm, x: torch.Tensor, add: torch.Tensor | None = None,
+                    silu: bool = True) -> torch.Tensor:
+    """``silu(norm(x + add[:, :, None, None]))`` (``silu=False``: the norm alone); ``x`` bf16 ``(N, C, H, W)``
+    channels_last on the CPU, ``add`` ``(N, C)`` or ``None``. Fused when the kernel is loaded and applies."""
+    if _applies(x) and norm.affine and kernel_problem() is None:
+        affine = torch.stack([norm.weight.float(), norm.bias.float()])
+        extra = add.float().contiguous() if add is not None else x.new_empty(0, dtype=torch.float32)
+        return torch.ops.maskray_kernels.group_norm_silu(x, affine, extra, norm.num_groups, norm.eps, silu)
+    h = x + add[:, :, None, None] if add is not None else x
+    h = norm(h)
+    return nn.functional.silu(h) if silu else h
+
+
+def _fusable(block: ResnetBlock2D) -> bool:
+    return (block.time_embedding_norm == "default" and block.upsample is None and block.downsample is None
+            and isinstance(block.norm1, nn.GroupNorm) and isinstance(block.norm2, nn.GroupNorm)
+            and isinstance(block.nonlinearity, nn.SiLU))
+
+
+def _fused_resnet_forward(self: ResnetBlock2D, input_tensor: torch.Tensor, temb: torch.Tensor | None,
+                          *args, **kwargs) -> torch.Tensor:
+    if self.training or not _applies(input_tensor):
+        return ResnetBlock2D.forward(self, input_tensor, temb, *args, **kwargs)
+    h = self.conv1(group_norm_silu(self.norm1, input_tensor))
+    add = None
+    if self.time_emb_proj is not None and temb is not None:
+        add = self.time_emb_proj(temb if self.skip_time_act else self.nonlinearity(temb))
+    h = self.conv2(group_norm_silu(self.norm2, h, add))
+    skip = self.conv_shortcut(input_tensor) if self.conv_shortcut is not None else input_tensor
+    if self.output_scale_factor == 1.0:
+        return h.add_(skip)  # h is this call's own conv output
+    return (skip + h) / self.output_scale_factor
+
+
+def _fused_norm_out(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    return group_norm_silu(norm, x) if _applies(x) else nn.functional.silu(nn.GroupNorm.forward(norm, x))
+
+
+def fuse_norm_silu(model: nn.Module) -> int:
+    """Route every fusable GroupNorm + SiLU of ``model``'s diffusers ResNet blocks and UNet output head through
+    :func:`group_norm_silu` (instance-level forwards; weights and state-dict keys unchanged). Returns how many
+    norms now run fused."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, ResnetBlock2D) and _fusable(module):
+            module.forward = types.MethodType(_fused_resnet_forward, module)
+            count += 2
+        elif (isinstance(module, UNet2DConditionModel) and isinstance(module.conv_norm_out, nn.GroupNorm)
+              and isinstance(module.conv_act, nn.SiLU)):
+            module.conv_norm_out.forward = types.MethodType(_fused_norm_out, module.conv_norm_out)
+            module.conv_act = nn.Identity()  # the norm's forward now applies SiLU
+            count += 1
+    return count
+
+
+def prepare_for_sampling(model: nn.Module, device: torch.device, precision: str, channels_last: bool,
+                         fused: bool = True) -> str:
+    """Ready a loaded model for sampling only (it is not trained afterwards): eval mode, no gradients, on
+    ``device``, convolution and linear weights in bf16 when sampling in bf16 (autocast casts exactly these, at
+    every call; cast once, the outputs are the same), channels_last when asked, and the fused kernel on the CPU when ``fused``. Returns which
+    kernels run, for the output's record; a kernel that cannot be built is said once on stderr."""
+    model.eval().requires_grad_(False).to(device)
+    if precision == "bf16":  # what autocast would cast at every call, cast once; norms keep fp32 parameters
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                module.to(torch.bfloat16)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if not (fused and device.type == "cpu" and precision == "bf16" and channels_last):
+        return PYTORCH_KERNELS
+    problem = kernel_problem()
+    if problem is not None:
+        _say_once(problem)
+        return f"{PYTORCH_KERNELS} ({problem})"
+    fuse_norm_silu(model)
+    return FUSED_KERNELS
+
+
+@functools.cache
+def _say_once(message: str) -> None:
+    print(f"maskray: {message}; sampling uses PyTorch's kernels", file=sys.stderr)

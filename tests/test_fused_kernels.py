@@ -1,0 +1,184 @@
+"""The fused GroupNorm + SiLU sampling kernel (maskray.diffusion.fused): against fp32 arithmetic on known inputs,
+against diffusers' own ResNet block, and the paths that must not use it."""
+
+import json
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers.models.resnet import ResnetBlock2D
+
+from maskray.diffusion import fused
+from maskray.diffusion.networks import ControlledUNet, UNetConfig, build_controlnet, build_unet
+from maskray.pipelines.generate import GenerateConfig, generate
+from maskray.training.config import TrainConfig
+from maskray.training.trainer import train
+
+TINY = dict(image_size=32, batch_size=4, block_out_channels=(8, 16), norm_num_groups=4, validation_cases=2,
+            validation_sampler_steps=2, precision="no", checkpoint_every=3)
+needs_compiler = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
+                                    reason="no C++ compiler to build the fused kernel")
+
+
+def _cl(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def _norm(channels: int, groups: int, seed: int) -> torch.nn.GroupNorm:
+    g = torch.Generator().manual_seed(seed)
+    norm = torch.nn.GroupNorm(groups, channels)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(channels, generator=g))
+        norm.bias.copy_(torch.randn(channels, generator=g))
+    return norm
+
+
+@needs_compiler
+def test_the_kernel_builds_on_this_machine():
+    assert fused.kernel_problem() is None
+
+
+@needs_compiler
+@pytest.mark.parametrize("channels,groups,offset", [(32, 8, 0.0), (96, 8, 0.0), (24, 4, 40.0)])
+def test_fused_norm_silu_matches_fp32_arithmetic_at_least_as_well_as_eager_bf16(channels, groups, offset):
+    """Truth: fp32 GroupNorm + SiLU of the same bf16 input. A large common offset (40 with unit spread) is where
+    sums of squares cancel; the kernel's pivot keeps it accurate."""
+    g = torch.Generator().manual_seed(channels)
+    x = _cl((torch.randn(2, channels, 12, 10, generator=g) * 2 + offset).bfloat16())
+    add = torch.randn(2, channels, generator=g)
+    norm = _norm(channels, groups, 1)
+    with torch.no_grad():
+        for extra in (None, add):
+            extra_bf16 = None if extra is None else extra.bfloat16().float()  # eager adds it in bf16
+            xin = x.float() if extra is None else x.float() + extra_bf16[:, :, None, None]
+            truth = F.silu(F.group_norm(xin, groups, norm.weight, norm.bias, norm.eps))
+            eager = F.silu(norm.bfloat16()(x + (0 if extra is None else extra_bf16.bfloat16()[:, :, None, None])))
+            norm.float()
+            got = fused.group_norm_silu(norm, x, extra_bf16)
+            assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
+            assert _rel(got, truth) < 5e-3
+            assert _rel(got, truth) <= _rel(eager, truth) * 1.05
+        plain = fused.group_norm_silu(norm, x, silu=False)
+        assert _rel(plain, F.group_norm(x.float(), groups, norm.weight, norm.bias, norm.eps)) < 5e-3
+
+
+@needs_compiler
+def test_fused_silu_is_exact_on_known_values():
+    """A group holding only -a and +a normalises to -1 and +1 exactly; weight 1, bias 0 then gives silu(+-1)."""
+    x = torch.tensor([-3.0, 3.0] * 8).reshape(1, 1, 4, 4).repeat(1, 4, 1, 1)
+    norm = torch.nn.GroupNorm(2, 4, eps=0.0)
+    with torch.no_grad():
+        got = fused.group_norm_silu(norm, _cl(x.bfloat16())).float()
+    want = F.silu(torch.sign(x))
+    assert torch.allclose(got, want, atol=4e-3)  # bf16 rounding of silu(1) = 0.7311
+
+
+def _block(temb_channels: int = 16) -> ResnetBlock2D:
+    torch.manual_seed(0)
+    block = ResnetBlock2D(in_channels=8, out_channels=16, temb_channels=temb_channels, groups=4).eval()
+    with torch.no_grad():
+        for n in (block.norm1, block.norm2):
+            n.weight.normal_(), n.bias.normal_()
+    return block
+
+
+@needs_compiler
+def test_fused_resnet_block_reproduces_diffusers_block_and_depends_on_its_input():
+    block = _block()
+    x, temb = torch.randn(3, 8, 8, 8), torch.randn(3, 16)
+    with torch.no_grad():
+        truth = block(x, temb)  # fp32, diffusers' code
+        block.to(torch.bfloat16).to(memory_format=torch.channels_last)
+        eager = block(_cl(x.bfloat16()), temb.bfloat16()).float()
+        assert fused.fuse_norm_silu(block) == 2
+        got = block(_cl(x.bfloat16()), temb.bfloat16()).float()
+        other = block(_cl((x + 1).bfloat16()), temb.bfloat16()).float()
+    assert _rel(got, truth) < 2e-2 and _rel(got, truth) <= _rel(eager, truth) * 1.2
+    assert _rel(other, got) > 0.05
+
+
+@needs_compiler
+def test_fused_forward_keeps_diffusers_code_where_it_does_not_apply():
+    """Autograd on, or an fp32 / NCHW tensor: the block runs its own forward, bit for bit."""
+    block = _block()
+    ref = _block()
+    fused.fuse_norm_silu(block)
+    x, temb = torch.randn(2, 8, 8, 8), torch.randn(2, 16)
+    assert torch.equal(block(x, temb), ref(x, temb))  # grad enabled, fp32
+    with torch.no_grad():
+        assert torch.equal(block(x, temb), ref(x, temb))  # fp32 NCHW
+
+
+def _model() -> ControlledUNet:
+    torch.manual_seed(0)
+    unet = build_unet(UNetConfig(block_out_channels=(8, 16), norm_num_groups=4), 16)
+    model = ControlledUNet(unet, build_controlnet(unet, 2))
+    with torch.no_grad():  # trained-looking parameters: non-zero joins, norms off their defaults
+        for name, p in model.named_parameters():
+            if p.abs().sum() == 0 or "norm" in name:
+                p.normal_(0, 0.2 if "bias" in name else 1.0)
+    return model
+
+
+def _step(model, x, t, c):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        return model(_cl(x), t, _cl(c)).float()
+
+
+def test_bf16_weights_without_fusion_give_autocast_outputs_exactly():
+    x, t, c = torch.randn(2, 1, 16, 16), torch.tensor([10, 900]), torch.rand(2, 2, 16, 16)
+    ref = _model().eval().to(memory_format=torch.channels_last)
+    model = _model()
+    assert fused.prepare_for_sampling(model, torch.device("cpu"), "bf16", True, fused=False) == fused.PYTORCH_KERNELS
+    assert torch.equal(_step(model, x, t, c), _step(ref, x, t, c))
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+
+
+@needs_compiler
+def test_prepared_model_samples_with_fused_kernels_close_to_fp32():
+    x, t, c = torch.randn(2, 1, 16, 16), torch.tensor([10, 900]), torch.rand(2, 2, 16, 16)
+    with torch.no_grad():
+        truth = _model().eval()(x, t, c)
+    eager = _model().eval().to(memory_format=torch.channels_last)
+    model = _model()
+    assert fused.prepare_for_sampling(model, torch.device("cpu"), "bf16", True) == fused.FUSED_KERNELS
+    got = _step(model, x, t, c)
+    assert _rel(got, truth) < 3e-2 and _rel(got, truth) <= _rel(_step(eager, x, t, c), truth) * 1.2
+    assert _rel(_step(model, x, t, torch.zeros_like(c)), got) > 1e-3  # the mask still steers the output
+
+
+def test_a_kernel_that_cannot_be_built_is_said_once_and_sampling_goes_on(monkeypatch, capsys):
+    monkeypatch.setattr(fused, "kernel_problem", lambda: "could not build the fused CPU kernel (no compiler)")
+    fused._say_once.cache_clear()
+    x, t, c = torch.randn(2, 1, 16, 16), torch.tensor([10, 900]), torch.rand(2, 2, 16, 16)
+    ref = _model().eval().to(memory_format=torch.channels_last)
+    for _ in range(2):
+        model = _model()
+        kernels = fused.prepare_for_sampling(model, torch.device("cpu"), "bf16", True)
+        assert kernels == "pytorch (could not build the fused CPU kernel (no compiler))"
+        assert torch.equal(_step(model, x, t, c), _step(ref, x, t, c))
+    assert capsys.readouterr().err.count("could not build the fused CPU kernel") == 1
+
+
+def test_generate_records_which_kernels_ran(toy_dataset, tmp_path):
+    base, cn = tmp_path / "base", tmp_path / "cn"
+    train(TrainConfig(data=str(toy_dataset), out=str(base), **{**TINY, "steps": 2}), "base", progress=False)
+    train(TrainConfig(data=str(toy_dataset), out=str(cn), **{**TINY, "steps": 2, "base": str(base)}), "controlnet",
+          progress=False)
+    kinds = {}
+    for name, on in (("fused", True), ("eager", False)):
+        generate(GenerateConfig(model=str(cn), masks=str(toy_dataset), out=str(tmp_path / name), steps=2,
+                                fused_kernels=on), progress=False)
+        run = json.loads((tmp_path / name / "run.json").read_text())
+        assert run["config"]["fused_kernels"] is on
+        kinds[name] = run["kernels"]
+    assert kinds["eager"] == fused.PYTORCH_KERNELS
+    if fused.kernel_problem() is None:
+        assert kinds["fused"] == fused.FUSED_KERNELS
+    else:  # a machine without a compiler: generate says why it ran PyTorch's kernels
+        assert kinds["fused"].startswith(fused.PYTORCH_KERNELS + " (could not build")
