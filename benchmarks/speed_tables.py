@@ -1,10 +1,10 @@
 """The speed tables of docs/speed.md (and the README's speed section), printed as Markdown from the results files.
 
-    python benchmarks/speed_tables.py [steps|peer|levers|profile|kernels ...]
+    python benchmarks/speed_tables.py [steps|peer|levers|profile|kernels|generate ...]
 
 Reads benchmarks/results/steps.json (bench_steps.py), peer.json and peer_128.json (bench_peer.py), speed_levers.json
 (bench_speed.py --levers), speed_profile.json (bench_speed.py --profile), speed_kernels.json (bench_speed.py
---kernels); a missing file is named, not guessed.
+--kernels), fused_generate*.json (bench_fused_generate.py); a missing file is named, not guessed.
 """
 
 from __future__ import annotations
@@ -164,9 +164,32 @@ def kernels_table() -> None:
     print(f"\n`python benchmarks/{d['command']}`\n")
 
 
+def fused_generate_table() -> None:
+    """End-to-end generate runs, one row per results/fused_generate*.json."""
+    files = sorted(RESULTS.glob("fused_generate*.json"))
+    if not files:
+        print("(no results/fused_generate*.json: run benchmarks/bench_fused_generate.py)\n")
+        return
+    print("| model | images | before (autocast, fp32 decoding) | PyTorch kernels, bf16 weights and decoding | fused "
+          "(default) | fused vs before | fused images vs before: median PSNR, largest difference |")
+    print("|---|---|---|---|---|---|---|")
+    for path in files:
+        d = json.loads(path.read_text())
+        name = path.stem.removeprefix("fused_generate").lstrip("_") or "-"
+        cell = lambda k: f"{d[k]['seconds_per_image']:.3f} s/image" if k in d else ""  # noqa: E731
+        agree = d.get("agreement_fused_vs_before", {})
+        agree_text = (f"{agree['psnr_db_median']:.1f} dB, {agree['max_abs_diff_grey_levels']:.0f} grey levels"
+                      if agree else "")
+        gain = f"{d['speedup_vs_before']:.2f}x" if "speedup_vs_before" in d else ""
+        print(f"| {name} | {d['fused']['images']} | {cell('before')} | {cell('pytorch')} | {cell('fused')} | {gain} "
+              f"| {agree_text} |")
+    print(f"\n`python benchmarks/{d['command']}` (wall time per process, {d['threads']} thread, model loading and "
+          f"image writing included)\n")
+
+
 def main(argv: list[str]) -> int:
     tables = {"steps": steps_table, "peer": peer_table, "levers": levers_table, "profile": profile_table,
-              "kernels": kernels_table}
+              "kernels": kernels_table, "generate": fused_generate_table}
     for name in argv or list(tables):
         if name not in tables:
             print(f"unknown table '{name}' (allowed: {', '.join(tables)})", file=sys.stderr)

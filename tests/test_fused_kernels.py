@@ -176,9 +176,28 @@ def test_generate_records_which_kernels_ran(toy_dataset, tmp_path):
                                 fused_kernels=on), progress=False)
         run = json.loads((tmp_path / name / "run.json").read_text())
         assert run["config"]["fused_kernels"] is on
-        kinds[name] = run["kernels"]
+        kinds[name] = run["kernels"]["sampling"]
     assert kinds["eager"] == fused.PYTORCH_KERNELS
     if fused.kernel_problem() is None:
         assert kinds["fused"] == fused.FUSED_KERNELS
     else:  # a machine without a compiler: generate says why it ran PyTorch's kernels
         assert kinds["fused"].startswith(fused.PYTORCH_KERNELS + " (could not build")
+
+
+@needs_compiler
+def test_prepared_decoder_decodes_in_bf16_with_fused_norms_close_to_fp32():
+    from maskray.diffusion.autoencoder import AutoencoderConfig, LatentCodec
+
+    torch.manual_seed(0)
+    codec = LatentCodec.new(AutoencoderConfig(factor=4, latent_channels=4, block_out_channels=(8, 16),
+                                              norm_num_groups=4))
+    codec.vae.eval()
+    z = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        truth = codec.decode(z)
+        assert codec.prepare_for_decoding(torch.device("cpu"), "bf16", True) == fused.FUSED_KERNELS
+        got = codec.decode(z)
+        other = codec.decode(z.flip(-1))
+    assert got.dtype == torch.float32 and got.shape == (2, 1, 32, 32)
+    assert codec.decode_bf16 and _rel(got, truth) < 2e-2
+    assert _rel(other, got) > 0.05

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
+from maskray.diffusion.fused import prepare_for_sampling
 from maskray.errors import MaskrayError
 from maskray.files import read_json
 from maskray.provenance import atomic_write_text, to_jsonable
@@ -115,6 +116,7 @@ class LatentCodec:
         self.config = config
         self.scaling_factor = float(scaling_factor)
         self.summary = dict(summary or {})
+        self.decode_bf16 = False  # set by prepare_for_decoding
 
     @classmethod
     def new(cls, config: AutoencoderConfig) -> LatentCodec:
@@ -145,10 +147,22 @@ class LatentCodec:
         z = post.mode() if generator is None else post.sample(generator=generator)
         return z * self.scaling_factor
 
+    def prepare_for_decoding(self, device: torch.device, precision: str, channels_last: bool,
+                             fused: bool = True) -> str:
+        """Ready the decoder for generation only, as :func:`maskray.diffusion.fused.prepare_for_sampling` readies
+        the diffusion model: with ``precision`` bf16 it then decodes under bf16 autocast (2.8x faster than fp32 at
+        256 px on this CPU; the 8-bit images stay within a grey level or two of fp32 decoding,
+        benchmarks/bench_fused_generate.py). Returns which kernels run."""
+        self.vae.to(device)
+        self.decode_bf16 = precision == "bf16"
+        return prepare_for_sampling(self.vae.decoder, device, precision, channels_last, fused)
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Images float ``(N, 1, H, W)`` clamped to ``[-1, 1]`` from scaled latents ``(N, C, h, w)``."""
-        x = self.vae.decode(z.to(self._device(), torch.float32) / self.scaling_factor).sample
-        return x.clamp(-1.0, 1.0)
+        device = self._device()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.decode_bf16):
+            x = self.vae.decode(z.to(device, torch.float32) / self.scaling_factor).sample
+        return x.float().clamp(-1.0, 1.0)
 
     @torch.no_grad()
     def measure_scaling_factor(self, images: torch.Tensor, batch_size: int = 16) -> float:

@@ -3,12 +3,13 @@
 A denoising step of the default network spends about a quarter of its time in GroupNorm and SiLU (``python
 benchmarks/bench_speed.py --profile``): PyTorch runs them as two kernels, four passes over the activations, and
 its channels_last bf16 GroupNorm slows sharply when a group's channel count is not a multiple of the vector width
-(12 channels per group: 5x slower than the fused kernel). ``kernels/group_norm_silu.cpp`` does both in one read for
+(12 channels per group: 5x slower than the fused kernel, in an isolated timing). ``kernels/group_norm_silu.cpp`` does both in one read for
 the statistics and one read-write from cache, and also takes the ResNet block's time-embedding addition into the
-norm. It is built on first use with torch's C++ extension loader (about 10 s with g++; cached per machine and
+norm. It is built on first use with torch's C++ extension loader (about 12 s with g++; cached per machine and
 source) and used only where it applies: inference (no autograd), a bf16 channels_last tensor on the CPU. Anywhere
 else, and on a machine where it cannot be built, the blocks run diffusers' own code; :func:`prepare_for_sampling`
-says which ran, for the output's record. Figures: ``python benchmarks/bench_speed.py --fused`` (docs/speed.md).
+says which ran, for the output's record. Figures: ``python benchmarks/bench_speed.py --kernels`` and
+``benchmarks/bench_fused_generate.py`` (docs/speed.md).
 
 The fused ResNet block reproduces diffusers' ``ResnetBlock2D.forward`` for the configuration maskray builds (time
 embedding added before the second norm, no resampling inside the block, dropout off in eval) and falls back to
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel
+from diffusers.models.autoencoders.vae import Decoder
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
@@ -81,7 +83,10 @@ def group_norm_silu(norm: nn.GroupNorm, x: torch.Tensor, add: torch.Tensor | Non
 
 
 def _fusable(block: ResnetBlock2D) -> bool:
-    return (block.time_embedding_norm == "default" and block.upsample is None and block.downsample is None
+    # a VAE decoder's blocks say "group" but have no time embedding: diffusers then runs the "default" code
+    plain_norm = block.time_embedding_norm == "default" or (block.time_embedding_norm != "scale_shift"
+                                                            and block.time_emb_proj is None)
+    return (plain_norm and block.upsample is None and block.downsample is None
             and isinstance(block.norm1, nn.GroupNorm) and isinstance(block.norm2, nn.GroupNorm)
             and isinstance(block.nonlinearity, nn.SiLU))
 
@@ -106,7 +111,8 @@ def _fused_norm_out(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
 
 
 def fuse_norm_silu(model: nn.Module) -> int:
-    """Route every fusable GroupNorm + SiLU of ``model``'s diffusers ResNet blocks and UNet output head through
+    """Route every fusable GroupNorm + SiLU of ``model``'s diffusers ResNet blocks and UNet / VAE-decoder output
+    head through
     :func:`group_norm_silu` (instance-level forwards; weights and state-dict keys unchanged). Returns how many
     norms now run fused."""
     count = 0
@@ -114,7 +120,7 @@ def fuse_norm_silu(model: nn.Module) -> int:
         if isinstance(module, ResnetBlock2D) and _fusable(module):
             module.forward = types.MethodType(_fused_resnet_forward, module)
             count += 2
-        elif (isinstance(module, UNet2DConditionModel) and isinstance(module.conv_norm_out, nn.GroupNorm)
+        elif (isinstance(module, (UNet2DConditionModel, Decoder)) and isinstance(module.conv_norm_out, nn.GroupNorm)
               and isinstance(module.conv_act, nn.SiLU)):
             module.conv_norm_out.forward = types.MethodType(_fused_norm_out, module.conv_norm_out)
             module.conv_act = nn.Identity()  # the norm's forward now applies SiLU

@@ -244,6 +244,13 @@ class RGBLatentCodec:
         z = post.mode() if generator is None else post.sample(generator=generator)
         return (z - self.shift_factor) * self.scaling_factor
 
+    def prepare_for_decoding(self, device: torch.device, precision: str, channels_last: bool,
+                             fused: bool = True) -> str:
+        """Move the decoder to ``device``; a Stable Diffusion VAE keeps decoding in fp32 (bf16 decoding is
+        measured only for maskray's own autoencoder)."""
+        self.vae.to(device)
+        return "pytorch (fp32 decoding)"
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Grey images float ``(N, 1, H, W)`` in ``[-1, 1]``: the decoded RGB averaged over its channels."""
         rgb = self.vae.decode(z.to(self._device(), torch.float32) / self.scaling_factor + self.shift_factor).sample

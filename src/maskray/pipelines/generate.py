@@ -67,7 +67,7 @@ class GenerateConfig:
     channels_last: bool = option(True, help="NHWC memory format (1.3x faster sampling in bf16 on this CPU, "
                                             "benchmarks/bench_speed.py)")
     fused_kernels: bool = option(True, help="CPU, bf16, channels_last: GroupNorm + SiLU in one kernel (built on "
-                                            "first use; 1.2x faster sampling, benchmarks/bench_speed.py --kernels)")
+                                            "first use; 1.1-1.2x faster sampling, benchmarks/bench_speed.py --kernels)")
     bit_depth: int = option(8, help="PNG bit depth (8 or 16)")
     inpaint_from: str | None = option(None, help="real dataset: regenerate only the changed region of its images")
     inpaint_margin: int = option(4, help="pixels the changed region is dilated by (region-preserving mode)")
@@ -179,9 +179,9 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     todo = [p for p in shard.take(job.plan)
             if not (image_path(out, p[0]).is_file() and label_path(out, p[0]).is_file())]
     device = distributed.device()
-    kernels = prepare_for_sampling(model, device, cfg.precision, cfg.channels_last, cfg.fused_kernels)
+    kernels = {"sampling": prepare_for_sampling(model, device, cfg.precision, cfg.channels_last, cfg.fused_kernels)}
     if codec is not None:
-        codec.vae.to(device)
+        kernels["decoding"] = codec.prepare_for_decoding(device, cfg.precision, cfg.channels_last, cfg.fused_kernels)
     scheduler = make_scheduler(cfg.scheduler, card.scheduler_config)
     draw = Drawer(cfg, card, model, codec, scheduler, device, job.scales)
     mine = len(shard.take(job.plan))
@@ -280,7 +280,7 @@ class _Job:
                       blend=torch.stack(blends + [blends[-1]] * pad)[:, None])
         return labs, kw
 
-    def write_records(self, out: Path, kernels: str) -> None:
+    def write_records(self, out: Path, kernels: dict) -> None:
         """manifest.json, dataset.json and run.json (``kernels``: which ran, from :func:`prepare_for_sampling`):
         written last, once every case exists."""
         cfg, card = self.cfg, self.card

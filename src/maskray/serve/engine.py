@@ -78,10 +78,10 @@ class Engine:
         self.labels = dict(self.card.labels)
         self.mapping = condition_mapping(self.card, dataset, str(self.run))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.kernels = prepare_for_sampling(self.model, self.device, DEFAULTS.precision, DEFAULTS.channels_last,
-                                            DEFAULTS.fused_kernels)
+        how = (self.device, DEFAULTS.precision, DEFAULTS.channels_last, DEFAULTS.fused_kernels)
+        self.kernels = {"sampling": prepare_for_sampling(self.model, *how)}
         if self.codec is not None:
-            self.codec.vae.to(self.device)
+            self.kernels["decoding"] = self.codec.prepare_for_decoding(*how)
         self._lock = threading.Lock()
 
     @property
