@@ -5,7 +5,7 @@ of training and generation.
     python benchmarks/bench_speed.py [--size 128] [--threads 2]
     python benchmarks/bench_speed.py --levers --size 64,128 --threads 1   # batch, channels_last, torch.compile
     python benchmarks/bench_speed.py --profile --size 64,128 --threads 1  # where a step's time goes, by operator
-    python benchmarks/bench_speed.py --kernels --size 64,128 --threads 1  # sampling: autocast / bf16 / fused kernel
+    python benchmarks/bench_speed.py --kernels --size 64,128 --threads 1  # autocast / bf16 / fused kernel
 
 Each configuration runs in its own subprocess (clean RSS, no cross-talk). Prints a table and writes
 benchmarks/results/speed.json. Run it on an otherwise idle machine: on 2 cores a second busy process
@@ -65,6 +65,10 @@ else:
     if mode in ("train", "profile_train"):
         # stage 2: the ControlNet trains, the base is frozen but back-propagated through
         unet.requires_grad_(False)
+        if args.get("kernels") == "fused":  # as the trainer does on a CPU in bf16 (channels_last)
+            from maskray.diffusion.fused import fuse_norm_silu
+            fuse_norm_silu(model)
+            out["kernels"] = "fused"
         opt = torch.optim.AdamW(cn.parameters(), 1e-4)
         def step():
             with ac():
@@ -166,8 +170,9 @@ OP_GROUPS = {  # profiler operator -> what it is; everything else is elementwise
 PROFILE_STEPS = 3  # profiled steps, after two warm-up steps
 
 
-PROFILE_KINDS = {  # what is profiled: (mode, channels_last, sampling kernels)
-    "train": ("train", False, None),  # stage 2, training's default (NCHW, autocast)
+PROFILE_KINDS = {  # what is profiled: (mode, channels_last, kernels)
+    "train": ("train", True, "fused"),  # stage 2 as the trainer runs it on a CPU in bf16
+    "train_nchw": ("train", False, None),  # stage 2 in NCHW with PyTorch's kernels (the default before)
     "sample": ("sample", True, "fused"),  # one denoising step as generate runs it by default
     "sample_pytorch": ("sample", True, "pytorch"),  # the same with PyTorch's GroupNorm and SiLU
 }
@@ -216,6 +221,11 @@ def profile_sweep(a) -> int:
     return 0
 
 
+TRAIN_CHOICES = {  # how stage 2 trains: (channels_last, kernels)
+    "nchw": (False, None),  # NCHW with PyTorch's kernels (training's default before the fused kernel)
+    "channels_last": (True, None),  # channels_last with PyTorch's kernels
+    "fused": (True, "fused"),  # channels_last with the fused kernel and its backward: the default on a CPU
+}
 KERNEL_CHOICES = {  # how a loaded model samples: what each choice changes
     "autocast": None,  # fp32 weights cast by autocast at every call (generate before the fused kernel)
     "pytorch": "pytorch",  # bf16 convolution / linear weights, PyTorch's GroupNorm and SiLU
@@ -224,13 +234,14 @@ KERNEL_CHOICES = {  # how a loaded model samples: what each choice changes
 
 
 def kernel_sweep(a) -> int:
-    """Sampling throughput (one denoising step, bf16, channels_last) per size, batch and kernel choice, each
-    the fastest of three timings in its own process, against the bf16 matmul peak measured alongside. Writes
-    results/speed_kernels.json."""
+    """Sampling throughput (one denoising step, bf16, channels_last) and stage-2 training throughput per size,
+    batch and kernel choice, each the fastest of three timings in its own process, against the bf16 matmul peak
+    measured alongside. Writes results/speed_kernels.json."""
     sizes = [int(v) for v in str(a.size).split(",")]
     batches = [int(v) for v in str(a.batches).split(",")]
-    res = {"command": " ".join(["bench_speed.py"] + sys.argv[1:]), "threads": a.threads, "rows": [],
-           "clock": "throughput by the worker's CPU clock, fastest of 3 timings of 4 steps; peak by maskray.hardware "
+    res = {"command": " ".join(["bench_speed.py"] + sys.argv[1:]), "threads": a.threads, "rows": [], "train_rows": [],
+           "clock": "throughput by the worker's CPU clock, fastest of 3 timings of 4 sampling or 2 training steps; "
+                    "peak by maskray.hardware "
                     "with the same thread count, measured per size before its rows",
            "choices": {"autocast": "fp32 weights under bf16 autocast", "pytorch": "bf16 weights, PyTorch kernels",
                        "fused": "bf16 weights, fused GroupNorm + SiLU (generate's default)"}}
@@ -240,6 +251,7 @@ def kernel_sweep(a) -> int:
         peak = fl["matmul_peak_gflops_bf16"]
         res.setdefault("bf16_matmul_peak_gflops", {})[str(size)] = peak
         res.setdefault("gflop_per_image_step", {})[str(size)] = fl["gflop_per_image_step"]
+        res.setdefault("gflop_per_image_train_step", {})[str(size)] = fl["train_gflop_per_image"]
         for batch in batches:
             for choice, kernels in KERNEL_CHOICES.items():
                 sm = run(dict(size=size, threads=a.threads, precision="bf16", channels_last=True, batch=batch,
@@ -250,6 +262,14 @@ def kernel_sweep(a) -> int:
                 res["rows"].append(row)
                 print(f"{size:4d} px batch {batch:3d} {choice:9} {row['image_steps_per_s']:7.1f} img-steps/s "
                       f"({100 * row['fraction_of_peak']:4.1f}% of {peak:.0f} GFLOP/s)", flush=True)
+            for choice, (cl, kernels) in TRAIN_CHOICES.items():
+                tr = run(dict(size=size, threads=a.threads, precision="bf16", channels_last=cl, batch=batch,
+                              mode="train", iters=2, repeats=3, cpu_clock=True, kernels=kernels))
+                row = {"size": size, "batch": batch, "train_choice": choice, "images_per_s": tr["images_per_s"],
+                       "fraction_of_peak": tr["images_per_s"] * fl["train_gflop_per_image"] / peak}
+                res["train_rows"].append(row)
+                print(f"{size:4d} px batch {batch:3d} train {choice:13} {row['images_per_s']:6.1f} img/s "
+                      f"({100 * row['fraction_of_peak']:4.1f}%)", flush=True)
     write_results("speed_kernels", res)
     return 0
 
@@ -264,8 +284,8 @@ def main() -> int:
                                                                           "size (each compile costs minutes)")
     p.add_argument("--profile", action="store_true", help="where a training and a sampling step's time goes, by "
                                                           "operator (batch 32 per --size)")
-    p.add_argument("--kernels", action="store_true", help="sampling: autocast vs bf16 weights vs the fused kernel, "
-                                                          "per --size and --batches")
+    p.add_argument("--kernels", action="store_true", help="sampling and stage-2 training with and without the "
+                                                          "fused kernel, per --size and --batches")
     p.add_argument("--batches", default="8,16,32", help="--kernels: batch sizes")
     a = p.parse_args()
     if a.kernels:

@@ -116,8 +116,9 @@ def levers_table() -> None:
     print(f"\n`python benchmarks/{d['command']}`\n")
 
 
-PROFILE_STEP_NAMES = {"train": "stage-2 training", "sample": "denoising, fused kernel (default)",
-                      "sample_pytorch": "denoising, PyTorch's kernels"}
+PROFILE_STEP_NAMES = {"train": "stage-2 training, fused kernel (default)",
+                      "train_nchw": "stage-2 training, NCHW, PyTorch's kernels",
+                      "sample": "denoising, fused kernel (default)", "sample_pytorch": "denoising, PyTorch's kernels"}
 
 
 def profile_table() -> None:
@@ -161,6 +162,20 @@ def kernels_table() -> None:
         gain = (f"{row['fused']['image_steps_per_s'] / row['autocast']['image_steps_per_s']:.2f}x"
                 if "fused" in row and "autocast" in row else "")
         print(f"| {size} | {batch} | " + " | ".join(text) + f" | {gain} |")
+    if d.get("train_rows"):
+        print("\nStage-2 training step (ControlNet trained, base frozen and back-propagated through), bf16:\n")
+        print("| px | batch | NCHW, PyTorch kernels (default before) | channels_last, PyTorch kernels | channels_last + "
+              "fused GroupNorm/SiLU (default) | fused vs before |")
+        print("|---|---|---|---|---|---|")
+        train: dict = {}
+        for r in d["train_rows"]:
+            train.setdefault((r["size"], r["batch"]), {})[r["train_choice"]] = r
+        for (size, batch), row in train.items():
+            text = [f"{row[c]['images_per_s']:.1f} img/s ({100 * row[c]['fraction_of_peak']:.0f}%)" if c in row else ""
+                    for c in ("nchw", "channels_last", "fused")]
+            gain = (f"{row['fused']['images_per_s'] / row['nchw']['images_per_s']:.2f}x"
+                    if "fused" in row and "nchw" in row else "")
+            print(f"| {size} | {batch} | " + " | ".join(text) + f" | {gain} |")
     print(f"\n`python benchmarks/{d['command']}`\n")
 
 

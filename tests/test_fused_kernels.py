@@ -11,6 +11,7 @@ from diffusers.models.resnet import ResnetBlock2D
 
 from maskray.diffusion import fused
 from maskray.diffusion.networks import ControlledUNet, UNetConfig, build_controlnet, build_unet
+from maskray.diffusion.store import load_model
 from maskray.pipelines.generate import GenerateConfig, generate
 from maskray.training.config import TrainConfig
 from maskray.training.trainer import train
@@ -201,3 +202,57 @@ def test_prepared_decoder_decodes_in_bf16_with_fused_norms_close_to_fp32():
     assert got.dtype == torch.float32 and got.shape == (2, 1, 32, 32)
     assert codec.decode_bf16 and _rel(got, truth) < 2e-2
     assert _rel(other, got) > 0.05
+
+
+@needs_compiler
+@pytest.mark.parametrize("silu,with_add", [(True, True), (True, False), (False, True)])
+def test_fused_gradients_match_fp32_arithmetic_better_than_eager_bf16(silu, with_add):
+    """Gradients of x, the norm's weight and bias, and the added term, against fp32 autograd on the same bf16
+    input."""
+    g = torch.Generator().manual_seed(3)
+    x0 = _cl((torch.randn(2, 24, 8, 6, generator=g) * 2 + 0.5).bfloat16())
+    add0 = torch.randn(2, 24, generator=g) if with_add else None
+    dy = _cl(torch.randn(2, 24, 8, 6, generator=g).bfloat16())
+    norm = _norm(24, 4, 5)
+
+    def grads(kind):
+        x = x0.clone().requires_grad_(True)
+        add = add0.clone().requires_grad_(True) if with_add else None
+        norm.zero_grad()
+        if kind == "fused":
+            y = fused.group_norm_silu(norm, x, add, silu)
+        else:
+            xin = x.float() if kind == "fp32" else x
+            if with_add:
+                xin = xin + (add if kind == "fp32" else add.bfloat16())[:, :, None, None]
+            y = F.group_norm(xin, 4, norm.weight, norm.bias, norm.eps)
+            y = F.silu(y) if silu else y
+        y.backward(dy.to(y.dtype))
+        out = [x.grad.float(), norm.weight.grad.clone(), norm.bias.grad.clone()]
+        return out + ([add.grad.clone()] if with_add else [])
+
+    truth, eager, got = grads("fp32"), grads("eager"), grads("fused")
+    for name, t, e, f in zip(("x", "weight", "bias", "add"), truth, eager, got):
+        assert _rel(f, t) < 3e-3, name
+        assert _rel(f, t) <= _rel(e, t) * 1.05, name
+
+
+@needs_compiler
+def test_bf16_training_runs_channels_last_with_fused_kernels_and_resumes_exactly(toy_dataset, tmp_path):
+    kw = {**TINY, "precision": "bf16", "steps": 4}
+    train(TrainConfig(data=str(toy_dataset), out=str(tmp_path / "full"), **kw), "base", progress=False)
+    run = json.loads((tmp_path / "full" / "run.json").read_text())
+    assert run["kernels"] == fused.FUSED_KERNELS and run["config"]["channels_last"] is True
+    train(TrainConfig(data=str(toy_dataset), out=str(tmp_path / "split"), **kw, stop_after=2), "base",
+          progress=False)
+    train(TrainConfig(data=str(toy_dataset), out=str(tmp_path / "split"), **kw, resume=True), "base",
+          progress=False)
+    a = load_model(tmp_path / "full")[0].state_dict()
+    b = load_model(tmp_path / "split")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    losses = [float(row.split(",")[1]) for row in (tmp_path / "full" / "log.csv").read_text().splitlines()[1:]]
+    assert len(losses) == 4 and all(0 < v < 10 for v in losses)
+    train(TrainConfig(data=str(toy_dataset), out=str(tmp_path / "off"), **kw, fused_kernels=False), "base",
+          progress=False)
+    off = json.loads((tmp_path / "off" / "run.json").read_text())
+    assert off["kernels"] == fused.PYTORCH_KERNELS and off["config"]["channels_last"] is False

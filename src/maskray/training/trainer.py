@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from maskray.data.layout import Dataset, prepare_output_dir
+from maskray.diffusion.fused import FUSED_KERNELS, PYTORCH_KERNELS, fuse_norm_silu, training_kernels
 from maskray.diffusion.networks import count_parameters
 from maskray.distributed import on_main
 from maskray.diffusion.objective import train_scheduler
@@ -81,10 +83,17 @@ def _train(cfg: TrainConfig, stage: Stage, progress: bool) -> Path:
         base_cache = (Path(cfg.base) / "cache",) if cfg.base else ()  # stage 2: its base encoded the same images
         arrays.latents = cached_latents(arrays, setup.codec, out / "cache", progress=progress, also_read=base_cache)
     trainable = setup.trainable.train()
+    kernels = training_kernels(accelerator.device, cfg.precision, cfg.fused_kernels)
+    if cfg.channels_last is None:  # resolved here, and recorded so: on where the fused kernel trains
+        cfg = dataclasses.replace(cfg, channels_last=kernels == FUSED_KERNELS)
     if cfg.channels_last:
-        trainable.to(memory_format=torch.channels_last)
-        if setup.frozen is not None:
-            setup.frozen.to(memory_format=torch.channels_last)
+        for net in (trainable, setup.frozen):
+            if net is not None:
+                net.to(memory_format=torch.channels_last)
+                if kernels == FUSED_KERNELS:
+                    fuse_norm_silu(net)
+    elif kernels == FUSED_KERNELS:
+        kernels = f"{PYTORCH_KERNELS} (the fused kernel needs channels_last)"
     optimizer = torch.optim.AdamW([p for p in trainable.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     lr_sched = get_scheduler(cfg.lr_schedule if cfg.lr_schedule != "constant" else "constant_with_warmup",
@@ -104,7 +113,7 @@ def _train(cfg: TrainConfig, stage: Stage, progress: bool) -> Path:
     if accelerator.is_main_process:
         write_run_info(out, f"train {stage}", cfg, seed=cfg.seed, checkpoint=cfg.base or cfg.model,
                        extra={"parameters": count_parameters(trainable), "dataset": str(ds.root),
-                              "train_cases": len(arrays)})
+                              "train_cases": len(arrays), "kernels": kernels})
     if cfg.log == "tensorboard":
         accelerator.init_trackers("maskray", config={k: str(v) for k, v in to_jsonable(cfg).items()})
     loop = _Loop(cfg, setup, accelerator, wrapped, trainable, optimizer, lr_sched, ema, arrays, out, progress)
