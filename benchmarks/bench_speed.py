@@ -166,7 +166,8 @@ OP_GROUPS = {  # profiler operator -> what it is; everything else is elementwise
     "aten::addmm": "matmul", "aten::mm": "matmul", "aten::bmm": "matmul",
     "aten::native_group_norm": "group_norm", "aten::native_group_norm_backward": "group_norm",
     "aten::silu": "silu", "aten::silu_backward": "silu", "aten::silu_": "silu",
-    "maskray_kernels::group_norm_silu": "group_norm_silu (fused)"}
+    "maskray_kernels::group_norm_silu": "group_norm_silu (fused)",
+    "maskray_kernels::group_norm_silu_backward": "group_norm_silu (fused)"}
 PROFILE_STEPS = 3  # profiled steps, after two warm-up steps
 
 
