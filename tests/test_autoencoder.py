@@ -289,6 +289,22 @@ def test_train_autoencoder_resume_is_exact(phantom32, tmp_path):
     assert a.weights_hash() == b.weights_hash()
 
 
+def test_train_autoencoder_in_bf16_uses_the_fused_kernel_and_resumes_exactly(phantom32, tmp_path):
+    from maskray.diffusion.fused import FUSED_KERNELS, kernel_problem
+
+    if kernel_problem() is not None:
+        pytest.skip(kernel_problem())
+    args = [a if a != "no" else "bf16" for a in TRAIN] + ["--data", str(phantom32), "--steps", "6"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["kernels"] == FUSED_KERNELS
+    assert main(args + ["--out", str(tmp_path / "b"), "--stop-after", "3"]) == 0
+    assert main(args + ["--out", str(tmp_path / "b"), "--resume"]) == 0
+    a, b = (LatentCodec.load(tmp_path / r / "autoencoder") for r in ("a", "b"))
+    assert a.weights_hash() == b.weights_hash()
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert np.isfinite(report["psnr_db"]["mean"])
+
+
 def test_train_autoencoder_bad_input_is_one_line(phantom32, tmp_path, capsys):
     assert main(TRAIN + ["--data", str(phantom32), "--out", str(tmp_path / "r"), "--factor", "3"]) == 2
     err = capsys.readouterr().err.strip()

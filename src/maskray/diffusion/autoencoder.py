@@ -99,8 +99,9 @@ def state_hash(module: torch.nn.Module) -> str:
     """SHA-256 of a module's tensors (names, dtypes, shapes and bytes), independent of how they were stored."""
     h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        shape = tuple(t.shape)
+        t = t.detach().cpu().contiguous().reshape(-1)  # flat: a channels_last 1x1 kernel is "contiguous" too
+        h.update(f"{name}|{t.dtype}|{shape}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel
-from diffusers.models.autoencoders.vae import Decoder
+from diffusers.models.autoencoders.vae import Decoder, Encoder
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
@@ -139,8 +139,8 @@ def _fused_norm_out(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
 
 
 def fuse_norm_silu(model: nn.Module) -> int:
-    """Route every fusable GroupNorm + SiLU of ``model``'s diffusers ResNet blocks and UNet / VAE-decoder output
-    head through
+    """Route every fusable GroupNorm + SiLU of ``model``'s diffusers ResNet blocks and UNet / VAE output heads
+    through
     :func:`group_norm_silu` (instance-level forwards; weights and state-dict keys unchanged). Returns how many
     norms now run fused."""
     count = 0
@@ -148,7 +148,7 @@ def fuse_norm_silu(model: nn.Module) -> int:
         if isinstance(module, ResnetBlock2D) and _fusable(module):
             module.forward = types.MethodType(_fused_resnet_forward, module)
             count += 2
-        elif (isinstance(module, (UNet2DConditionModel, Decoder)) and isinstance(module.conv_norm_out, nn.GroupNorm)
+        elif (isinstance(module, (UNet2DConditionModel, Encoder, Decoder)) and isinstance(module.conv_norm_out, nn.GroupNorm)
               and isinstance(module.conv_act, nn.SiLU)):
             module.conv_norm_out.forward = types.MethodType(_fused_norm_out, module.conv_norm_out)
             module.conv_act = nn.Identity()  # the norm's forward now applies SiLU

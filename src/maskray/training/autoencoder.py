@@ -26,6 +26,7 @@ from maskray.config import option
 from maskray.data.layout import Dataset, prepare_output_dir
 from maskray.diffusion.autoencoder import AutoencoderConfig, LatentCodec
 from maskray.diffusion.autoencoder_losses import AutoencoderLoss, LossWeights
+from maskray.diffusion.fused import FUSED_KERNELS, fuse_norm_silu, training_kernels
 from maskray.errors import MaskrayError
 from maskray.files import read_json
 from maskray.measures.features import FeatureNet, train_feature_net
@@ -70,6 +71,8 @@ class AutoencoderTrainConfig:
     feature_steps: int = option(300, help="steps of self-supervised feature-network training")
     scale_cases: int = option(64, help="training images used to measure the latent scaling factor")
     precision: Literal["no", "bf16"] = option("bf16", help="autocast precision")
+    fused_kernels: bool = option(True, help="CPU, bf16: channels_last with GroupNorm + SiLU in one kernel and its "
+                                            "gradient (1.17x faster encode-decode steps, docs/speed.md)")
     checkpoint_every: int = option(250, help="steps between checkpoints")
     seed: int = option(0, help="seed for weights, batches, crops, noise")
     resume: bool = option(False, help="continue from the checkpoint in --out")
@@ -147,6 +150,10 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> Pat
     codec = LatentCodec.new(cfg.autoencoder_config())
     loss_fn = AutoencoderLoss(weights, _feature_net(cfg, arrays, out, progress))
     vae = codec.vae.train()
+    kernels = training_kernels(torch.device("cpu"), cfg.precision, cfg.fused_kernels)
+    if kernels == FUSED_KERNELS:  # the kernel trains channels_last tensors
+        vae.to(memory_format=torch.channels_last)
+        fuse_norm_silu(vae)
     opt_g = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
     opt_d = torch.optim.AdamW(loss_fn.discriminator.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) \
         if loss_fn.discriminator is not None else None
@@ -154,9 +161,10 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> Pat
     _cut_log(out / "log.csv", start)
     write_run_info(out, "train autoencoder", cfg, seed=cfg.seed, checkpoint=cfg.feature_net,
                    extra={"train_cases": len(arrays), "dataset": str(ds.root), "loss_weights": weights,
-                          "parameters": sum(p.numel() for p in vae.parameters())})
+                          "parameters": sum(p.numel() for p in vae.parameters()), "kernels": kernels})
     end = cfg.steps if cfg.stop_after is None else min(cfg.steps, start + cfg.stop_after)
-    seconds = _loop(cfg, arrays, vae, loss_fn, opt_g, opt_d, out, start, end, progress)
+    seconds = _loop(cfg, arrays, vae, loss_fn, opt_g, opt_d, out, start, end, progress,
+                    channels_last=kernels == FUSED_KERNELS)
     if end < cfg.steps:
         return out
     return _finish(cfg, ds, arrays, codec, out, seconds, progress)
@@ -168,7 +176,8 @@ def _autocast(cfg: AutoencoderTrainConfig):
     return contextlib.nullcontext()
 
 
-def _loop(cfg, arrays, vae, loss_fn, opt_g, opt_d, out: Path, start: int, end: int, progress: bool) -> float:
+def _loop(cfg, arrays, vae, loss_fn, opt_g, opt_d, out: Path, start: int, end: int, progress: bool,
+          channels_last: bool = False) -> float:
     """Steps ``start .. end - 1``: one ``log.csv`` row each (flushed), checkpoints; returns training seconds."""
     log_path = out / "log.csv"
     new_log = not log_path.exists()
@@ -181,7 +190,7 @@ def _loop(cfg, arrays, vae, loss_fn, opt_g, opt_d, out: Path, start: int, end: i
                    dynamic_ncols=True)
         for step in range(start, end):
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-            parts = _step(cfg, arrays, vae, loss_fn, opt_g, opt_d, step, lr)
+            parts = _step(cfg, arrays, vae, loss_fn, opt_g, opt_d, step, lr, channels_last)
             done, elapsed = step + 1, seconds0 + time.time() - t0
             writer.writerow({"step": done, "lr": f"{lr:.3e}", "elapsed_s": f"{elapsed:.1f}",
                              "images_per_s": f"{(done - start) * cfg.batch_size / (time.time() - t0):.2f}",
@@ -195,12 +204,14 @@ def _loop(cfg, arrays, vae, loss_fn, opt_g, opt_d, out: Path, start: int, end: i
     return seconds0 + time.time() - t0
 
 
-def _step(cfg, arrays, vae, loss_fn, opt_g, opt_d, step: int, lr: float) -> dict[str, float]:
+def _step(cfg, arrays, vae, loss_fn, opt_g, opt_d, step: int, lr: float, channels_last: bool) -> dict[str, float]:
     """One autoencoder update, then (after the warm-up) one discriminator update; returns the loss parts."""
     for opt in (opt_g, opt_d):
         for group in (opt.param_groups if opt is not None else ()):
             group["lr"] = lr
     x = crops(arrays, step, cfg.batch_size, cfg.crop_size or cfg.image_size, cfg.seed)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 17)
     with _autocast(cfg):
         post = vae.encode(x).latent_dist
