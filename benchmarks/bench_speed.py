@@ -6,6 +6,7 @@ of training and generation.
     python benchmarks/bench_speed.py --levers --size 64,128 --threads 1   # batch, channels_last, torch.compile
     python benchmarks/bench_speed.py --profile --size 64,128 --threads 1  # where a step's time goes, by operator
     python benchmarks/bench_speed.py --kernels --size 64,128 --threads 1  # autocast / bf16 / fused kernel
+    python benchmarks/bench_speed.py --autoencoder-kernels --threads 1  # the autoencoder's step, fused or not
 
 Each configuration runs in its own subprocess (clean RSS, no cross-talk). Prints a table and writes
 benchmarks/results/speed.json. Run it on an otherwise idle machine: on 2 cores a second busy process
@@ -275,6 +276,54 @@ def kernel_sweep(a) -> int:
     return 0
 
 
+AE_WORKER = r'''
+import json, sys, time, torch
+from maskray.diffusion.autoencoder import AutoencoderConfig, LatentCodec
+args = json.loads(sys.argv[1])
+torch.set_num_threads(args["threads"])
+torch.manual_seed(0)
+vae = LatentCodec.new(AutoencoderConfig()).vae.train()
+x = torch.rand(args["batch"], 1, args["crop"], args["crop"]) * 2 - 1
+if args["fused"]:  # as train autoencoder does on a CPU in bf16
+    from maskray.diffusion.fused import fuse_norm_silu
+    vae.to(memory_format=torch.channels_last); x = x.contiguous(memory_format=torch.channels_last)
+    fuse_norm_silu(vae)
+opt = torch.optim.AdamW(vae.parameters(), 1e-3)
+def step():
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample.float()
+    loss = (rec - x).abs().mean(); loss.backward(); opt.step(); opt.zero_grad()
+step(); step()
+best = float("inf")
+for _ in range(3):
+    t0 = time.process_time()
+    for _ in range(2): step()
+    best = min(best, (time.process_time() - t0) / 2)
+print(json.dumps({"seconds_per_step": best}))
+'''
+
+
+def autoencoder_sweep(a) -> int:
+    """The default autoencoder's encode-decode training step (L1 loss only: the loss networks are not the
+    autoencoder's kernels), NCHW with PyTorch's kernels against channels_last with the fused kernel, bf16, the
+    fastest of three timings of two steps by the CPU clock. Writes results/speed_autoencoder_kernels.json."""
+    res = {"command": " ".join(["bench_speed.py"] + sys.argv[1:]), "threads": a.threads, "crop": 128, "batch": 8,
+           "note": "encode + decode + L1 + backward + AdamW of AutoencoderConfig() in bf16 autocast"}
+    for name, fused in (("nchw", False), ("fused", True)):
+        r = subprocess.run([sys.executable, "-c", AE_WORKER, json.dumps(dict(threads=a.threads, batch=8, crop=128,
+                                                                              fused=fused))],
+                           capture_output=True, text=True)
+        if r.returncode:
+            raise SystemExit(r.stderr[-2000:])
+        res[name] = json.loads(r.stdout.strip().splitlines()[-1])
+        print(f"autoencoder step {name:6} {res[name]['seconds_per_step']:.3f} s", flush=True)
+    res["speedup"] = res["nchw"]["seconds_per_step"] / res["fused"]["seconds_per_step"]
+    print(f"fused: {res['speedup']:.2f}x")
+    write_results("speed_autoencoder_kernels", res)
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--size", default="128", help="pixels (--levers: a comma list)")
@@ -288,7 +337,11 @@ def main() -> int:
     p.add_argument("--kernels", action="store_true", help="sampling and stage-2 training with and without the "
                                                           "fused kernel, per --size and --batches")
     p.add_argument("--batches", default="8,16,32", help="--kernels: batch sizes")
+    p.add_argument("--autoencoder-kernels", action="store_true", help="the autoencoder's training step with and "
+                                                                      "without the fused kernel")
     a = p.parse_args()
+    if a.autoencoder_kernels:
+        return autoencoder_sweep(a)
     if a.kernels:
         return kernel_sweep(a)
     if a.levers:
