@@ -70,14 +70,19 @@ def _applies(x: torch.Tensor) -> bool:
             and x.is_contiguous(memory_format=torch.channels_last))
 
 
+def _kernel_operands(x, weight, bias, add) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's fp32 ``(2, C)`` weight-and-bias and ``(N, C)`` added term (empty when there is none)."""
+    extra = add.float().contiguous() if add is not None else x.new_empty(0, dtype=torch.float32)
+    return torch.stack([weight.float(), bias.float()]), extra
+
+
 class _GroupNormSiLU(torch.autograd.Function):
     """The fused kernel with its gradient (training): the backward pass recomputes the activation from the input
     and the saved per-group statistics instead of keeping the normalised tensor."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, add, groups: int, eps: float, silu: bool):
-        affine = torch.stack([weight.float(), bias.float()])
-        extra = add.float().contiguous() if add is not None else x.new_empty(0, dtype=torch.float32)
+        affine, extra = _kernel_operands(x, weight, bias, add)
         y, means, rstds = torch.ops.maskray_kernels.group_norm_silu(x, affine, extra, groups, eps, silu)
         ctx.save_for_backward(x, affine, extra, means, rstds)
         ctx.groups, ctx.silu, ctx.param_dtype = groups, silu, weight.dtype
@@ -102,8 +107,7 @@ def group_norm_silu(norm: nn.GroupNorm, x: torch.Tensor, add: torch.Tensor | Non
     if _applies(x) and norm.affine and kernel_problem() is None:
         if torch.is_grad_enabled():
             return _GroupNormSiLU.apply(x, norm.weight, norm.bias, add, norm.num_groups, norm.eps, silu)
-        affine = torch.stack([norm.weight.float(), norm.bias.float()])
-        extra = add.float().contiguous() if add is not None else x.new_empty(0, dtype=torch.float32)
+        affine, extra = _kernel_operands(x, norm.weight, norm.bias, add)
         return torch.ops.maskray_kernels.group_norm_silu(x, affine, extra, norm.num_groups, norm.eps, silu)[0]
     h = x + add[:, :, None, None] if add is not None else x
     h = norm(h)
