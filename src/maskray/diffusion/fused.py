@@ -183,6 +183,16 @@ def prepare_for_sampling(model: nn.Module, device: torch.device, precision: str,
     return FUSED_KERNELS
 
 
+def prepare_generation(model: nn.Module, codec, device: torch.device, precision: str, channels_last: bool,
+                       fused: bool = True) -> dict:
+    """:func:`prepare_for_sampling` for the model and, for a latent model, the codec's ``prepare_for_decoding``;
+    returns ``{"sampling": ..., "decoding": ...}`` (no decoding entry without a codec), for the output's record."""
+    kernels = {"sampling": prepare_for_sampling(model, device, precision, channels_last, fused)}
+    if codec is not None:
+        kernels["decoding"] = codec.prepare_for_decoding(device, precision, channels_last, fused)
+    return kernels
+
+
 def training_kernels(device: torch.device, precision: str, fused: bool = True) -> str:
     """Which kernels a training run on ``device`` in ``precision`` can use: :data:`FUSED_KERNELS` (then train
     channels_last and route the networks through :func:`fuse_norm_silu`) or PyTorch's, with the reason when the

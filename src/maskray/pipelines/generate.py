@@ -25,7 +25,7 @@ from maskray.data.layout import (Dataset, DatasetInfo, image_path, label_path, p
 from maskray.data.resize import resize_label
 from maskray.data.schema import read_manifest
 from maskray.diffusion.card import ModelCard
-from maskray.diffusion.fused import prepare_for_sampling
+from maskray.diffusion.fused import prepare_generation
 from maskray.diffusion.sampling import SCHEDULERS, composite_region, make_scheduler, sample
 from maskray.diffusion.store import load_codec, load_model, model_folder
 from maskray import distributed
@@ -179,9 +179,7 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     todo = [p for p in shard.take(job.plan)
             if not (image_path(out, p[0]).is_file() and label_path(out, p[0]).is_file())]
     device = distributed.device()
-    kernels = {"sampling": prepare_for_sampling(model, device, cfg.precision, cfg.channels_last, cfg.fused_kernels)}
-    if codec is not None:
-        kernels["decoding"] = codec.prepare_for_decoding(device, cfg.precision, cfg.channels_last, cfg.fused_kernels)
+    kernels = prepare_generation(model, codec, device, cfg.precision, cfg.channels_last, cfg.fused_kernels)
     scheduler = make_scheduler(cfg.scheduler, card.scheduler_config)
     draw = Drawer(cfg, card, model, codec, scheduler, device, job.scales)
     mine = len(shard.take(job.plan))
@@ -281,7 +279,7 @@ class _Job:
         return labs, kw
 
     def write_records(self, out: Path, kernels: dict) -> None:
-        """manifest.json, dataset.json and run.json (``kernels``: which ran, from :func:`prepare_for_sampling`):
+        """manifest.json, dataset.json and run.json (``kernels``: which ran, from :func:`prepare_generation`):
         written last, once every case exists."""
         cfg, card = self.cfg, self.card
         folder = str(model_folder(cfg.model).resolve())

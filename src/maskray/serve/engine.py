@@ -21,7 +21,7 @@ import torch
 
 from maskray.data.layout import Dataset
 from maskray.diffusion.conditioning import mask_condition
-from maskray.diffusion.fused import prepare_for_sampling
+from maskray.diffusion.fused import prepare_generation
 from maskray.diffusion.sampling import SCHEDULERS, make_scheduler
 from maskray.diffusion.store import load_codec, load_model
 from maskray.errors import MaskrayError
@@ -78,10 +78,8 @@ class Engine:
         self.labels = dict(self.card.labels)
         self.mapping = condition_mapping(self.card, dataset, str(self.run))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        how = (self.device, DEFAULTS.precision, DEFAULTS.channels_last, DEFAULTS.fused_kernels)
-        self.kernels = {"sampling": prepare_for_sampling(self.model, *how)}
-        if self.codec is not None:
-            self.kernels["decoding"] = self.codec.prepare_for_decoding(*how)
+        self.kernels = prepare_generation(self.model, self.codec, self.device, DEFAULTS.precision,
+                                          DEFAULTS.channels_last, DEFAULTS.fused_kernels)
         self._lock = threading.Lock()
 
     @property
