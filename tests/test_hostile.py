@@ -153,8 +153,8 @@ def test_killed_import_leaves_no_worker_and_the_next_run_cleans_up(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(32):
-        Image.fromarray(rng.integers(0, 255, (128, 128), dtype=np.uint8)).save(src / f"img{i:03d}.png")
+    for i in range(600):  # enough work (about a second) that the workers outlive the polling below on a busy machine
+        Image.fromarray(rng.integers(0, 255, (192, 192), dtype=np.uint8)).save(src / f"img{i:03d}.png")
     cmd = [sys.executable, "-m", "maskray", "data", "import", "--images", str(src), "--out", str(tmp_path / "o"),
            "--workers", "2", "--image-size", "128", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
