@@ -47,22 +47,42 @@ def _cpu_signature() -> str:
         return platform.processor() + platform.machine()
 
 
+def _build(portable: bool) -> None:
+    """Build (or load from torch's extension cache) the kernel library; ``portable`` builds the plain-C++ path
+    under its own operator namespace (``maskray_kernels_portable``), for tests on machines with AVX-512."""
+    from torch.utils.cpp_extension import load
+    flags = ["-DMASKRAY_PORTABLE_KERNEL", "-DMASKRAY_KERNEL_NAMESPACE=maskray_kernels_portable"] if portable else []
+    digest = hashlib.sha256(KERNEL_SOURCE.read_bytes() + _cpu_signature().encode() + torch.__version__.encode()
+                            + " ".join(flags).encode()).hexdigest()[:12]
+    load(name=f"maskray_kernels_{digest}", sources=[str(KERNEL_SOURCE)],
+         extra_cflags=["-O3", "-march=native", *flags], is_python_module=False, verbose=False)
+
+
 @functools.cache
 def kernel_problem() -> str | None:
     """``None`` once the fused kernel is loaded (built on first call), else one line saying why it cannot be."""
     if not sys.platform.startswith("linux"):
         return "the fused CPU kernel is built for Linux only"
     try:
-        from torch.utils.cpp_extension import load
-        digest = hashlib.sha256(KERNEL_SOURCE.read_bytes() + _cpu_signature().encode()
-                                + torch.__version__.encode()).hexdigest()[:12]
-        load(name=f"maskray_kernels_{digest}", sources=[str(KERNEL_SOURCE)],
-             extra_cflags=["-O3", "-march=native"], is_python_module=False, verbose=False)
+        _build(portable=False)
         torch.ops.maskray_kernels.group_norm_silu  # noqa: B018 (registered by the library just loaded)
     except Exception as err:  # no compiler, no ninja, no headers: the eager path still works
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         return f"could not build the fused CPU kernel ({type(err).__name__}: {first[:200]})"
     return None
+
+
+@functools.cache
+def portable_kernel_ops():
+    """The kernel's plain-C++ path (``torch.ops.maskray_kernels_portable``), built on first call: what a CPU
+    without AVX-512 runs, kept here so that both paths can be checked on one machine."""
+    _build(portable=True)
+    return torch.ops.maskray_kernels_portable
+
+
+def vector_path() -> str:
+    """Which arithmetic the loaded kernel runs: ``"avx512"`` (16-lane vectors) or ``"portable"`` (plain C++)."""
+    return torch.ops.maskray_kernels.vector_path()
 
 
 def _applies(x: torch.Tensor) -> bool:

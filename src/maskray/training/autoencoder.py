@@ -30,6 +30,7 @@ from maskray.diffusion.fused import FUSED_KERNELS, fuse_norm_silu, training_kern
 from maskray.errors import MaskrayError
 from maskray.files import read_json
 from maskray.measures.features import FeatureNet, train_feature_net
+from maskray.memory import keep_freed_memory
 from maskray.provenance import atomic_write_text, to_jsonable, write_run_info
 from maskray.training.autoencoder_report import reconstruction_picture, reconstruction_report
 from maskray.training.data import TrainingArrays, load_arrays
@@ -152,6 +153,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> Pat
     loss_fn = AutoencoderLoss(weights, _feature_net(cfg, arrays, out, progress))
     vae = codec.vae.train()
     kernels = training_kernels(torch.device("cpu"), cfg.precision, cfg.fused_kernels)
+    keep_freed_memory()
     if kernels == FUSED_KERNELS:  # the kernel trains channels_last tensors
         vae.to(memory_format=torch.channels_last)
         fuse_norm_silu(vae)
@@ -162,7 +164,8 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> Pat
     _cut_log(out / "log.csv", start)
     write_run_info(out, "train autoencoder", cfg, seed=cfg.seed, checkpoint=cfg.feature_net,
                    extra={"train_cases": len(arrays), "dataset": str(ds.root), "loss_weights": weights,
-                          "parameters": sum(p.numel() for p in vae.parameters()), "kernels": kernels})
+                          "parameters": sum(p.numel() for p in vae.parameters()), "kernels": kernels,
+                          "allocator": keep_freed_memory()})
     end = cfg.steps if cfg.stop_after is None else min(cfg.steps, start + cfg.stop_after)
     seconds = _loop(cfg, arrays, vae, loss_fn, opt_g, opt_d, out, start, end, progress,
                     channels_last=kernels == FUSED_KERNELS)

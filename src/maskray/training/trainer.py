@@ -29,6 +29,7 @@ from maskray.diffusion.networks import count_parameters
 from maskray.distributed import on_main
 from maskray.diffusion.objective import train_scheduler
 from maskray.errors import MaskrayError
+from maskray.memory import keep_freed_memory
 from maskray.provenance import to_jsonable, write_run_info
 from maskray.training.checkpoints import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from maskray.training.config import Stage, TrainConfig, validate
@@ -84,6 +85,7 @@ def _train(cfg: TrainConfig, stage: Stage, progress: bool) -> Path:
         arrays.latents = cached_latents(arrays, setup.codec, out / "cache", progress=progress, also_read=base_cache)
     trainable = setup.trainable.train()
     kernels = training_kernels(accelerator.device, cfg.precision, cfg.fused_kernels)
+    allocator = keep_freed_memory()
     if cfg.channels_last is None:  # resolved here, and recorded so: on where the fused kernel trains
         cfg = dataclasses.replace(cfg, channels_last=kernels == FUSED_KERNELS)
     if cfg.channels_last:
@@ -113,7 +115,8 @@ def _train(cfg: TrainConfig, stage: Stage, progress: bool) -> Path:
     if accelerator.is_main_process:
         write_run_info(out, f"train {stage}", cfg, seed=cfg.seed, checkpoint=cfg.base or cfg.model,
                        extra={"parameters": count_parameters(trainable), "dataset": str(ds.root),
-                              "train_cases": len(arrays), "kernels": kernels})
+                              "train_cases": len(arrays), "kernels": kernels,
+                              "allocator": allocator})
     if cfg.log == "tensorboard":
         accelerator.init_trackers("maskray", config={k: str(v) for k, v in to_jsonable(cfg).items()})
     loop = _Loop(cfg, setup, accelerator, wrapped, trainable, optimizer, lr_sched, ema, arrays, out, progress)
