@@ -1,5 +1,6 @@
-"""End to end: `maskray generate` with the fused CPU kernel (the default) and with PyTorch's kernels, on one trained
-model and the same masks and seeds. How much faster a whole run is, and how far apart the two sets of images are.
+"""End to end: `maskray generate` as it runs by default (the fused CPU kernel, freed memory kept), with glibc's
+default allocator (MASKRAY_MALLOC=system) and with PyTorch's kernels, on one trained model and the same masks and
+seeds. How much faster a whole run is, and how far apart the two sets of images are.
 
     python benchmarks/bench_fused_generate.py --model RUN --masks DS [--split test] [--threads 1] [--name NAME]
         [--before SRC]   # also time SRC (the src/ folder of an earlier maskray checkout) as "before"
@@ -28,8 +29,8 @@ from results_file import write_results  # same directory
 
 
 def _generate(model: str, masks: str, split: str, out: Path, threads: int, flags: list[str],
-              src: str | None) -> float:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+              src: str | None, extra_env: dict) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), **extra_env}
     if src:
         env["PYTHONPATH"] = src
     argv = [sys.executable, "-m", "maskray", "generate", "--model", model, "--masks", masks, "--split", split,
@@ -78,12 +79,14 @@ def main() -> int:
     res = {"command": command,
            "threads": a.threads, "clock": "wall time of each generate process, run one after the other"}
     with tempfile.TemporaryDirectory() as tmp:
-        variants = ([("before", [], a.before)] if a.before else []) + [("pytorch", ["--no-fused-kernels"], None),
-                                                                       ("fused", [], None)]
+        system = {"MASKRAY_MALLOC": "system"}  # glibc's default allocator (maskray.memory)
+        variants = ([("before", [], a.before, system)] if a.before else []) + [
+            ("pytorch", ["--no-fused-kernels"], None, system), ("fused_system_malloc", [], None, system),
+            ("fused", [], None, {})]
         outs = {}
-        for name, flags, src in variants:
+        for name, flags, src, extra_env in variants:
             outs[name] = Path(tmp) / name
-            seconds = _generate(a.model, a.masks, a.split, outs[name], a.threads, flags, src)
+            seconds = _generate(a.model, a.masks, a.split, outs[name], a.threads, flags, src, extra_env)
             run = json.loads((outs[name] / "run.json").read_text())
             n = len(list((outs[name] / "imagesTr").glob("*.png")))
             kernels = run.get("kernels", "autocast, fp32 decoding (before the fused kernel)")
@@ -92,7 +95,7 @@ def main() -> int:
                 res["generate_config"] = {k: v for k, v in run["config"].items() if k not in ("model", "masks", "out")}
             print(f"{name:8} {n} images in {seconds:.1f} s ({seconds / n:.3f} s/image; {kernels})", flush=True)
         fused_img = _images(outs["fused"])
-        for name, _, _ in variants[:-1]:
+        for name, *_ in variants[:-1]:
             res[f"agreement_fused_vs_{name}"] = _agreement(fused_img, _images(outs[name]))
             res[f"speedup_vs_{name}"] = res[name]["seconds"] / res["fused"]["seconds"]
             print(f"fused vs {name}: {res[f'speedup_vs_{name}']:.2f}x faster; images "

@@ -5,8 +5,8 @@ of training and generation.
     python benchmarks/bench_speed.py [--size 128] [--threads 2]
     python benchmarks/bench_speed.py --levers --size 64,128 --threads 1   # batch, channels_last, torch.compile
     python benchmarks/bench_speed.py --profile --size 64,128 --threads 1  # where a step's time goes, by operator
-    python benchmarks/bench_speed.py --kernels --size 64,128 --threads 1  # autocast / bf16 / fused kernel
-    python benchmarks/bench_speed.py --autoencoder-kernels --threads 1  # the autoencoder's step, fused or not
+
+The fused kernel and the allocator, sweep by sweep: benchmarks/bench_kernels.py (it runs this file's worker).
 
 Each configuration runs in its own subprocess (clean RSS, no cross-talk). Prints a table and writes
 benchmarks/results/speed.json. Run it on an otherwise idle machine: on 2 cores a second busy process
@@ -29,6 +29,10 @@ import json, sys, time, resource, torch
 from torch.utils.flop_counter import FlopCounterMode
 from maskray.diffusion.networks import UNetConfig, build_unet, build_controlnet, ControlledUNet
 args = json.loads(sys.argv[1])
+out = {}
+if args.get("keep_memory"):  # as train, generate and serve do (maskray.memory), before anything is allocated
+    from maskray.memory import keep_freed_memory
+    out["allocator"] = keep_freed_memory()
 torch.set_num_threads(args["threads"])
 # CPU time of this process: on a machine shared with other jobs the wall clock measures the neighbours
 clock = time.process_time if args.get("cpu_clock") else time.perf_counter
@@ -48,7 +52,6 @@ if args.get("freeze"):  # inductor folds the frozen weights into the graph (infe
 if args.get("compile"):
     model = torch.compile(model)
 ac = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=(prec == "bf16"))
-out = {}
 if mode == "flops":
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         model(x[:1], t[:1], c[:1])
@@ -172,11 +175,11 @@ OP_GROUPS = {  # profiler operator -> what it is; everything else is elementwise
 PROFILE_STEPS = 3  # profiled steps, after two warm-up steps
 
 
-PROFILE_KINDS = {  # what is profiled: (mode, channels_last, kernels)
-    "train": ("train", True, "fused"),  # stage 2 as the trainer runs it on a CPU in bf16
-    "train_nchw": ("train", False, None),  # stage 2 in NCHW with PyTorch's kernels (the default before)
-    "sample": ("sample", True, "fused"),  # one denoising step as generate runs it by default
-    "sample_pytorch": ("sample", True, "pytorch"),  # the same with PyTorch's GroupNorm and SiLU
+PROFILE_KINDS = {  # what is profiled: (mode, channels_last, kernels, freed memory kept by maskray.memory)
+    "train": ("train", True, "fused", True),  # stage 2 as the trainer runs it on a CPU in bf16
+    "train_nchw": ("train", False, None, False),  # stage 2 in NCHW with PyTorch's kernels (the default before)
+    "sample": ("sample", True, "fused", True),  # one denoising step as generate runs it by default
+    "sample_pytorch": ("sample", True, "pytorch", False),  # the same with PyTorch's GroupNorm and SiLU
 }
 
 
@@ -184,9 +187,9 @@ def profile_row(size: int, threads: int, batch: int, kind: str, fl: dict) -> dic
     """One profiled configuration (``kind``: a key of PROFILE_KINDS): each operator group's share of the time,
     and the FLOP rate of the convolution and matmul kernels alone against the bf16 peak (what fusing everything
     else away could reach)."""
-    mode, cl, kernels = PROFILE_KINDS[kind]
+    mode, cl, kernels, keep = PROFILE_KINDS[kind]
     prof = run(dict(size=size, threads=threads, precision="bf16", channels_last=cl, batch=batch,
-                    iters=PROFILE_STEPS, mode=f"profile_{mode}", kernels=kernels))
+                    iters=PROFILE_STEPS, mode=f"profile_{mode}", kernels=kernels, keep_memory=keep))
     groups: dict[str, float] = {}
     for op, us in prof["self_us_by_op"].items():
         groups[OP_GROUPS.get(op, "other")] = groups.get(OP_GROUPS.get(op, "other"), 0.0) + us / 1e6
@@ -195,6 +198,7 @@ def profile_row(size: int, threads: int, batch: int, kind: str, fl: dict) -> dic
     peak = fl["matmul_peak_gflops_bf16"]
     kernels = groups.get("convolution", 0.0) + groups.get("matmul", 0.0)
     row = {"size": size, "batch": batch, "kind": kind, "channels_last": cl, "kernels": prof.get("kernels"),
+           "allocator": prof.get("allocator", "system defaults"),
            "profiled_seconds": total,
            "share": {k: v / total for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
            "fraction_of_peak_profiled": gflop / total / peak, "conv_matmul_kernels_fraction_of_peak": gflop / kernels / peak}
@@ -223,107 +227,6 @@ def profile_sweep(a) -> int:
     return 0
 
 
-TRAIN_CHOICES = {  # how stage 2 trains: (channels_last, kernels)
-    "nchw": (False, None),  # NCHW with PyTorch's kernels (training's default before the fused kernel)
-    "channels_last": (True, None),  # channels_last with PyTorch's kernels
-    "fused": (True, "fused"),  # channels_last with the fused kernel and its backward: the default on a CPU
-}
-KERNEL_CHOICES = {  # how a loaded model samples: what each choice changes
-    "autocast": None,  # fp32 weights cast by autocast at every call (generate before the fused kernel)
-    "pytorch": "pytorch",  # bf16 convolution / linear weights, PyTorch's GroupNorm and SiLU
-    "fused": "fused",  # bf16 weights and the fused GroupNorm + SiLU kernel: generate's default on a CPU
-}
-
-
-def kernel_sweep(a) -> int:
-    """Sampling throughput (one denoising step, bf16, channels_last) and stage-2 training throughput per size,
-    batch and kernel choice, each the fastest of three timings in its own process, against the bf16 matmul peak
-    measured alongside. Writes results/speed_kernels.json."""
-    sizes = [int(v) for v in str(a.size).split(",")]
-    batches = [int(v) for v in str(a.batches).split(",")]
-    res = {"command": " ".join(["bench_speed.py"] + sys.argv[1:]), "threads": a.threads, "rows": [], "train_rows": [],
-           "clock": "throughput by the worker's CPU clock, fastest of 3 timings of 4 sampling or 2 training steps; "
-                    "peak by maskray.hardware "
-                    "with the same thread count, measured per size before its rows",
-           "choices": {"autocast": "fp32 weights under bf16 autocast", "pytorch": "bf16 weights, PyTorch kernels",
-                       "fused": "bf16 weights, fused GroupNorm + SiLU (generate's default)"}}
-    for size in sizes:
-        fl = run(dict(size=size, threads=a.threads, precision="bf16", channels_last=False, mode="flops", batch=1,
-                      iters=0))
-        peak = fl["matmul_peak_gflops_bf16"]
-        res.setdefault("bf16_matmul_peak_gflops", {})[str(size)] = peak
-        res.setdefault("gflop_per_image_step", {})[str(size)] = fl["gflop_per_image_step"]
-        res.setdefault("gflop_per_image_train_step", {})[str(size)] = fl["train_gflop_per_image"]
-        for batch in batches:
-            for choice, kernels in KERNEL_CHOICES.items():
-                sm = run(dict(size=size, threads=a.threads, precision="bf16", channels_last=True, batch=batch,
-                              mode="sample", iters=4, repeats=3, cpu_clock=True, kernels=kernels))
-                row = {"size": size, "batch": batch, "choice": choice, "kernels": sm.get("kernels", "autocast"),
-                       "image_steps_per_s": sm["image_steps_per_s"],
-                       "fraction_of_peak": sm["image_steps_per_s"] * fl["gflop_per_image_step"] / peak}
-                res["rows"].append(row)
-                print(f"{size:4d} px batch {batch:3d} {choice:9} {row['image_steps_per_s']:7.1f} img-steps/s "
-                      f"({100 * row['fraction_of_peak']:4.1f}% of {peak:.0f} GFLOP/s)", flush=True)
-            for choice, (cl, kernels) in TRAIN_CHOICES.items():
-                tr = run(dict(size=size, threads=a.threads, precision="bf16", channels_last=cl, batch=batch,
-                              mode="train", iters=2, repeats=3, cpu_clock=True, kernels=kernels))
-                row = {"size": size, "batch": batch, "train_choice": choice, "images_per_s": tr["images_per_s"],
-                       "fraction_of_peak": tr["images_per_s"] * fl["train_gflop_per_image"] / peak}
-                res["train_rows"].append(row)
-                print(f"{size:4d} px batch {batch:3d} train {choice:13} {row['images_per_s']:6.1f} img/s "
-                      f"({100 * row['fraction_of_peak']:4.1f}%)", flush=True)
-    write_results("speed_kernels", res)
-    return 0
-
-
-AE_WORKER = r'''
-import json, sys, time, torch
-from maskray.diffusion.autoencoder import AutoencoderConfig, LatentCodec
-args = json.loads(sys.argv[1])
-torch.set_num_threads(args["threads"])
-torch.manual_seed(0)
-vae = LatentCodec.new(AutoencoderConfig()).vae.train()
-x = torch.rand(args["batch"], 1, args["crop"], args["crop"]) * 2 - 1
-if args["fused"]:  # as train autoencoder does on a CPU in bf16
-    from maskray.diffusion.fused import fuse_norm_silu
-    vae.to(memory_format=torch.channels_last); x = x.contiguous(memory_format=torch.channels_last)
-    fuse_norm_silu(vae)
-opt = torch.optim.AdamW(vae.parameters(), 1e-3)
-def step():
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample()).sample.float()
-    loss = (rec - x).abs().mean(); loss.backward(); opt.step(); opt.zero_grad()
-step(); step()
-best = float("inf")
-for _ in range(3):
-    t0 = time.process_time()
-    for _ in range(2): step()
-    best = min(best, (time.process_time() - t0) / 2)
-print(json.dumps({"seconds_per_step": best}))
-'''
-
-
-def autoencoder_sweep(a) -> int:
-    """The default autoencoder's encode-decode training step (L1 loss only: the loss networks are not the
-    autoencoder's kernels), NCHW with PyTorch's kernels against channels_last with the fused kernel, bf16, the
-    fastest of three timings of two steps by the CPU clock. Writes results/speed_autoencoder_kernels.json."""
-    res = {"command": " ".join(["bench_speed.py"] + sys.argv[1:]), "threads": a.threads, "crop": 128, "batch": 8,
-           "note": "encode + decode + L1 + backward + AdamW of AutoencoderConfig() in bf16 autocast"}
-    for name, fused in (("nchw", False), ("fused", True)):
-        r = subprocess.run([sys.executable, "-c", AE_WORKER, json.dumps(dict(threads=a.threads, batch=8, crop=128,
-                                                                              fused=fused))],
-                           capture_output=True, text=True)
-        if r.returncode:
-            raise SystemExit(r.stderr[-2000:])
-        res[name] = json.loads(r.stdout.strip().splitlines()[-1])
-        print(f"autoencoder step {name:6} {res[name]['seconds_per_step']:.3f} s", flush=True)
-    res["speedup"] = res["nchw"]["seconds_per_step"] / res["fused"]["seconds_per_step"]
-    print(f"fused: {res['speedup']:.2f}x")
-    write_results("speed_autoencoder_kernels", res)
-    return 0
-
-
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--size", default="128", help="pixels (--levers: a comma list)")
@@ -334,16 +237,7 @@ def main() -> int:
                                                                           "size (each compile costs minutes)")
     p.add_argument("--profile", action="store_true", help="where a training and a sampling step's time goes, by "
                                                           "operator (batch 32 per --size)")
-    p.add_argument("--kernels", action="store_true", help="sampling and stage-2 training with and without the "
-                                                          "fused kernel, per --size and --batches")
-    p.add_argument("--batches", default="8,16,32", help="--kernels: batch sizes")
-    p.add_argument("--autoencoder-kernels", action="store_true", help="the autoencoder's training step with and "
-                                                                      "without the fused kernel")
     a = p.parse_args()
-    if a.autoencoder_kernels:
-        return autoencoder_sweep(a)
-    if a.kernels:
-        return kernel_sweep(a)
     if a.levers:
         return sweep(a)
     if a.profile:

@@ -3,8 +3,9 @@
     python benchmarks/speed_tables.py [steps|peer|levers|profile|kernels|generate ...]
 
 Reads benchmarks/results/steps.json (bench_steps.py), peer.json and peer_128.json (bench_peer.py), speed_levers.json
-(bench_speed.py --levers), speed_profile.json (bench_speed.py --profile), speed_kernels.json (bench_speed.py
---kernels), fused_generate*.json (bench_fused_generate.py); a missing file is named, not guessed.
+(bench_speed.py --levers), speed_profile.json (bench_speed.py --profile), speed_kernels.json and
+speed_autoencoder_kernels.json (bench_kernels.py), fused_generate*.json (bench_fused_generate.py); a missing file is
+named, not guessed.
 """
 
 from __future__ import annotations
@@ -143,6 +144,13 @@ def profile_table() -> None:
     print(f"\n`python benchmarks/{d['command']}`\n")
 
 
+def _rss(row: dict, kept: str, default: str) -> str:
+    """Peak RSS of the default (freed memory kept) against glibc's default allocator, same kernels."""
+    if kept in row and default in row and "peak_rss_mib" in row[kept]:
+        return f"{row[kept]['peak_rss_mib']:.0f} / {row[default]['peak_rss_mib']:.0f} MiB"
+    return ""
+
+
 def kernels_table() -> None:
     d = _load("speed_kernels.json")
     if d is None:
@@ -151,32 +159,38 @@ def kernels_table() -> None:
     print(f"{d['threads']} thread; one denoising step (base + ControlNet), bf16, channels_last; bf16 matmul peak "
           f"GFLOP/s measured before each size's rows: {peaks}\n")
     print("| px | batch | fp32 weights + autocast | bf16 weights, PyTorch kernels | bf16 weights + fused GroupNorm/SiLU "
-          "(default) | fused vs autocast |")
-    print("|---|---|---|---|---|---|")
+          "| the same, freed memory kept (default) | default vs autocast | peak RSS, kept / glibc default |")
+    print("|---|---|---|---|---|---|---|---|")
     cells: dict = {}
     for r in d["rows"]:
         cells.setdefault((r["size"], r["batch"]), {})[r["choice"]] = r
     for (size, batch), row in cells.items():
         text = [f"{row[c]['image_steps_per_s']:.1f} img-steps/s ({100 * row[c]['fraction_of_peak']:.0f}%)"
-                if c in row else "" for c in ("autocast", "pytorch", "fused")]
-        gain = (f"{row['fused']['image_steps_per_s'] / row['autocast']['image_steps_per_s']:.2f}x"
-                if "fused" in row and "autocast" in row else "")
-        print(f"| {size} | {batch} | " + " | ".join(text) + f" | {gain} |")
+                if c in row else "" for c in ("autocast", "pytorch", "fused", "fused_kept")]
+        gain = (f"{row['fused_kept']['image_steps_per_s'] / row['autocast']['image_steps_per_s']:.2f}x"
+                if "fused_kept" in row and "autocast" in row else "")
+        print(f"| {size} | {batch} | " + " | ".join(text) + f" | {gain} | {_rss(row, 'fused_kept', 'fused')} |")
     if d.get("train_rows"):
         print("\nStage-2 training step (ControlNet trained, base frozen and back-propagated through), bf16:\n")
         print("| px | batch | NCHW, PyTorch kernels (default before) | channels_last, PyTorch kernels | channels_last + "
-              "fused GroupNorm/SiLU (default) | fused vs before |")
-        print("|---|---|---|---|---|---|")
+              "fused GroupNorm/SiLU | the same, freed memory kept (default) | default vs before | peak RSS, kept / "
+              "glibc default |")
+        print("|---|---|---|---|---|---|---|---|")
         train: dict = {}
         for r in d["train_rows"]:
             train.setdefault((r["size"], r["batch"]), {})[r["train_choice"]] = r
         for (size, batch), row in train.items():
             text = [f"{row[c]['images_per_s']:.1f} img/s ({100 * row[c]['fraction_of_peak']:.0f}%)" if c in row else ""
-                    for c in ("nchw", "channels_last", "fused")]
-            gain = (f"{row['fused']['images_per_s'] / row['nchw']['images_per_s']:.2f}x"
-                    if "fused" in row and "nchw" in row else "")
-            print(f"| {size} | {batch} | " + " | ".join(text) + f" | {gain} |")
+                    for c in ("nchw", "channels_last", "fused", "fused_kept")]
+            gain = (f"{row['fused_kept']['images_per_s'] / row['nchw']['images_per_s']:.2f}x"
+                    if "fused_kept" in row and "nchw" in row else "")
+            print(f"| {size} | {batch} | " + " | ".join(text) + f" | {gain} | {_rss(row, 'fused_kept', 'fused')} |")
     print(f"\n`python benchmarks/{d['command']}`\n")
+    ae = _load("speed_autoencoder_kernels.json")
+    if ae is not None and "fused_kept" in ae:
+        steps = ", ".join(f"{k} {ae[k]['seconds_per_step']:.3f} s" for k in ("nchw", "fused", "fused_kept"))
+        print(f"Autoencoder training step (128 px crops, batch {ae['batch']}, L1, bf16, {ae['threads']} thread): "
+              f"{steps}; default vs NCHW {ae['speedup']:.2f}x (`python benchmarks/{ae['command']}`)\n")
 
 
 def fused_generate_table() -> None:
@@ -185,9 +199,10 @@ def fused_generate_table() -> None:
     if not files:
         print("(no results/fused_generate*.json: run benchmarks/bench_fused_generate.py)\n")
         return
-    print("| model | images | before (autocast, fp32 decoding) | PyTorch kernels, bf16 weights and decoding | fused "
-          "(default) | fused vs before | fused images vs before: median PSNR, largest difference |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | images | before (autocast, fp32 decoding) | PyTorch kernels, bf16 weights and decoding | fused, "
+          "glibc's default allocator | fused, freed memory kept (default) | default vs before | default's images vs "
+          "before: median PSNR, largest difference |")
+    print("|---|---|---|---|---|---|---|---|")
     for path in files:
         d = json.loads(path.read_text())
         name = path.stem.removeprefix("fused_generate").lstrip("_") or "-"
@@ -196,8 +211,8 @@ def fused_generate_table() -> None:
         agree_text = (f"{agree['psnr_db_median']:.1f} dB, {agree['max_abs_diff_grey_levels']:.0f} grey levels"
                       if agree else "")
         gain = f"{d['speedup_vs_before']:.2f}x" if "speedup_vs_before" in d else ""
-        print(f"| {name} | {d['fused']['images']} | {cell('before')} | {cell('pytorch')} | {cell('fused')} | {gain} "
-              f"| {agree_text} |")
+        print(f"| {name} | {d['fused']['images']} | {cell('before')} | {cell('pytorch')} | {cell('fused_system_malloc')} "
+              f"| {cell('fused')} | {gain} | {agree_text} |")
     print(f"\n`python benchmarks/{d['command']}` (wall time per process, {d['threads']} thread, model loading and "
           f"image writing included)\n")
 
