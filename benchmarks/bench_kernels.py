@@ -5,7 +5,7 @@ throughput of the default network per size, batch and choice, and the autoencode
     python benchmarks/bench_kernels.py --autoencoder --threads 1    # results/speed_autoencoder_kernels.json
 
 Each configuration runs in its own process (bench_speed.py's worker), throughput by that process's CPU clock, the
-fastest of three timings, against the bf16 matmul peak measured alongside. Tables: ``python
+fastest of five timings, against the bf16 matmul peak measured alongside. Tables: ``python
 benchmarks/speed_tables.py kernels``. Run it on an otherwise idle machine.
 """
 
@@ -40,7 +40,7 @@ def kernel_sweep(a) -> int:
     batches = [int(v) for v in str(a.batches).split(",")]
     res = {"command": " ".join(["bench_kernels.py"] + sys.argv[1:]), "threads": a.threads, "rows": [],
            "train_rows": [],
-           "clock": "throughput by the worker's CPU clock, fastest of 3 timings of 4 sampling or 2 training steps; "
+           "clock": "throughput by the worker's CPU clock, fastest of 5 timings of 4 sampling or 2 training steps; "
                     "peak by maskray.hardware with the same thread count, measured per size before its rows",
            "choices": {"autocast": "fp32 weights under bf16 autocast", "pytorch": "bf16 weights, PyTorch kernels",
                        "fused": "bf16 weights, fused GroupNorm + SiLU, glibc's default allocator",
@@ -55,7 +55,7 @@ def kernel_sweep(a) -> int:
         for batch in batches:
             for choice, (kernels, keep) in SAMPLE_CHOICES.items():
                 sm = run(dict(size=size, threads=a.threads, precision="bf16", channels_last=True, batch=batch,
-                              mode="sample", iters=4, repeats=3, cpu_clock=True, kernels=kernels, keep_memory=keep))
+                              mode="sample", iters=4, repeats=5, cpu_clock=True, kernels=kernels, keep_memory=keep))
                 row = {"size": size, "batch": batch, "choice": choice, "kernels": sm.get("kernels", "autocast"),
                        "allocator": sm.get("allocator", "system defaults"),
                        "image_steps_per_s": sm["image_steps_per_s"], "peak_rss_mib": sm["peak_rss_mib"],
@@ -65,7 +65,7 @@ def kernel_sweep(a) -> int:
                       f"({100 * row['fraction_of_peak']:4.1f}% of {peak:.0f} GFLOP/s)", flush=True)
             for choice, (cl, kernels, keep) in TRAIN_CHOICES.items():
                 tr = run(dict(size=size, threads=a.threads, precision="bf16", channels_last=cl, batch=batch,
-                              mode="train", iters=2, repeats=3, cpu_clock=True, kernels=kernels, keep_memory=keep))
+                              mode="train", iters=2, repeats=5, cpu_clock=True, kernels=kernels, keep_memory=keep))
                 row = {"size": size, "batch": batch, "train_choice": choice, "images_per_s": tr["images_per_s"],
                        "allocator": tr.get("allocator", "system defaults"), "peak_rss_mib": tr["peak_rss_mib"],
                        "fraction_of_peak": tr["images_per_s"] * fl["train_gflop_per_image"] / peak}

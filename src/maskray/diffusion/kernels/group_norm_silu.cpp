@@ -115,8 +115,9 @@ void check_inputs(const at::Tensor& x, const at::Tensor& affine, const at::Tenso
               "add: fp32 (N, C) or empty");
 }
 
-// rows of one sample taken together when a pass walks down the channels: about 4096 values, which stay in L1
-int64_t block_rows(int64_t channels) { return std::max<int64_t>(1, 4096 / channels); }
+// rows of one sample taken together when a pass walks down the channels: about 16384 values, which stay in the
+// core's cache between channel chunks (measured a little faster than 1024 or 4096, and than walking row by row)
+int64_t block_rows(int64_t channels) { return std::max<int64_t>(1, 16384 / channels); }
 
 const uint16_t* bf16_data(const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.const_data_ptr()); }
 uint16_t* bf16_data(at::Tensor& t) { return reinterpret_cast<uint16_t*>(t.mutable_data_ptr()); }
@@ -148,7 +149,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu(const at::Tensor&
       uint16_t* ys = yp + n * HW * C;
       const float* a = has_add ? addp + n * C : zeros.data();
       // statistics about a pivot (the group's first value) so that E[v^2] - E[v]^2 does not cancel; a block of
-      // rows at a time (it stays in L1), one channel chunk down the block's rows, two rows per step
+      // rows at a time (it stays in cache), one channel chunk down the block's rows, two rows per step
       for (int64_t c = 0; c < C; ++c) {
         const int64_t first = (c / per_group) * per_group;
         pivot[c] = __builtin_bit_cast(float, uint32_t(xs[first]) << 16) + a[first];
@@ -245,7 +246,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_norm_silu_backw
       }
       std::fill(sg.begin(), sg.end(), 0.f); std::fill(sgx.begin(), sgx.end(), 0.f);
       std::fill(sx.begin(), sx.end(), 0.f);
-      for (int64_t p0 = 0; p0 < HW; p0 += rows) {  // a block of rows (in L1), one channel chunk down it at a time
+      for (int64_t p0 = 0; p0 < HW; p0 += rows) {  // a block of rows (in cache), one channel chunk down it at a time
         const int64_t p1 = std::min(HW, p0 + rows);
         for (int64_t c = 0; c < C; c += Vec::width) {
           const int64_t w = std::min(Vec::width, C - c);
