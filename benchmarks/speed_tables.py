@@ -117,9 +117,10 @@ def levers_table() -> None:
     print(f"\n`python benchmarks/{d['command']}`\n")
 
 
-PROFILE_STEP_NAMES = {"train": "stage-2 training, fused kernel (default)",
-                      "train_nchw": "stage-2 training, NCHW, PyTorch's kernels",
-                      "sample": "denoising, fused kernel (default)", "sample_pytorch": "denoising, PyTorch's kernels"}
+PROFILE_STEP_NAMES = {"train": "stage-2 training, fused kernel, freed memory kept (default)",
+                      "train_nchw": "stage-2 training, NCHW, PyTorch's kernels, glibc's allocator",
+                      "sample": "denoising, fused kernel, freed memory kept (default)",
+                      "sample_pytorch": "denoising, PyTorch's kernels, glibc's allocator"}
 
 
 def profile_table() -> None:
@@ -142,6 +143,21 @@ def profile_table() -> None:
               + f" | {100 * other:.0f}% | {100 * r['conv_matmul_kernels_fraction_of_peak']:.0f}% | "
                 f"{100 * r['fraction_of_peak_profiled']:.0f}% |")
     print(f"\n`python benchmarks/{d['command']}`\n")
+
+
+def _highest_one_thread_peak() -> tuple[float, str]:
+    """The highest one-thread bf16 matmul peak any results file measured, and that file's name: this machine's peak
+    moves by about 10% between runs, so fractions are also given against the highest."""
+    best = (0.0, "")
+    for path in sorted(RESULTS.glob("*.json")):
+        d = json.loads(path.read_text())
+        if not isinstance(d, dict) or d.get("threads") != 1:
+            continue
+        peak = d.get("bf16_matmul_peak_gflops")
+        for value in (peak.values() if isinstance(peak, dict) else [peak]):
+            if isinstance(value, (int, float)) and value > best[0]:
+                best = (float(value), path.name)
+    return best
 
 
 def _rss(row: dict, kept: str, default: str) -> str:
@@ -172,10 +188,11 @@ def kernels_table() -> None:
         print(f"| {size} | {batch} | " + " | ".join(text) + f" | {gain} | {_rss(row, 'fused_kept', 'fused')} |")
     if d.get("train_rows"):
         print("\nStage-2 training step (ControlNet trained, base frozen and back-propagated through), bf16:\n")
+        top, top_file = _highest_one_thread_peak()
         print("| px | batch | NCHW, PyTorch kernels (default before) | channels_last, PyTorch kernels | channels_last + "
-              "fused GroupNorm/SiLU | the same, freed memory kept (default) | default vs before | peak RSS, kept / "
-              "glibc default |")
-        print("|---|---|---|---|---|---|---|---|")
+              "fused GroupNorm/SiLU | the same, freed memory kept (default) | default vs before | default, % of the "
+              f"highest peak measured ({top:.0f} GFLOP/s, {top_file}) | peak RSS, kept / glibc default |")
+        print("|---|---|---|---|---|---|---|---|---|")
         train: dict = {}
         for r in d["train_rows"]:
             train.setdefault((r["size"], r["batch"]), {})[r["train_choice"]] = r
@@ -184,7 +201,10 @@ def kernels_table() -> None:
                     for c in ("nchw", "channels_last", "fused", "fused_kept")]
             gain = (f"{row['fused_kept']['images_per_s'] / row['nchw']['images_per_s']:.2f}x"
                     if "fused_kept" in row and "nchw" in row else "")
-            print(f"| {size} | {batch} | " + " | ".join(text) + f" | {gain} | {_rss(row, 'fused_kept', 'fused')} |")
+            of_top = (f"{100 * row['fused_kept']['images_per_s'] * d['gflop_per_image_train_step'][str(size)] / top:.0f}%"
+                      if "fused_kept" in row and top else "")
+            print(f"| {size} | {batch} | " + " | ".join(text) + f" | {gain} | {of_top} | "
+                  f"{_rss(row, 'fused_kept', 'fused')} |")
     print(f"\n`python benchmarks/{d['command']}`\n")
     ae = _load("speed_autoencoder_kernels.json")
     if ae is not None and "fused_kept" in ae:

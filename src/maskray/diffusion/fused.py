@@ -1,16 +1,17 @@
 """Fused GroupNorm + SiLU on the CPU, for sampling and training: maskray's one hand-written kernel, and why.
 
-A denoising step of the default network spends about a quarter of its time in GroupNorm and SiLU (``python
+A denoising step of the default network spent about a quarter of its time in GroupNorm and SiLU (``python
 benchmarks/bench_speed.py --profile``): PyTorch runs them as two kernels, four passes over the activations, and
 its channels_last bf16 GroupNorm slows sharply when a group's channel count is not a multiple of the vector width
-(12 channels per group: 5x slower than the fused kernel, in an isolated timing). ``kernels/group_norm_silu.cpp`` does both in one read for
-the statistics and one read-write from cache, and also takes the ResNet block's time-embedding addition into the
-norm. It is built on first use with torch's C++ extension loader (about 12 s with g++; cached per machine and
-source) and used only where it applies: a bf16 channels_last tensor on the CPU, with its own backward pass
-under autograd (training: 1.2x faster stage-2 steps than PyTorch's kernels in NCHW, the previous default). Anywhere
-else, and on a machine where it cannot be built, the blocks run diffusers' own code; :func:`prepare_for_sampling`
-says which ran, for the output's record. Figures: ``python benchmarks/bench_speed.py --kernels`` and
-``benchmarks/bench_fused_generate.py`` (docs/speed.md).
+(12 channels per group: 5x slower than the fused kernel, in an isolated timing). ``kernels/group_norm_silu.cpp`` does
+both in one read for the statistics and one read-write from cache, takes the ResNet block's time-embedding addition
+into the norm, and writes the SiLU's arithmetic out in AVX-512 vectors where the CPU has them (a plain C++ path
+elsewhere, built and tested here too: :func:`portable_kernel_ops`). It is built on first use with torch's C++
+extension loader (about 10 s with g++; cached per machine and source) and used only where it applies: a bf16
+channels_last tensor on the CPU, with its own backward pass under autograd (training). Anywhere else, and on a
+machine where it cannot be built, the blocks run diffusers' own code; :func:`prepare_for_sampling` says which ran,
+for the output's record. Figures: ``python benchmarks/bench_kernels.py`` and ``benchmarks/bench_fused_generate.py``
+(docs/speed.md).
 
 The fused ResNet block reproduces diffusers' ``ResnetBlock2D.forward`` for the configuration maskray builds (time
 embedding added before the second norm, no resampling inside the block, dropout off in eval) and falls back to

@@ -68,7 +68,7 @@ class GenerateConfig:
     channels_last: bool = option(True, help="NHWC memory format (1.3x faster sampling in bf16 on this CPU, "
                                             "benchmarks/bench_speed.py)")
     fused_kernels: bool = option(True, help="CPU, bf16, channels_last: GroupNorm + SiLU in one kernel (built on "
-                                            "first use; 1.1-1.2x faster sampling, benchmarks/bench_speed.py --kernels)")
+                                            "first use; 1.1-1.2x faster sampling, benchmarks/bench_kernels.py)")
     bit_depth: int = option(8, help="PNG bit depth (8 or 16)")
     inpaint_from: str | None = option(None, help="real dataset: regenerate only the changed region of its images")
     inpaint_margin: int = option(4, help="pixels the changed region is dilated by (region-preserving mode)")

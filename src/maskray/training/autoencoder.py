@@ -73,8 +73,8 @@ class AutoencoderTrainConfig:
     scale_cases: int = option(64, help="training images used to measure the latent scaling factor")
     precision: Literal["no", "bf16"] = option("bf16", help="autocast precision")
     fused_kernels: bool = option(True, help="CPU, bf16: channels_last with GroupNorm + SiLU in one kernel and its "
-                                            "gradient (1.14x faster encode-decode steps, benchmarks/bench_speed.py "
-                                            "--autoencoder-kernels)")
+                                            "gradient (1.2x faster encode-decode steps, benchmarks/bench_kernels.py "
+                                            "--autoencoder)")
     checkpoint_every: int = option(250, help="steps between checkpoints")
     seed: int = option(0, help="seed for weights, batches, crops, noise")
     resume: bool = option(False, help="continue from the checkpoint in --out")

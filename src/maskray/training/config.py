@@ -46,8 +46,8 @@ class TrainConfig:
     channels_last: bool | None = option(None, help="NHWC memory format (default: on where the fused GroupNorm + "
                                                    "SiLU kernel trains, bf16 on a CPU; else off)")
     fused_kernels: bool = option(True, help="CPU, bf16, channels_last: GroupNorm + SiLU in one kernel with its "
-                                            "gradient (built on first use; 1.2x faster training, "
-                                            "benchmarks/bench_speed.py --levers)")
+                                            "gradient (built on first use; 1.1-1.5x faster training, "
+                                            "benchmarks/bench_kernels.py)")
     ema_decay: float = option(0.999, help="EMA decay ceiling (warm-up ramps to it); 0 disables EMA")
     checkpoint_every: int = option(200, help="steps between checkpoints (accelerate save_state)")
     keep_checkpoints: int = option(2, help="checkpoints kept")
