@@ -105,6 +105,10 @@ def _train(cfg: TrainConfig, stage: Stage, progress: bool) -> Path:
     ema = EMAModel(trainable.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=2 / 3) \
         if cfg.ema_decay > 0 else None
     wrapped, optimizer, lr_sched = accelerator.prepare(trainable, optimizer, lr_sched)
+    # accelerate makes the prepared network return fp32; a ControlNet's fp32 residuals then turned the frozen base's
+    # whole up path fp32 (no fused kernel, a cast at every block: 15% of a step). The loss casts to fp32 itself and
+    # the step runs under the accelerator's autocast, so the wrapper goes (in place; DDP's wrapper stays).
+    accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)
     if setup.frozen is not None:
         setup.frozen.to(accelerator.device)
     start = 0
@@ -138,7 +142,7 @@ class _Loop:
         self.sampling_model = setup.joined(trainable)  # called for validation images
         self.strip = ValidationStrip(out / "validation", arrays, list(setup.labels.values()), cfg.validation_cases,
                                      cfg.seed, cfg.validation_sampler_steps, self.noise_sched.config, cfg.precision,
-                                     codec=setup.codec, condition=setup.maker.make)
+                                     codec=setup.codec, condition=setup.maker.make, channels_last=cfg.channels_last)
         self.mfu = self.efficiency() if accelerator.is_main_process else None
 
     def efficiency(self) -> Mfu:
@@ -199,7 +203,9 @@ class _Loop:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         ids = [self.arrays.case_ids[i] for i in idx.tolist()]
         cond = self.setup.condition(lab, gen, self.arrays.pixels(idx), ids)  # edges come from pixels, not latents
-        cond = cond.to(acc.device) if cond is not None else None
+        if cond is not None:  # channels_last like x0, else the ControlNet's blocks miss the fused kernel and copy
+            cond = cond.to(acc.device, memory_format=torch.channels_last if cfg.channels_last
+                           else torch.contiguous_format)
 
         def model_fn(noisy, t):
             with acc.autocast():

@@ -47,9 +47,10 @@ def grid_image(columns: list[list[np.ndarray]], titles: list[str], scale: int = 
 
 class ValidationStrip:
     def __init__(self, out_dir: Path, arrays, label_values: list[int], n_cases: int, seed: int,
-                 sampler_steps: int, scheduler_config: dict, precision: str, codec=None, condition=None):
+                 sampler_steps: int, scheduler_config: dict, precision: str, codec=None, condition=None,
+                 channels_last: bool = False):
         """``condition(labels, images, case_ids)``: the stage's whole condition of the strip's cases (else the
-        one-hot mask)."""
+        one-hot mask); ``channels_last``: sample in the memory format the networks train in (the fused kernel's)."""
         self.out_dir = Path(out_dir)
         n = min(n_cases, len(arrays))
         idx = torch.arange(n)
@@ -65,6 +66,7 @@ class ValidationStrip:
         self.sampler_steps = sampler_steps
         self.scheduler_config = scheduler_config
         self.precision = precision
+        self.channels_last = channels_last
         self.columns: list[tuple[int, torch.Tensor]] = []
 
     def add(self, model, step: int, conditional: bool, device) -> None:
@@ -72,7 +74,7 @@ class ValidationStrip:
         sched = make_scheduler("ddim", self.scheduler_config)
         imgs = sample(model, sched, self.shape, gens, cond=self.cond if conditional else None,
                       num_steps=self.sampler_steps, precision=self.precision, device=device,
-                      clip=self.codec is None)
+                      clip=self.codec is None, channels_last=self.channels_last)
         if self.codec is not None:
             with torch.no_grad():
                 imgs = self.codec.decode(imgs).cpu()
