@@ -8,7 +8,7 @@ import maskray
 
 # bottom to top; a module may import from its own layer and the ones before it
 LAYERS = [
-    ("errors", "files", "config", "provenance", "hardware", "distributed"),
+    ("errors", "files", "config", "provenance", "hardware", "memory", "distributed"),
     ("data",),
     ("measures",),
     ("diffusion",),
