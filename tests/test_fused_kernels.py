@@ -290,3 +290,17 @@ def test_bf16_training_runs_channels_last_with_fused_kernels_and_resumes_exactly
           progress=False)
     off = json.loads((tmp_path / "off" / "run.json").read_text())
     assert off["kernels"] == fused.PYTORCH_KERNELS and off["config"]["channels_last"] is False
+
+
+@needs_compiler
+def test_stage2_training_feeds_every_fused_block_bf16(toy_dataset, tmp_path, monkeypatch):
+    """accelerate's fp32-output wrapper once made the ControlNet's residuals fp32, which sent the frozen base's up
+    path past the fused kernel in fp32; no block may see an fp32 input in bf16 training."""
+    kw = {**TINY, "precision": "bf16", "steps": 2}
+    train(TrainConfig(data=str(toy_dataset), out=str(tmp_path / "base"), **kw), "base", progress=False)
+    seen = []
+    applies = fused._applies
+    monkeypatch.setattr(fused, "_applies", lambda x: seen.append(x.dtype) or applies(x))
+    train(TrainConfig(data=str(toy_dataset), out=str(tmp_path / "cn"), **kw, base=str(tmp_path / "base")),
+          "controlnet", progress=False)
+    assert seen and torch.float32 not in seen, f"{seen.count(torch.float32)} fp32 inputs of {len(seen)}"
