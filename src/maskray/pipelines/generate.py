@@ -34,7 +34,6 @@ from maskray.errors import MaskrayError
 from maskray.files import read_json
 from maskray.pipelines.conditions import GenerationConditions, parse_scales
 from maskray.pipelines.sharding import Shard
-from maskray.memory import keep_freed_memory
 from maskray.provenance import atomic_write_text, to_jsonable, write_run_info
 
 DEFAULT_SAMPLER = ("ddpm", 25)  # benchmarks/results/steps.json: best lung Dice on real radiographs, at the PSNR bound
@@ -180,8 +179,7 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     todo = [p for p in shard.take(job.plan)
             if not (image_path(out, p[0]).is_file() and label_path(out, p[0]).is_file())]
     device = distributed.device()
-    kernels = {**prepare_generation(model, codec, device, cfg.precision, cfg.channels_last, cfg.fused_kernels),
-               "allocator": keep_freed_memory()}
+    kernels = prepare_generation(model, codec, device, cfg.precision, cfg.channels_last, cfg.fused_kernels)
     scheduler = make_scheduler(cfg.scheduler, card.scheduler_config)
     draw = Drawer(cfg, card, model, codec, scheduler, device, job.scales)
     mine = len(shard.take(job.plan))

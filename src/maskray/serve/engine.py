@@ -25,7 +25,6 @@ from maskray.diffusion.fused import prepare_generation
 from maskray.diffusion.sampling import SCHEDULERS, make_scheduler
 from maskray.diffusion.store import load_codec, load_model
 from maskray.errors import MaskrayError
-from maskray.memory import keep_freed_memory
 from maskray.pipelines.generate import (DEFAULT_SAMPLER, SYNTHETIC_TEXT, GenerateConfig, condition_mapping, Drawer,
                                         edit_region)
 
@@ -79,9 +78,8 @@ class Engine:
         self.labels = dict(self.card.labels)
         self.mapping = condition_mapping(self.card, dataset, str(self.run))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.kernels = {**prepare_generation(self.model, self.codec, self.device, DEFAULTS.precision,
-                                             DEFAULTS.channels_last, DEFAULTS.fused_kernels),
-                        "allocator": keep_freed_memory()}
+        self.kernels = prepare_generation(self.model, self.codec, self.device, DEFAULTS.precision,
+                                          DEFAULTS.channels_last, DEFAULTS.fused_kernels)
         self._lock = threading.Lock()
 
     @property

@@ -153,7 +153,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> Pat
     loss_fn = AutoencoderLoss(weights, _feature_net(cfg, arrays, out, progress))
     vae = codec.vae.train()
     kernels = training_kernels(torch.device("cpu"), cfg.precision, cfg.fused_kernels)
-    keep_freed_memory()
+    allocator = keep_freed_memory()
     if kernels == FUSED_KERNELS:  # the kernel trains channels_last tensors
         vae.to(memory_format=torch.channels_last)
         fuse_norm_silu(vae)
@@ -165,7 +165,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> Pat
     write_run_info(out, "train autoencoder", cfg, seed=cfg.seed, checkpoint=cfg.feature_net,
                    extra={"train_cases": len(arrays), "dataset": str(ds.root), "loss_weights": weights,
                           "parameters": sum(p.numel() for p in vae.parameters()), "kernels": kernels,
-                          "allocator": keep_freed_memory()})
+                          "allocator": allocator})
     end = cfg.steps if cfg.stop_after is None else min(cfg.steps, start + cfg.stop_after)
     seconds = _loop(cfg, arrays, vae, loss_fn, opt_g, opt_d, out, start, end, progress,
                     channels_last=kernels == FUSED_KERNELS)

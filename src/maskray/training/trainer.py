@@ -203,7 +203,7 @@ class _Loop:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         ids = [self.arrays.case_ids[i] for i in idx.tolist()]
         cond = self.setup.condition(lab, gen, self.arrays.pixels(idx), ids)  # edges come from pixels, not latents
-        if cond is not None:  # channels_last like x0, else the ControlNet's blocks miss the fused kernel and copy
+        if cond is not None:  # in the memory format the networks train in, like x0
             cond = cond.to(acc.device, memory_format=torch.channels_last if cfg.channels_last
                            else torch.contiguous_format)
 
