@@ -47,3 +47,15 @@ def test_steps_reuse_the_pages_of_the_steps_before():
     # kept: once the heap has grown, later steps fault (almost) never, and the heap stops growing
     assert max(kept["faults"][10:]) < pages // 50
     assert kept["rss"][-1] - kept["rss"][10] < 1
+
+
+def test_an_unknown_malloc_choice_is_one_clear_error(monkeypatch):
+    from maskray.errors import MaskrayError
+    from maskray.memory import keep_freed_memory
+    monkeypatch.setenv("MASKRAY_MALLOC", "jemalloc")
+    keep_freed_memory.cache_clear()
+    try:
+        with pytest.raises(MaskrayError, match="MASKRAY_MALLOC='jemalloc'"):
+            keep_freed_memory()
+    finally:
+        keep_freed_memory.cache_clear()

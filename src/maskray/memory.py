@@ -21,6 +21,8 @@ import functools
 import os
 import sys
 
+from maskray.errors import MaskrayError
+
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 M_MMAP_MAX = -4
 KEPT = "glibc heap, freed memory kept (M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1)"
@@ -29,9 +31,12 @@ KEPT = "glibc heap, freed memory kept (M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1)"
 @functools.cache
 def keep_freed_memory() -> str:
     """Set glibc's allocator to keep freed memory (once per process); returns what the allocator now does, for
-    the output's record."""
-    if os.environ.get("MASKRAY_MALLOC", "").strip().lower() == "system":
+    the output's record. ``MASKRAY_MALLOC`` other than unset, empty or ``system`` is an error."""
+    choice = os.environ.get("MASKRAY_MALLOC", "").strip().lower()
+    if choice == "system":
         return "system defaults (MASKRAY_MALLOC=system)"
+    if choice:
+        raise MaskrayError(f"MASKRAY_MALLOC={choice!r}: set it to 'system' (glibc's defaults) or leave it unset")
     if not sys.platform.startswith("linux"):
         return "system defaults (not Linux)"
     try:

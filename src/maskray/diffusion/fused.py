@@ -83,11 +83,6 @@ def portable_kernel_ops():
     return torch.ops.maskray_kernels_portable
 
 
-def vector_path() -> str:
-    """Which arithmetic the loaded kernel runs: ``"avx512"`` (16-lane vectors) or ``"portable"`` (plain C++)."""
-    return torch.ops.maskray_kernels.vector_path()
-
-
 def _applies(x: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.dim() == 4
             and x.is_contiguous(memory_format=torch.channels_last))
