@@ -28,8 +28,8 @@ from maskray.data.masks import MaskSynthConfig, synthesize_masks
 from maskray.evaluation.adherence import nodule_contrast
 from maskray.diffusion.card import CARD_FILE
 from maskray.diffusion.store import model_folder
-from maskray.evaluation.detection import detection
-from maskray.evaluation.segmenter import Segmenter, SegmenterConfig
+from maskray.measures.detection import detection
+from maskray.measures.segmenter import Segmenter, SegmenterConfig
 from maskray.pipelines.generate import GenerateConfig, generate
 from maskray.training.validation import colorize, grid_image, to_uint8
 

@@ -41,8 +41,8 @@ from maskray.diffusion.sampling import SCHEDULERS, make_scheduler, sample
 from maskray.diffusion.store import load_model
 from maskray.evaluation.metrics import dice
 from maskray.evaluation.adherence import nodule_contrast
-from maskray.evaluation.detection import lesion_detection
-from maskray.evaluation.segmenter import Regressor, Segmenter, SegmenterConfig
+from maskray.measures.detection import lesion_detection
+from maskray.measures.segmenter import Regressor, Segmenter, SegmenterConfig
 from maskray.hardware import matmul_peak_gflops
 from maskray.measures.image import psnr, spectrum_distance, ssim
 from maskray.pipelines.generate import case_seed

@@ -142,7 +142,7 @@ def test_feature_weights_torchscript(tmp_path):
 
 
 def test_torch_threads_restores():
-    from maskray.evaluation.segmenter import torch_threads
+    from maskray.measures.segmenter import torch_threads
 
     before = torch.get_num_threads()
     with torch_threads(1):
@@ -167,7 +167,7 @@ def test_dice_counts_false_positives_on_empty_truth():
 
 
 def test_froc_and_cpm_on_a_constructed_case():
-    from maskray.evaluation.detection import detection
+    from maskray.measures.detection import detection
 
     # 2 images, 3 true nodules; candidates with known scores:
     # image 0: hit on nodule A (0.9), a second candidate on A (0.8, ignored), FP (0.7), hit on nodule B (0.3)

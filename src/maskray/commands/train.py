@@ -1,5 +1,6 @@
 """``maskray train base|controlnet|distil``: parse, build a TrainConfig, call the trainer; ``maskray train join``:
-join separately trained ControlNets of one base into one model."""
+join separately trained ControlNets of one base into one model; ``maskray train checker``: the segmenter of
+``generate --check``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from maskray.cli import add_config_argument
 from maskray.commands.train_autoencoder import register_stage as register_autoencoder
 from maskray.config import add_arguments, from_args
 from maskray.diffusion.join import join_models, parse_sources
+from maskray.training.checker import CheckerConfig, train_checker
 from maskray.training.trainer import TrainConfig, train
 
 
@@ -22,6 +24,7 @@ def register(sub) -> None:
         add_arguments(sp, TrainConfig)
         sp.set_defaults(func=_run, stage=stage)
     register_autoencoder(stages)
+    _register_checker(stages)
     _register_join(stages)
 
 
@@ -35,6 +38,21 @@ def _register_join(stages) -> None:
     sp.add_argument("--out", required=True, help="run folder of the joined model (written to OUT/model)")
     sp.add_argument("--overwrite", action="store_true", help="replace OUT if it holds files")
     sp.set_defaults(func=_join)
+
+
+def _register_checker(stages) -> None:
+    help_ = "the segmenter that generate --check scores every generated image with (trained on real pairs)"
+    sp = stages.add_parser("checker", help=help_, description=help_ + "; writes OUT/checker.json, "
+                           "OUT/checker.safetensors and OUT/report.json (the check on real held-out images)")
+    add_config_argument(sp)
+    add_arguments(sp, CheckerConfig)
+    sp.set_defaults(func=_checker, stage="checker")
+
+
+def _checker(args) -> int:
+    out = train_checker(from_args(CheckerConfig, args))
+    print(f"wrote {out}")
+    return 0
 
 
 def _join(args) -> int:

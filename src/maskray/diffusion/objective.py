@@ -71,27 +71,59 @@ def sample_timesteps(n: int, cfg: DiffusionConfig, generator: torch.Generator) -
     return (u * cfg.num_train_timesteps).long().clamp_(0, cfg.num_train_timesteps - 1)
 
 
-def diffusion_loss(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,
-                   scheduler: DDPMScheduler, cfg: DiffusionConfig, generator: torch.Generator) -> torch.Tensor:
-    """Weighted denoising loss for clean samples ``x0`` (float ``(N, C, H, W)`` in ``[-1, 1]``).
+@dataclass
+class Denoised:
+    """One training draw: timesteps ``t``, the noisy input, the target and the network's (fp32) output, and the
+    per-sample min-SNR weight (ones when it is off)."""
 
-    ``model_fn(noisy, t)`` returns the network output. The noise and timesteps are drawn from ``generator``
-    so that a training step is a pure function of its seed (exact resume).
-    """
+    t: torch.Tensor
+    noisy: torch.Tensor
+    target: torch.Tensor
+    pred: torch.Tensor
+    weight: torch.Tensor
+
+
+def denoise(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,
+            scheduler: DDPMScheduler, cfg: DiffusionConfig, generator: torch.Generator) -> Denoised:
+    """Noise clean samples ``x0`` (float ``(N, C, H, W)``) at random timesteps and run ``model_fn(noisy, t)``.
+
+    The noise and timesteps are drawn from ``generator`` so that a training step is a pure function of its seed
+    (exact resume)."""
     n = x0.shape[0]
     t = sample_timesteps(n, cfg, generator).to(x0.device)
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
     noisy = scheduler.add_noise(x0, noise, t)
-    if cfg.prediction_type == "epsilon":
-        target = noise
-    else:
-        target = scheduler.get_velocity(x0, noise, t)
+    target = noise if cfg.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
     pred = model_fn(noisy, t).float()
-    per = (pred - target).pow(2).mean(dim=(1, 2, 3))
+    weight = torch.ones(n, device=x0.device)
     if cfg.min_snr_gamma > 0:
         ac = scheduler.alphas_cumprod.to(x0.device)[t]
         snr = ac / (1 - ac)
         clipped = torch.clamp(snr, max=cfg.min_snr_gamma)
         weight = clipped / snr if cfg.prediction_type == "epsilon" else clipped / (snr + 1)
-        per = per * weight
-    return per.mean()
+    return Denoised(t, noisy, target, pred, weight)
+
+
+def clean_estimate(d: Denoised, scheduler: DDPMScheduler, prediction_type: str) -> torch.Tensor:
+    """The one-step estimate of the clean sample from the network's output (differentiable in ``d.pred``)."""
+    ac = scheduler.alphas_cumprod.to(d.pred.device)[d.t].view(-1, 1, 1, 1).float()
+    if prediction_type == "epsilon":
+        return (d.noisy.float() - (1 - ac).sqrt() * d.pred) / ac.sqrt()
+    return ac.sqrt() * d.noisy.float() - (1 - ac).sqrt() * d.pred
+
+
+def diffusion_loss(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,
+                   scheduler: DDPMScheduler, cfg: DiffusionConfig, generator: torch.Generator,
+                   pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted denoising loss for clean samples ``x0`` (float ``(N, C, H, W)`` in ``[-1, 1]``).
+
+    ``model_fn(noisy, t)`` returns the network output. ``pixel_weight`` (``(N, 1, H, W)``, optional) weights each
+    position's squared error (region weighting: lesions and their ring count more)."""
+    return weighted_loss(denoise(model_fn, x0, scheduler, cfg, generator), pixel_weight)
+
+
+def weighted_loss(d: Denoised, pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
+    err = (d.pred - d.target).pow(2)
+    if pixel_weight is not None:
+        err = err * pixel_weight
+    return (err.mean(dim=(1, 2, 3)) * d.weight).mean()

@@ -1,6 +1,6 @@
 """``maskray downstream``: do synthetic image/mask pairs help a segmenter on real held-out images?
 
-The same MONAI segmenter (:class:`maskray.evaluation.segmenter.Segmenter`: BasicUNet, DiceCE loss) is
+The same MONAI segmenter (:class:`maskray.measures.segmenter.Segmenter`: BasicUNet, DiceCE loss) is
 trained with one fixed step budget, once per seed, on
 
 - real labelled training cases at each fraction ``f`` (a seeded, nested subset: the 10% cases are among the
@@ -48,7 +48,7 @@ from maskray.export.nnunet import NnunetCase, write_nnunet_dataset, write_splits
 from maskray.evaluation.pairs import (load_images, open_pair, load_labels, read_manifest, recorded_provenance,
                                       test_split, working_size)
 from maskray.evaluation.scores import segmentation_scores
-from maskray.evaluation.segmenter import Segmenter, SegmenterConfig, torch_threads
+from maskray.measures.segmenter import Segmenter, SegmenterConfig, torch_threads
 from maskray.provenance import atomic_write_text, to_jsonable, versions, write_run_info
 
 CONDITIONS = ("real", "real+synthetic", "synthetic")

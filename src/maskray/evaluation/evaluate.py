@@ -17,7 +17,7 @@ What each number means, and what it is compared with:
   floor and the blurred real test images.
 - **Mask adherence**: a segmenter trained on the real training split segments the synthetic images; Dice
   per label as the Medical Segmentation Decathlon scores it, and lesion detection as LUNA16/NODE21 score it
-  (FROC and CPM, :mod:`maskray.evaluation.detection`), for synthetic and for real test images.
+  (FROC and CPM, :mod:`maskray.measures.detection`), for synthetic and for real test images.
 - **Diversity**: mean pairwise MS-SSIM among samples of one mask (lower is more diverse).
 - **Memorisation**: each synthetic image's most similar real training image other than its own source by SSIM,
   flagged above a threshold calibrated on real test vs real train nearest neighbours; and, for images drawn for
@@ -56,7 +56,7 @@ from maskray.evaluation.pairs import (SyntheticCase, groups_by_mask, load_images
                                       read_manifest, recorded_provenance, test_split, working_size)
 from maskray.evaluation.realism import realism
 from maskray.evaluation.report import evaluation_report
-from maskray.evaluation.segmenter import Regressor, Segmenter, SegmenterConfig, torch_threads
+from maskray.measures.segmenter import Regressor, Segmenter, SegmenterConfig, torch_threads
 from maskray.measures.features import FeatureNet, train_feature_net
 from maskray.provenance import atomic_write_text, file_sha256, to_jsonable, write_run_info
 

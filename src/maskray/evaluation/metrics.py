@@ -13,6 +13,7 @@ import torch
 from monai.metrics import MultiScaleSSIMMetric
 
 from maskray.measures.image import SSIM_DESCRIPTION, psnr, ssim
+from maskray.measures.mask_check import dice
 
 __all__ = ["SSIM_DESCRIPTION", "PSNR_CAP_DB", "psnr", "ssim", "ms_ssim", "ms_ssim_scales", "paired_scores", "dice",
            "dice_summary", "summarize"]
@@ -54,20 +55,6 @@ def paired_scores(x: torch.Tensor, y: torch.Tensor) -> dict[str, dict]:
     a, b = x.clamp(-1, 1), y.clamp(-1, 1)
     return {"psnr": summarize(psnr(a, b), cap=PSNR_CAP_DB), "ssim": summarize(ssim(a, b)),
             "ms_ssim": summarize(ms_ssim(a, b))}
-
-
-def dice(pred: torch.Tensor, target: torch.Tensor, values: list[int]) -> torch.Tensor:
-    """Per-image, per-label Dice ``2|P & T| / (|P| + |T|)`` of int label maps ``(N, H, W)``, as the Medical
-    Segmentation Decathlon scores it: 1 when truth and prediction are both empty, 0 when the truth is empty
-    and anything is predicted. Returns float ``(N, len(values))``, never NaN."""
-    if pred.shape != target.shape or pred.ndim != 3:
-        raise ValueError(f"expected two (N, H, W) label maps of one shape, got {tuple(pred.shape)}, {tuple(target.shape)}")
-    vals = torch.as_tensor(values).view(1, -1, 1, 1)
-    p = pred.unsqueeze(1) == vals
-    t = target.unsqueeze(1) == vals
-    inter = (p & t).sum(dim=(-2, -1)).double()
-    size = (p.sum(dim=(-2, -1)) + t.sum(dim=(-2, -1))).double()
-    return torch.where(size > 0, 2 * inter / size.clamp_min(1), torch.ones_like(size)).float()
 
 
 def dice_summary(pred: torch.Tensor, target: torch.Tensor, labels: dict[str, int]) -> dict[str, dict]:

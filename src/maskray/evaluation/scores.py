@@ -15,7 +15,7 @@ import torch
 
 from maskray.evaluation import features as feat
 from maskray.evaluation.adherence import lung_darker, nodule_contrast
-from maskray.evaluation.detection import detection
+from maskray.measures.detection import detection
 from maskray.evaluation.metrics import SSIM_DESCRIPTION, dice_summary, ms_ssim, paired_scores, ssim, summarize
 
 PERFECT_SAMPLER_GAP_DB = 10 * math.log10(2.0)

@@ -32,6 +32,8 @@ from maskray import distributed
 from maskray.distributed import on_main
 from maskray.errors import MaskrayError
 from maskray.files import read_json
+from maskray.measures.mask_check import Checker, CheckRule
+from maskray.pipelines.checked import CheckedBatches, collect, given_up, label_lut, open_checker
 from maskray.pipelines.conditions import GenerationConditions, parse_scales
 from maskray.pipelines.sharding import Shard
 from maskray.provenance import atomic_write_text, to_jsonable, write_run_info
@@ -75,13 +77,24 @@ class GenerateConfig:
                                 "with)")
     pretrained: str | None = option(None, help="Stable Diffusion models: the folder of its base (default: the one "
                                     "named in MODEL/pretrained.json; its parts must match the model card's hashes)")
+    check: str | None = option(None, help="checker folder (maskray train checker): score every image against its "
+                                          "mask and redraw failing ones with the case's next seed")
+    check_tries: int = option(4, help="--check: attempts per case before it is given up")
+    check_min_dice: float | None = option(None, help="--check: least Dice of every label but the lesion (default: "
+                                                     "the checker's)")
+    check_operating_point: float | None = option(None, help="--check: lesion probability at which a candidate "
+                                                            "counts (default: the checker's)")
+    check_keep_failed: bool = option(False, help="--check: write a given-up case's best attempt (flagged in the "
+                                                 "manifest) instead of leaving it out")
     resume: bool = option(False, help="continue an interrupted run in --out")
     overwrite: bool = option(False, help="replace an existing --out")
 
 
-def case_seed(seed: int, case_id: str, sample_index: int) -> int:
-    """A 63-bit seed that depends only on the run seed, the case id and the sample index."""
-    h = hashlib.sha256(f"{seed}:{case_id}:{sample_index}".encode()).digest()
+def case_seed(seed: int, case_id: str, sample_index: int, attempt: int = 0) -> int:
+    """A 63-bit seed that depends only on the run seed, the case id, the sample index and the attempt (``--check``
+    redraws; attempt 0 is the seed of an unchecked run)."""
+    key = f"{seed}:{case_id}:{sample_index}" + (f":try{attempt}" if attempt else "")
+    h = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(h[:8], "little") >> 1
 
 
@@ -173,11 +186,13 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     masks = Dataset(cfg.masks)
     job = _Job(cfg, card, masks, condition_mapping(card, masks, cfg.model),
                Dataset(cfg.inpaint_from) if cfg.inpaint_from else None)
+    checker = (open_checker(cfg.check, _check_rule(cfg), card.image_size, masks.info.labels) if cfg.check
+               else None)
     shard = Shard.current()  # one process, or this process's share under accelerate launch
     on_main(lambda: _open_out(cfg))
     out = Path(cfg.out)
     todo = [p for p in shard.take(job.plan)
-            if not (image_path(out, p[0]).is_file() and label_path(out, p[0]).is_file())]
+            if not (image_path(out, p[0]).is_file() and label_path(out, p[0]).is_file()) and not given_up(out, p[0])]
     device = distributed.device()
     kernels = prepare_generation(model, codec, device, cfg.precision, cfg.channels_last, cfg.fused_kernels)
     scheduler = make_scheduler(cfg.scheduler, card.scheduler_config)
@@ -185,19 +200,42 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     mine = len(shard.take(job.plan))
     bar = tqdm(total=mine, initial=mine - len(todo), desc="generate", unit="img",
                disable=not progress or not shard.is_main, dynamic_ncols=True)
-    for start in range(0, len(todo), cfg.batch_size):
-        chunk = todo[start: start + cfg.batch_size]
-        labs, kw = job.inputs(chunk)
-        imgs = draw(**kw)
-        for (out_id, _, _), img, lab in zip(chunk, imgs, labs):
-            # label first: a case counts as done only once its image (written last) exists
-            write_label_file(label_path(out, out_id), lab.numpy())
-            write_image_file(image_path(out, out_id), (img[0].numpy() + 1) / 2, cfg.bit_depth, text=SYNTHETIC_TEXT)
-        bar.update(len(chunk))
+
+    def draw_batch(batch):
+        labs, kw = job.inputs([item for item, _ in batch], [attempt for _, attempt in batch])
+        return labs, draw(**kw)[:len(labs)]  # the padding is dropped
+
+    def write(item, img, lab):  # label first: a case counts as done only once its image (written last) exists
+        write_label_file(label_path(out, item[0]), lab.numpy())
+        write_image_file(image_path(out, item[0]), (img[0].numpy() + 1) / 2, cfg.bit_depth, text=SYNTHETIC_TEXT)
+
+    lut = label_lut(masks.info.labels, checker) if checker else None
+    CheckedBatches(out, checker, lut, cfg.check_tries, cfg.check_keep_failed).run(todo, cfg.batch_size, draw_batch,
+                                                                                   write, bar)
     bar.close()
-    if shard.finish(out, [p[0] for p in job.plan]):
-        job.write_records(out, kernels)
+    kept = [p[0] for p in job.plan if not (checker and given_up(out, p[0]))]
+    if shard.finish(out, kept):
+        check = collect(out, [p[0] for p in job.plan], cfg.check, checker.rule, cfg.check_tries) if checker else None
+        if check and not kept:
+            raise MaskrayError(f"{out}: no image passed the check ({len(job.plan)} cases given up after "
+                               f"{cfg.check_tries} tries each; {out / 'check.json'} has the counts)")
+        job.write_records(out, kernels, check)
+        if check and progress:
+            c = check["summary"]
+            print(f"check: {c['passed_first_try']} passed at once, {c['passed_after_resampling']} after resampling, "
+                  f"{c['given_up']} given up ({'written, flagged' if cfg.check_keep_failed else 'not written'}) "
+                  f"of {c['cases']}; {c['attempts']} images drawn")
     return out
+
+
+def _check_rule(cfg: GenerateConfig) -> CheckRule | None:
+    """The ``--check-*`` overrides of the checker's stored rule (None: keep it as stored)."""
+    if cfg.check_min_dice is None and cfg.check_operating_point is None:
+        return None
+    stored = Checker.load(cfg.check).rule
+    return dataclasses.replace(stored, **{k: v for k, v in (("min_dice", cfg.check_min_dice),
+                                                            ("operating_point", cfg.check_operating_point))
+                                          if v is not None})
 
 
 def sampling_scales(cfg: GenerateConfig, card: ModelCard) -> dict:
@@ -254,15 +292,16 @@ class _Job:
         self.scales = sampling_scales(cfg, card)
         self.conds.check_guidance(self.scales["guidance_scale"], self.scales["attribute_guidance"])
 
-    def inputs(self, chunk: list[tuple[str, str, int]]) -> tuple[list[torch.Tensor], dict]:
+    def inputs(self, chunk: list[tuple[str, str, int]], attempts: list[int] | None = None
+               ) -> tuple[list[torch.Tensor], dict]:
         """Label maps of ``chunk`` and the sampler's keyword inputs, padded to ``batch_size`` with copies of
         the last case (their outputs are dropped): every batch then has one shape, and with it the arithmetic
         that reduced-precision kernels choose, so a case's pixels do not depend on its batch."""
         labs, gens, knowns, keeps, blends = [], [], [], [], []
-        for out_id, src_id, k in chunk:
+        for (out_id, src_id, k), attempt in zip(chunk, attempts or [0] * len(chunk)):
             lab = resize_label(_read_mask(self.masks, src_id, self.mapping)[None], self.size)[0]
             labs.append(lab)
-            gens.append(torch.Generator().manual_seed(case_seed(self.cfg.seed, src_id, k)))
+            gens.append(torch.Generator().manual_seed(case_seed(self.cfg.seed, src_id, k, attempt)))
             if self.real is not None:
                 x, keep, blend = _inpaint_inputs(self.real, self.masks, self.origin.get(src_id, src_id), src_id,
                                                  lab, self.size, self.cfg.inpaint_margin)
@@ -278,24 +317,28 @@ class _Job:
                       blend=torch.stack(blends + [blends[-1]] * pad)[:, None])
         return labs, kw
 
-    def write_records(self, out: Path, kernels: dict) -> None:
-        """manifest.json, dataset.json and run.json (``kernels``: which ran, from :func:`prepare_generation`):
-        written last, once every case exists."""
+    def write_records(self, out: Path, kernels: dict, check: dict | None = None) -> None:
+        """manifest.json, dataset.json and run.json (``kernels``: which ran, from :func:`prepare_generation`;
+        ``check``: :func:`maskray.pipelines.checked.collect`'s records): written last, once every case exists."""
         cfg, card = self.cfg, self.card
         folder = str(model_folder(cfg.model).resolve())
         mode = "region-preserving" if self.real is not None else "full"
+        recs = check["records"] if check else {}
+        plan = [p for p in self.plan if recs.get(p[0], {}).get("written", True)]
         manifest = {"cases": {out_id: {"source_case": self.origin.get(src, src), "mask_case": src, "sample": k,
-                                       "seed": case_seed(cfg.seed, src, k), "checkpoint": folder, "mode": mode,
-                                       **self.conds.record(src)}
-                              for out_id, src, k in self.plan}}
+                                       "seed": case_seed(cfg.seed, src, k, recs.get(out_id, {}).get("written_attempt", 0)),
+                                       "checkpoint": folder, "mode": mode, **self.conds.record(src),
+                                       **({"check": recs[out_id]} if out_id in recs else {})}
+                              for out_id, src, k in plan}}
         atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
         info = DatasetInfo(labels=dict(self.masks.info.labels), spacing=_scaled_spacing(self.masks, self.size),
                            extra={"synthetic": True, "maskray": {"unet_sha256": card.unet_sha256,
                                                                  "controlnet_sha256": card.controlnet_sha256,
                                                                  "step": card.step, **_prompt_record(cfg, card)}})
-        write_dataset_info(out, info, len(self.plan))
+        write_dataset_info(out, info, len(plan))
         write_run_info(out, "generate", cfg, seed=cfg.seed, checkpoint=folder,
-                       extra={"model_card": to_jsonable(card), "kernels": kernels})
+                       extra={"model_card": to_jsonable(card), "kernels": kernels,
+                              **({"check": check["summary"]} if check else {})})
 
 
 def _prompt_record(cfg: GenerateConfig, card: ModelCard) -> dict:

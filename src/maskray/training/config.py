@@ -13,7 +13,7 @@ from maskray.errors import MaskrayError
 
 Stage = Literal["base", "controlnet", "distil"]
 # kept out of the model card, which travels with exported data
-PATH_FIELDS = ("data", "out", "base", "autoencoder", "pretrained", "model")
+PATH_FIELDS = ("data", "out", "base", "autoencoder", "pretrained", "model", "consistency_checker")
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,17 @@ class TrainConfig:
     resume: bool = option(False, help="continue from the latest checkpoint in --out")
     overwrite: bool = option(False, help="replace an existing --out")
     stop_after: int | None = option(None, help="stop (with a checkpoint) after this many steps in this invocation")
+    # stage 2: terms that make the ControlNet follow the mask where it says "no nodule" (training/mask_terms.py)
+    region_weight: float = option(0.0, help="stage 2: extra weight of the denoising loss on lesion pixels and their "
+                                            "ring (0: off)")
+    region_ring: int = option(4, help="stage 2: ring around each lesion, in pixels, that --region-weight covers")
+    consistency_weight: float = option(0.0, help="stage 2: weight of the mask-consistency term (a frozen checker "
+                                                 "segments the one-step clean estimate; 0: off)")
+    consistency_checker: str | None = option(None, help="stage 2: checker folder (maskray train checker) for "
+                                                        "--consistency-weight")
+    consistency_max_t: int = option(200, help="stage 2: the consistency term applies at timesteps below this")
+    consistency_batch: int = option(4, help="stage 2: at most this many samples a step are scored for consistency")
+    lesion_label: str = option("nodule", help="stage 2: the label that --region-weight weights")
     # network (stage 1; stage 2 copies the base)
     block_out_channels: tuple[int, ...] = option((32, 64, 128), help="UNet channels per level")
     layers_per_block: int = option(1, help="ResNet blocks per UNet level")
@@ -127,6 +138,8 @@ def validate(cfg: TrainConfig, stage: Stage) -> None:
     if stage == "distil" and (not cfg.model or cfg.student_steps < 1 or cfg.teacher_steps % cfg.student_steps):
         raise MaskrayError("distil needs --model RUN (a trained base + ControlNet), --student-steps >= 1 and "
                            "--teacher-steps a multiple of --student-steps")
+    if stage != "controlnet" and (cfg.region_weight or cfg.consistency_weight):
+        raise MaskrayError("--region-weight and --consistency-weight are stage-2 (controlnet) terms")
     if stage == "controlnet" and not cfg.base and not cfg.pretrained:
         raise MaskrayError("stage 2 needs --base RUN (a finished 'maskray train base' run) or --pretrained DIR "
                            "(a Stable Diffusion folder)")

@@ -43,6 +43,7 @@ from maskray.errors import MaskrayError
 from maskray.provenance import to_jsonable
 from maskray.training.conditions import ConditionMaker, check_condition_names
 from maskray.training.config import PATH_FIELDS, Stage, TrainConfig
+from maskray.training.mask_terms import MaskTerms, MaskTermsConfig
 
 
 @dataclass
@@ -71,6 +72,8 @@ class StageSetup:
     # a stage's own loss, ``objective(model_fn, x0, cond, noise_scheduler, generator)`` (distillation); None: the
     # denoising loss
     objective: Callable | None = None
+    # stage 2's region weighting and mask consistency (training/mask_terms.py); None: the plain denoising loss
+    mask_terms: MaskTerms | None = None
 
     @property
     def needs_labels(self) -> bool:
@@ -86,9 +89,12 @@ class StageSetup:
         return self.maker.drop(self.maker.make(labels, images, case_ids), self.cond_drop, generator)
 
     def loss(self, model_fn, x0: torch.Tensor, cond: torch.Tensor | None, noise_scheduler,
-             generator: torch.Generator) -> torch.Tensor:
+             generator: torch.Generator, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.objective is not None:
             return self.objective(model_fn, x0, cond, noise_scheduler, generator)
+        if self.mask_terms is not None:
+            mask = cond.maps.get("mask") if hasattr(cond, "maps") else cond
+            return self.mask_terms.loss(model_fn, x0, mask, labels, noise_scheduler, self.diffusion, generator)
         return diffusion_loss(model_fn, x0, noise_scheduler, self.diffusion, generator)
 
     def save(self, folder: Path, trainable: nn.Module, step: int) -> Path:
@@ -226,7 +232,22 @@ def _setup_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
                  attributes=dict(base_card.attributes), sampling=_own_sampling(cfg, base_card))
     return StageSetup(stage="controlnet", trainable=controlnet, frozen=unet, diffusion=diff, labels=labels,
                       joined=lambda trained: ControlledUNet(unet, trained), maker=maker, cond_drop=cfg.cond_drop,
-                      card=card, codec=codec)
+                      card=card, codec=codec, mask_terms=_mask_terms(cfg, labels, codec, base_card.factor, diff))
+
+
+def _mask_terms(cfg: TrainConfig, labels: dict[str, int], codec, factor: int, diff: DiffusionConfig
+                ) -> MaskTerms | None:
+    terms = MaskTermsConfig(region_weight=cfg.region_weight, region_ring=cfg.region_ring,
+                            consistency_weight=cfg.consistency_weight, consistency_max_t=cfg.consistency_max_t,
+                            consistency_batch=cfg.consistency_batch, consistency_checker=cfg.consistency_checker,
+                            lesion_label=cfg.lesion_label)
+    if not terms.active:
+        return None
+    if "mask" not in cfg.conditions:
+        raise MaskrayError("--region-weight and --consistency-weight need the mask condition")
+    if codec is not None:
+        codec.vae.requires_grad_(False).eval()
+    return MaskTerms(terms, labels, codec, factor, diff.prediction_type)
 
 
 def _setup_pretrained_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:

@@ -212,7 +212,7 @@ class _Loop:
                 return self.model(noisy, t.to(acc.device), cond, cfg.conditioning_scale)
 
         with acc.accumulate(self.wrapped):
-            loss = self.setup.loss(model_fn, x0, cond, self.noise_sched, gen)
+            loss = self.setup.loss(model_fn, x0, cond, self.noise_sched, gen, lab)
             acc.backward(loss)
             if acc.sync_gradients:
                 acc.clip_grad_norm_(self.wrapped.parameters(), 1.0)

@@ -1,0 +1,126 @@
+"""``generate --check CHECKER``: every generated image is scored against its own mask before it is written.
+
+An image that fails the check (:mod:`maskray.measures.mask_check`: a label's Dice under the floor, an asked-for
+nodule not found, or a nodule where the mask has none) is drawn again with the case's next seed, up to
+``--check-tries`` attempts. A case that passes is written with the attempt that passed; one that never passes
+is given up: not written (the default), or written as its best attempt with ``--check-keep-failed``. Each case's
+scores, attempts and outcome are kept in ``OUT/.check/CASE.json`` as it finishes (so ``--resume`` continues with
+them) and go into ``manifest.json`` (``check``) and ``check.json`` (the run's counts) at the end.
+
+Attempt 0 uses the case's ordinary seed, so a case that passes at once has the bytes of an unchecked run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from maskray.errors import MaskrayError
+from maskray.files import read_json
+from maskray.measures.mask_check import CheckRule, Checker, summarize_checks
+from maskray.provenance import atomic_write_text
+
+RECORDS = ".check"
+
+
+def open_checker(folder: str, rule: CheckRule | None, image_size: int, mask_labels: dict[str, int]) -> Checker:
+    """The checker of ``--check``, refused when it cannot score these masks at this model's size."""
+    checker = Checker.load(folder, rule)
+    if checker.image_size != image_size:
+        raise MaskrayError(f"{folder}: the checker works at {checker.image_size} px but the model draws "
+                           f"{image_size} px images; train one with `maskray train checker --image-size {image_size}`")
+    unknown = [n for n, v in mask_labels.items() if v != 0 and n not in checker.labels]
+    if unknown:
+        raise MaskrayError(f"{folder}: the checker was not trained on labels {unknown} of the masks")
+    return checker
+
+
+def label_lut(mask_labels: dict[str, int], checker: Checker) -> torch.Tensor:
+    """Mask label value -> checker label value, matched by name."""
+    lut = torch.zeros(max(mask_labels.values()) + 1, dtype=torch.int64)
+    for name, v in mask_labels.items():
+        lut[v] = checker.labels.get(name, 0)
+    return lut
+
+
+def record_path(out: Path, out_id: str) -> Path:
+    return out / RECORDS / f"{out_id}.json"
+
+
+def given_up(out: Path, out_id: str) -> bool:
+    """Whether a finished case was given up unwritten (its record says so)."""
+    p = record_path(out, out_id)
+    return p.is_file() and not read_json(p, what="check record").get("written", True)
+
+
+class CheckedBatches:
+    """Draw the cases of ``todo`` in padded batches; with a checker, redraw failing cases with their next seed.
+
+    ``draw(items)`` samples images for ``[(plan item, attempt)]``; ``write(plan item, image, label)`` writes one
+    case. Without a checker every image is written as drawn."""
+
+    def __init__(self, out: Path, checker: Checker | None, lut: torch.Tensor | None, tries: int, keep_failed: bool):
+        if tries < 1:
+            raise MaskrayError("--check-tries must be at least 1")
+        self.out, self.checker, self.lut, self.tries, self.keep_failed = out, checker, lut, tries, keep_failed
+
+    def run(self, todo: list, batch_size: int, draw, write, bar) -> None:
+        queue = [(item, 0) for item in todo]
+        best: dict[str, tuple] = {}  # out id -> (failures, attempt, image, label, record) of its best failed attempt
+        while queue:
+            batch, queue = queue[:batch_size], queue[batch_size:]
+            labs, imgs = draw(batch)
+            if self.checker is None:
+                for (item, _), img, lab in zip(batch, imgs, labs):
+                    write(item, img, lab)
+                bar.update(len(batch))
+                continue
+            records = self.checker.check(imgs, self.lut[torch.stack(labs)])
+            for (item, attempt), img, lab, rec in zip(batch, imgs, labs, records):
+                out_id = item[0]
+                if rec["passed"]:
+                    self._finish(item, attempt + 1, {**rec, "written_attempt": attempt},
+                                 "passed" if attempt == 0 else "resampled", True)
+                    write(item, img, lab)
+                    best.pop(out_id, None)
+                    bar.update(1)
+                    continue
+                if out_id not in best or len(rec["failures"]) < best[out_id][0]:
+                    best[out_id] = (len(rec["failures"]), attempt, img, lab, rec)
+                if attempt + 1 < self.tries:
+                    queue.append((item, attempt + 1))
+                    continue
+                _, kept_attempt, kept_img, kept_lab, kept_rec = best.pop(out_id)
+                self._finish(item, attempt + 1, {**kept_rec, "written_attempt": kept_attempt}, "given_up",
+                             self.keep_failed)
+                if self.keep_failed:
+                    write(item, kept_img, kept_lab)
+                bar.update(1)
+
+    def _finish(self, item, attempts: int, rec: dict, outcome: str, written: bool) -> None:
+        # the record goes first: a case whose image is missing is drawn again on --resume, to the same bytes
+        atomic_write_text(record_path(self.out, item[0]),
+                          json.dumps({**rec, "attempts": attempts, "outcome": outcome, "written": written}))
+
+
+def collect(out: Path, out_ids: list[str], checker_folder: str, rule: CheckRule, tries: int) -> dict:
+    """Every case's record (``out id -> record``) and the run's counts, written to ``OUT/check.json``."""
+    records = {}
+    for c in out_ids:
+        p = record_path(out, c)
+        if not p.is_file():
+            raise MaskrayError(f"{out}: case {c} has no check record; run the same command again with --resume")
+        records[c] = read_json(p, what="check record")
+    outcomes = [r["outcome"] for r in records.values()]
+    written = [r for r in records.values() if r["written"]]
+    summary = {"cases": len(records), "passed_first_try": outcomes.count("passed"),
+               "passed_after_resampling": outcomes.count("resampled"), "given_up": outcomes.count("given_up"),
+               "written": len(written), "attempts": sum(r["attempts"] for r in records.values()),
+               "max_attempts": tries, "rule": rule.__dict__, "checker": str(Path(checker_folder).resolve()),
+               "written_images": summarize_checks(written),
+               "note": "scores are the checker's own; judge the set with a segmenter of another seed (evaluate)"}
+    summary["rejected_share"] = summary["given_up"] / len(records) if records else 0.0
+    atomic_write_text(out / "check.json", json.dumps(summary, indent=2))
+    return {"records": records, "summary": summary}
