@@ -103,6 +103,17 @@ def detection(prob: torch.Tensor, target: torch.Tensor, value: int, threshold: f
             "cpm": curve["cpm"], "froc": curve, "hit_rule": HIT_RULE}
 
 
+def image_candidates(prob: torch.Tensor, target: torch.Tensor, value: int, threshold: float = 0.1) -> dict:
+    """Per image of ``(N, H, W)`` lesion probabilities: its counted candidates ``(score, is_hit)`` (ignored
+    repeats left out) and its number of true lesions, from which :func:`froc` of any subset of images follows."""
+    cands, lesions = [], []
+    for p, t in zip(prob.float().numpy(), target.numpy() == value):
+        m, n = match(candidates(p, threshold), t)
+        cands.append([(s, lesion > 0) for s, lesion in m if lesion >= 0])
+        lesions.append(n)
+    return {"candidates": cands, "lesions": lesions}
+
+
 def lesion_detection(pred: torch.Tensor, target: torch.Tensor, value: int) -> dict:
     """Detection of hard label maps ``(N, H, W)`` (no scores): the predicted components of ``value`` with the
     same centre rule, at the one operating point a label map has."""
