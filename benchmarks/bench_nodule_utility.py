@@ -1,0 +1,101 @@
+"""The nodule-utility study at 256 px: does adding maskray's pairs make a segmenter better on real test images?
+
+    python benchmarks/bench_nodule_utility.py --work bench_out/lat256 [--n 320] [--steps 300] [--seeds 3]
+        [--fractions 0.1,0.25,0.5,1] [--sets checked,plain,inserted] [--name nodule_utility_phantom]
+
+WORK as for bench_nodule_sources.py (data/, cn/, checker/). Synthetic sets, each from the training split's masks
+only (no test mask is ever drawn for):
+- ``checked``: `maskray masks` adds 1 to 3 nodules to training masks; `generate --check WORK/checker` draws them and
+  leaves out every case that fails the check after 4 tries;
+- ``plain``: the same masks without the check (what the earlier study used);
+- ``inserted``: one new nodule in each real training image, regenerated only there (`generate --inpaint-from`,
+  guidance 2, with the check). Each is a real image with its real mask plus a nodule, so beside a real fraction
+  only the inserted images of that fraction's cases are used (downstream --synthetic-sources fraction).
+Each set goes through `maskray downstream` (real-only against real + synthetic at each fraction, the seeds given,
+the real test split; bootstrapped 95% intervals and the paired test against real-only). Writes
+results/NAME.json with every downstream's summary and intervals, and the wall and CPU seconds of each step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from results_file import write_results
+
+
+def maskray(times: dict, name: str, *argv: str) -> None:
+    t, before = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    print("---", "maskray", " ".join(argv), flush=True)
+    subprocess.run([sys.executable, "-m", "maskray", *argv], check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    times[name] = {"wall_s": round(time.time() - t, 1),
+                   "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)}
+
+
+def make_sets(work: Path, sets: list[str], n: int, times: dict) -> dict[str, Path]:
+    data, cn, ck = str(work / "data"), str(work / "cn"), str(work / "checker")
+    out = {}
+    if {"checked", "plain"} & set(sets) and not (work / "util_masks" / "masks.json").is_file():
+        maskray(times, "masks", "masks", "--from", data, "--out", str(work / "util_masks"), "--n", str(n),
+                "--source-split", "train", "--seed", "7", "--overwrite")
+    if "inserted" in sets and not (work / "util_insert_masks" / "masks.json").is_file():
+        maskray(times, "insert_masks", "masks", "--from", data, "--out", str(work / "util_insert_masks"),
+                "--source-split", "train", "--min-nodules", "1", "--max-nodules", "1", "--seed", "8", "--overwrite")
+    recipes = {"checked": ["--masks", str(work / "util_masks"), "--check", ck],
+               "plain": ["--masks", str(work / "util_masks")],
+               "inserted": ["--masks", str(work / "util_insert_masks"), "--inpaint-from", data, "--guidance-scale",
+                            "2", "--check", ck]}
+    for name in sets:
+        folder = work / f"util_{name}"
+        if not (folder / "manifest.json").is_file():
+            maskray(times, f"generate_{name}", "generate", "--model", cn, "--out", str(folder), "--overwrite",
+                    *recipes[name])
+        out[name] = folder
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--work", required=True)
+    p.add_argument("--n", type=int, default=320, help="new masks of the checked and plain sets")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--fractions", default="0.1,0.25,0.5,1")
+    p.add_argument("--sets", default="checked,plain,inserted")
+    p.add_argument("--name", default="nodule_utility_phantom")
+    a = p.parse_args()
+    work, times = Path(a.work), {}
+    sets = make_sets(work, a.sets.split(","), a.n, times)
+    res = {"sets": {}, "times": times, "command": "python benchmarks/bench_nodule_utility.py " + " ".join(sys.argv[1:])}
+    for name, folder in sets.items():
+        out = work / f"downstream_{name}_{a.steps}"
+        if not (out / "metrics.json").is_file():
+            same_budget = ["--synthetic-sources", "fraction"] if name == "inserted" else []
+            maskray(times, f"downstream_{name}", "downstream", *same_budget, "--real", str(work / "data"), "--synthetic",
+                    str(folder), "--out", str(out), "--fractions", a.fractions, "--seeds", str(a.seeds), "--steps",
+                    str(a.steps), "--threads", "1", "--overwrite")
+        m = json.loads((out / "metrics.json").read_text())
+        check = json.loads((folder / "check.json").read_text()) if (folder / "check.json").is_file() else None
+        res["sets"][name] = {"n_synthetic_used": m["n_synthetic_used"], "summary": m["summary"],
+                             "intervals": m["intervals"], "check": check, "fractions": m["fractions"],
+                             "seeds": m["seeds"], "steps": m["steps"], "n_real_test": m["n_real_test"]}
+    write_results(a.name, res)
+    for name, r in res["sets"].items():
+        print(f"== {name} ({r['n_synthetic_used']} synthetic)")
+        for row in sorted(r["intervals"], key=lambda x: (x["fraction"], x["condition"])):
+            d, c = row.get("dice_nodule", {}), row.get("cpm", {})
+            vs = d.get("vs_real")
+            print(f"{row['condition']:>15} f={row['fraction']:<5g} nodule Dice {d.get('mean', float('nan')):.3f} "
+                  f"CPM {c.get('mean', float('nan')):.3f}"
+                  + (f"  vs real {vs['mean']:+.3f} [{vs['ci95'][0]:+.3f}, {vs['ci95'][1]:+.3f}] p={vs['p_wilcoxon']:.3g}"
+                     if vs else ""))
+
+
+if __name__ == "__main__":
+    main()
