@@ -1,0 +1,122 @@
+"""The nodule tables of docs/nodules.md and the README, and the utility plot, from the results files.
+
+    python benchmarks/nodule_tables.py [--plot docs/img/nodule_utility.png]
+
+Reads results/nodule_sources_phantom.json (bench_nodule_sources.py) and results/nodule_utility_*.json
+(bench_nodule_utility.py); a missing file is named, not guessed. Prints Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        print(f"(missing: {path.relative_to(RESULTS.parent.parent)})")
+        return None
+    return json.loads(path.read_text())
+
+
+def sources_table(res: dict) -> str:
+    rows = ["| image set (test masks) | false nodules / image | asked-for nodules found | CPM | pass the check "
+            "| lung Dice | heart Dice | FID / precision / recall (floor) | spectrum distance (floor) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in res["sets"].items():
+        fl = r["floor"]
+        rows.append(f"| {name} | {r['false_nodules_per_image']:.2f} | {r['found']} of {r['nodules']} "
+                    f"({r['sensitivity']:.0%}) | {r['cpm']:.2f} | {r['pass_rate']:.0%} | {r['dice'].get('lung', 0):.3f} "
+                    f"| {r['dice'].get('heart', 0):.3f} | {r['fid']:.3f} / {r['precision']:.2f} / {r['recall']:.2f} "
+                    f"({fl['fid']:.3f} / {fl['precision']:.2f} / {fl['recall']:.2f}) | {r['spectrum_distance']:.3f} "
+                    f"({fl['spectrum_distance']:.3f}) |")
+    return "\n".join(rows)
+
+
+def _cell(v: dict | None, diff: bool = False) -> str:
+    if not v:
+        return ""
+    text = f"{v['mean']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
+    d = v.get("vs_real")
+    if d and diff:
+        text += f"; {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+        text += f", p={d['p_wilcoxon']:.2g}" if "p_wilcoxon" in d else ""
+    return text
+
+
+def _metric(summary: list[dict], cond: str, f: float, metric: str) -> str:
+    r = next((r for r in summary if r["condition"] == cond and r["fraction"] == f and r["metric"] == metric), None)
+    return f"{r['mean']:.2f}" if r else ""
+
+
+def utility_table(sets: dict[str, dict]) -> str:
+    rows = ["| training data | synthetic pairs | nodule Dice, all images [95% CI]; vs real-only [95% CI], p | "
+            "nodule CPM [95% CI]; vs real-only | false nodules / image | lung Dice [95% CI] |",
+            "|---|---|---|---|---|---|"]
+    first = next(iter(sets.values()))
+    for row in sorted(first["intervals"], key=lambda r: r["fraction"]):
+        if row["condition"] == "real":
+            f = row["fraction"]
+            rows.append(f"| {f:.0%} of real labels | none | {_cell(row.get('dice_nodule'))} | {_cell(row.get('cpm'))} "
+                        f"| {_metric(first['summary'], 'real', f, 'fp_per_image')} | {_cell(row.get('dice_lung'))} |")
+            for name, res in sets.items():
+                mine = next((r for r in res["intervals"] if r["condition"] == "real+synthetic" and r["fraction"] == f),
+                            None)
+                if mine:
+                    rows.append(f"| {f:.0%} of real labels | + {res['n_synthetic_used']} {name} | "
+                                f"{_cell(mine.get('dice_nodule'), True)} | {_cell(mine.get('cpm'), True)} | "
+                                f"{_metric(res['summary'], 'real+synthetic', f, 'fp_per_image')} | "
+                                f"{_cell(mine.get('dice_lung'))} |")
+    return "\n".join(rows)
+
+
+def plot(sets: dict[str, dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, metric, title in ((axes[0], "dice_nodule", "nodule Dice, all real test images"),
+                              (axes[1], "cpm", "nodule CPM (FROC)")):
+        curves = {"real only": [r for r in next(iter(sets.values()))["intervals"] if r["condition"] == "real"]}
+        for name, res in sets.items():
+            curves[f"real + {name}"] = [r for r in res["intervals"] if r["condition"] == "real+synthetic"]
+        for k, (label, rows) in enumerate(curves.items()):
+            rows = sorted(rows, key=lambda r: r["fraction"])
+            xs = [r["fraction"] * (1 + 0.04 * k) for r in rows]
+            ys = [r[metric]["mean"] for r in rows]
+            err = [[y - r[metric]["ci95"][0] for y, r in zip(ys, rows)], [r[metric]["ci95"][1] - y for y, r in zip(ys, rows)]]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("fraction of real labelled training cases")
+        ax.set_title(title, fontsize=10)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("256 px phantom: segmenters on real test images (mean over 3 seeds, bootstrap 95% CI)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--plot", default=None)
+    a = p.parse_args()
+    src = load("nodule_sources_phantom")
+    if src:
+        print(sources_table(src), "\n")
+    sets = {name: res for name in ("checked", "plain", "inserted")
+            for res in [load(f"nodule_utility_{name}")] if res}
+    sets = {k: v["sets"][k] for k, v in sets.items()}
+    if sets:
+        print(utility_table(sets))
+        if a.plot:
+            plot(sets, Path(a.plot))
+
+
+if __name__ == "__main__":
+    main()
