@@ -98,6 +98,14 @@ def test_checker_folder_round_trip_and_tampering(toy_dataset, tmp_path):
     assert back.labels == LABELS and back.rule == CheckRule()
     assert torch.allclose(back.segmenter.probabilities(xs), seg.probabilities(xs), atol=1e-6)
     assert Checker.load(tmp_path / "ck", CheckRule(min_dice=0.5)).rule.min_dice == 0.5
+    from maskray.pipelines.checked import open_checker
+
+    opened = open_checker(str(tmp_path / "ck"), 0.1, None, 32, LABELS)  # --check-min-dice 0.1
+    assert opened.rule == CheckRule(min_dice=0.1)
+    with pytest.raises(MaskrayError, match="works at 32 px"):
+        open_checker(str(tmp_path / "ck"), None, None, 64, LABELS)
+    with pytest.raises(MaskrayError, match="labels \\['heart'\\]"):
+        open_checker(str(tmp_path / "ck"), None, None, 32, {**LABELS, "heart": 3})
     with open(tmp_path / "ck" / "checker.safetensors", "r+b") as f:
         f.seek(-4, 2)
         f.write(b"\x00\x01\x02\x03")

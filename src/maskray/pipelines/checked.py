@@ -12,6 +12,7 @@ Attempt 0 uses the case's ordinary seed, so a case that passes at once has the b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -25,9 +26,13 @@ from maskray.provenance import atomic_write_text
 RECORDS = ".check"
 
 
-def open_checker(folder: str, rule: CheckRule | None, image_size: int, mask_labels: dict[str, int]) -> Checker:
-    """The checker of ``--check``, refused when it cannot score these masks at this model's size."""
-    checker = Checker.load(folder, rule)
+def open_checker(folder: str, min_dice: float | None, operating_point: float | None, image_size: int,
+                 mask_labels: dict[str, int]) -> Checker:
+    """The checker of ``--check`` with the ``--check-*`` overrides of its stored rule (None: as stored), refused
+    when it cannot score these masks at this model's size."""
+    checker = Checker.load(folder)
+    overrides = {k: v for k, v in (("min_dice", min_dice), ("operating_point", operating_point)) if v is not None}
+    checker.rule = dataclasses.replace(checker.rule, **overrides)
     if checker.image_size != image_size:
         raise MaskrayError(f"{folder}: the checker works at {checker.image_size} px but the model draws "
                            f"{image_size} px images; train one with `maskray train checker --image-size {image_size}`")

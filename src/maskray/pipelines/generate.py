@@ -32,7 +32,6 @@ from maskray import distributed
 from maskray.distributed import on_main
 from maskray.errors import MaskrayError
 from maskray.files import read_json
-from maskray.measures.mask_check import Checker, CheckRule
 from maskray.pipelines.checked import CheckedBatches, collect, given_up, label_lut, open_checker
 from maskray.pipelines.conditions import GenerationConditions, parse_scales
 from maskray.pipelines.sharding import Shard
@@ -186,8 +185,8 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     masks = Dataset(cfg.masks)
     job = _Job(cfg, card, masks, condition_mapping(card, masks, cfg.model),
                Dataset(cfg.inpaint_from) if cfg.inpaint_from else None)
-    checker = (open_checker(cfg.check, _check_rule(cfg), card.image_size, masks.info.labels) if cfg.check
-               else None)
+    checker = (open_checker(cfg.check, cfg.check_min_dice, cfg.check_operating_point, card.image_size,
+                            masks.info.labels) if cfg.check else None)
     shard = Shard.current()  # one process, or this process's share under accelerate launch
     on_main(lambda: _open_out(cfg))
     out = Path(cfg.out)
@@ -213,6 +212,8 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     CheckedBatches(out, checker, lut, cfg.check_tries, cfg.check_keep_failed).run(todo, cfg.batch_size, draw_batch,
                                                                                    write, bar)
     bar.close()
+    if checker:  # every process's given-up cases are recorded before the main process lists what was written
+        distributed.barrier()
     kept = [p[0] for p in job.plan if not (checker and given_up(out, p[0]))]
     if shard.finish(out, kept):
         check = collect(out, [p[0] for p in job.plan], cfg.check, checker.rule, cfg.check_tries) if checker else None
@@ -226,16 +227,6 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
                   f"{c['given_up']} given up ({'written, flagged' if cfg.check_keep_failed else 'not written'}) "
                   f"of {c['cases']}; {c['attempts']} images drawn")
     return out
-
-
-def _check_rule(cfg: GenerateConfig) -> CheckRule | None:
-    """The ``--check-*`` overrides of the checker's stored rule (None: keep it as stored)."""
-    if cfg.check_min_dice is None and cfg.check_operating_point is None:
-        return None
-    stored = Checker.load(cfg.check).rule
-    return dataclasses.replace(stored, **{k: v for k, v in (("min_dice", cfg.check_min_dice),
-                                                            ("operating_point", cfg.check_operating_point))
-                                          if v is not None})
 
 
 def sampling_scales(cfg: GenerateConfig, card: ModelCard) -> dict:
