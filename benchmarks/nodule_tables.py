@@ -1,26 +1,37 @@
 """The nodule tables of docs/nodules.md and the README, and the utility plot, from the results files.
 
-    python benchmarks/nodule_tables.py [--plot docs/img/nodule_utility.png]
+    python benchmarks/nodule_tables.py [--plot docs/img/nodule_utility.png]   # print the tables (and plot)
+    python benchmarks/tables.py --write                                        # the tables into docs/nodules.md
 
 Reads results/nodule_sources_phantom.json (bench_nodule_sources.py) and results/nodule_utility_*.json
-(bench_nodule_utility.py); a missing file is named, not guessed. Prints Markdown.
+(bench_nodule_utility.py); a missing file is named, not guessed. ``sources`` and ``utility`` are the tables of
+docs/nodules.md as functions of the results folder (``tables.py`` registers them).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from results_file import RESULTS, read_results  # benchmarks/ is the script's own folder on sys.path
+
+UTILITY_SETS = ("checked", "plain")  # results/nodule_utility_NAME.json, one synthetic set each
 
 
-def load(name: str) -> dict | None:
-    path = RESULTS / f"{name}.json"
-    if not path.is_file():
-        print(f"(missing: {path.relative_to(RESULTS.parent.parent)})")
-        return None
-    return json.loads(path.read_text())
+def sources(results: Path = RESULTS) -> str:
+    """docs/nodules.md's "where the false nodules come from", from results/nodule_sources_phantom.json."""
+    return sources_table(read_results(results, "nodule_sources_phantom"))
+
+
+def utility_sets(results: Path = RESULTS) -> dict[str, dict]:
+    """Each synthetic set's utility study; "inserted" too when its file is there (an optional third set)."""
+    names = UTILITY_SETS + (("inserted",) if (Path(results) / "nodule_utility_inserted.json").is_file() else ())
+    return {name: read_results(results, f"nodule_utility_{name}")["sets"][name] for name in names}
+
+
+def utility(results: Path = RESULTS) -> str:
+    """docs/nodules.md's utility table, from results/nodule_utility_*.json."""
+    return utility_table(utility_sets(results))
 
 
 def sources_table(res: dict) -> str:
@@ -106,16 +117,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--plot", default=None)
     a = p.parse_args()
-    src = load("nodule_sources_phantom")
-    if src:
-        print(sources_table(src), "\n")
-    sets = {name: res for name in ("checked", "plain", "inserted")
-            for res in [load(f"nodule_utility_{name}")] if res}
-    sets = {k: v["sets"][k] for k, v in sets.items()}
-    if sets:
-        print(utility_table(sets))
-        if a.plot:
-            plot(sets, Path(a.plot))
+    print(sources(), "\n")
+    sets = utility_sets()
+    print(utility_table(sets))
+    if a.plot:
+        plot(sets, Path(a.plot))
 
 
 if __name__ == "__main__":

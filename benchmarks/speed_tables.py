@@ -1,11 +1,12 @@
-"""The speed tables of docs/speed.md (and the README's speed section), printed as Markdown from the results files.
+"""The speed tables of docs/speed.md and docs/results.md, as Markdown from the results files.
 
-    python benchmarks/speed_tables.py [steps|peer|levers|profile|kernels|generate ...]
+    python benchmarks/speed_tables.py [steps|peer|peer_128|levers|profile|kernels|generate ...]   # print
+    python benchmarks/tables.py --write                                                      # into the docs
 
 Reads benchmarks/results/steps.json (bench_steps.py), peer.json and peer_128.json (bench_peer.py), speed_levers.json
 (bench_speed.py --levers), speed_profile.json (bench_speed.py --profile), speed_kernels.json and
 speed_autoencoder_kernels.json (bench_kernels.py), fused_generate*.json (bench_fused_generate.py); a missing file is
-named, not guessed.
+named, not guessed. Each table is a function of the results folder returning Markdown (``tables.py`` registers them).
 """
 
 from __future__ import annotations
@@ -14,15 +15,13 @@ import json
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from results_file import RESULTS, MissingResults, read_results  # benchmarks/ is the script's own folder on sys.path
 
 
-def _load(name: str) -> dict | None:
-    path = RESULTS / name
-    if not path.is_file():
-        print(f"({path} not found: run the benchmark that writes it)\n")
-        return None
-    return json.loads(path.read_text())
+def _text(out: list[str]) -> str:
+    return "\n".join(out).strip()
+
+
 
 
 def _nodules(r: dict) -> str:
@@ -37,84 +36,87 @@ def _dice(scores: dict, labels: list[str]) -> str:
     return " / ".join(f"{scores['dice'][k]:.3f}" for k in labels) if "dice" in scores else "not measured"
 
 
-def steps_table() -> None:
-    d = _load("steps.json")
-    if d is None:
-        return
+def steps_table(results: Path = RESULTS) -> str:
+    d = read_results(results, "steps")
+    out: list[str] = []
     peak = d["machine"]["bf16_matmul_peak_gflops"]
     for data in dict.fromkeys(m["data_name"] for m in d["models"].values()):
         names = [k for k, m in d["models"].items() if m["data_name"] == data]
         m = d["models"][names[0]]
         real = m["real_test_images"]
         labels = list(real.get("dice", {}))
-        print(f"**{data}**: {m['test_masks']} held-out masks, {m['image_size']} px, {d['threads']} thread (bf16 "
-              f"matmul peak {peak:.0f} GFLOP/s at 1 thread); perfect-sampler bound "
-              f"{m['perfect_sampler_bound_psnr']:.2f} dB; real test images: Dice "
-              + ", ".join(f"{k} {v:.3f}" for k, v in real.get("dice", {}).items())
-              + (f", nodules {_nodules(real)}" if real.get("nodules") else "") + "\n")
-        print("| model | sampler | steps | PSNR dB | - bound | SSIM | Dice " + " / ".join(labels)
-              + " | nodules found, contrast | texture distance | CPU s / image |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        out.append(f"**{data}**: {m['test_masks']} held-out masks, {m['image_size']} px, {d['threads']} thread (bf16 "
+                   f"matmul peak {peak:.0f} GFLOP/s at 1 thread); perfect-sampler bound "
+                   f"{m['perfect_sampler_bound_psnr']:.2f} dB; real test images: Dice "
+                   + ", ".join(f"{k} {v:.3f}" for k, v in real.get("dice", {}).items())
+                   + (f", nodules {_nodules(real)}" if real.get("nodules") else "") + "\n")
+        out.append("| model | sampler | steps | PSNR dB | - bound | SSIM | Dice " + " / ".join(labels)
+                   + " | nodules found, contrast | texture distance | CPU s / image |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|")
         for r in (r for r in d["rows"] if r["model"] in names):
-            print(f"| {r['model']} | {r['scheduler']} | {r['steps']} | {r['psnr']:.2f} | {r['psnr_minus_bound']:+.2f} | "
-                  f"{r['ssim']:.3f} | {_dice(r, labels)} | {_nodules(r)} | {r['spectrum_distance']:.3f} | "
-                  f"{r['cpu_seconds_per_image']:.3f} |")
-        print()
-    print("`python benchmarks/" + "`; `python benchmarks/".join(d["commands"]) + "` (figure: `benchmarks/results/steps.png`)\n")
+            out.append(f"| {r['model']} | {r['scheduler']} | {r['steps']} | {r['psnr']:.2f} | {r['psnr_minus_bound']:+.2f} | "
+                       f"{r['ssim']:.3f} | {_dice(r, labels)} | {_nodules(r)} | {r['spectrum_distance']:.3f} | "
+                       f"{r['cpu_seconds_per_image']:.3f} |")
+        out.append("")
+    out.append("`python benchmarks/" + "`; `python benchmarks/".join(d["commands"]) + "` (figure: `benchmarks/results/steps.png`)\n")
+    return _text(out)
 
 
-def peer_table() -> None:
-    """One table per peer results file: peer.json (64 px) and peer_128.json (``--size 128 --out ...``) when present."""
-    _peer_table(_load("peer.json"))
-    if (RESULTS / "peer_128.json").is_file():
-        _peer_table(_load("peer_128.json"))
+def peer_table(results: Path = RESULTS) -> str:
+    """The 64 px run, results/peer.json (``bench_peer.py``)."""
+    return _peer_table(read_results(results, "peer"))
 
 
-def _peer_table(d: dict | None) -> None:
-    if d is None:
-        return
+def peer_128_table(results: Path = RESULTS) -> str:
+    """The 128 px run, results/peer_128.json (``bench_peer.py --size 128 --out ...``)."""
+    return _peer_table(read_results(results, "peer_128"))
+
+
+def _peer_table(d: dict) -> str:
+    out: list[str] = []
     labels = list(d["real_test_images"]["dice"])
     floor = d["realism_floor_real_test"]["features"]
-    print(f"{d['image_size']} px, budget {d['budget_s'][0] / 60:.0f} + {d['budget_s'][1] / 60:.0f} CPU-minutes each, "
-          f"{d['threads']} thread (matmul peak at 1 thread: {d['fp32_matmul_peak_gflops']:.0f} GFLOP/s fp32, "
-          f"{d['bf16_matmul_peak_gflops']:.0f} bf16), {d['test_masks']} held-out masks; perfect-sampler bound "
-          f"{d['perfect_sampler_bound_psnr']:.2f} dB; real test images: Dice "
-          + ", ".join(f"{k} {v:.3f}" for k, v in d["real_test_images"]["dice"].items())
-          + f"; realism floor (real test vs real train): FID {floor['fid']:.2f}, precision {floor['precision']:.2f}, "
-            f"recall {floor['recall']:.2f}\n")
-    print("| | parameters (UNet + ControlNet) | steps (base + CN) | train img/CPU-s (base / CN) | sampler | "
-          "CPU s / image | PSNR dB | SSIM | Dice " + " / ".join(labels) + " | FID | precision / recall |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    out.append(f"{d['image_size']} px, budget {d['budget_s'][0] / 60:.0f} + {d['budget_s'][1] / 60:.0f} CPU-minutes each, "
+               f"{d['threads']} thread (matmul peak at 1 thread: {d['fp32_matmul_peak_gflops']:.0f} GFLOP/s fp32, "
+               f"{d['bf16_matmul_peak_gflops']:.0f} bf16), {d['test_masks']} held-out masks; perfect-sampler bound "
+               f"{d['perfect_sampler_bound_psnr']:.2f} dB; real test images: Dice "
+               + ", ".join(f"{k} {v:.3f}" for k, v in d["real_test_images"]["dice"].items())
+               + f"; realism floor (real test vs real train): FID {floor['fid']:.2f}, precision {floor['precision']:.2f}, "
+                 f"recall {floor['recall']:.2f}\n")
+    out.append("| | parameters (UNet + ControlNet) | steps (base + CN) | train img/CPU-s (base / CN) | sampler | "
+               "CPU s / image | PSNR dB | SSIM | Dice " + " / ".join(labels) + " | FID | precision / recall |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = [("MONAI tutorial build", d["peer"], d["peer"]["sampler"], d["peer"]["scores"])]
     rows += [("maskray", d["maskray"], k, v) for k, v in d["maskray"]["samplers"].items()]
     for name, e, sampler, sc in rows:
         p, r = e["parameters"], sc["realism"]
-        print(f"| {name} | {p['unet'] / 1e6:.2f} M + {p['controlnet'] / 1e6:.2f} M | {e['base']['steps']} + "
-              f"{e['controlnet']['steps']} | {e['train_images_per_cpu_s']['base']:.1f} / "
-              f"{e['train_images_per_cpu_s']['controlnet']:.1f} | {sampler} | {sc['cpu_seconds_per_image']:.3f} | "
-              f"{sc['psnr']:.2f} | {sc['ssim']:.3f} | {_dice(sc, labels)} | {r['fid']:.2f} | "
-              f"{r['precision']:.2f} / {r['recall']:.2f} |")
-    print(f"\n`python benchmarks/{d['command']}`\n")
+        out.append(f"| {name} | {p['unet'] / 1e6:.2f} M + {p['controlnet'] / 1e6:.2f} M | {e['base']['steps']} + "
+                   f"{e['controlnet']['steps']} | {e['train_images_per_cpu_s']['base']:.1f} / "
+                   f"{e['train_images_per_cpu_s']['controlnet']:.1f} | {sampler} | {sc['cpu_seconds_per_image']:.3f} | "
+                   f"{sc['psnr']:.2f} | {sc['ssim']:.3f} | {_dice(sc, labels)} | {r['fid']:.2f} | "
+                   f"{r['precision']:.2f} / {r['recall']:.2f} |")
+    out.append(f"\n`python benchmarks/{d['command']}`\n")
+    return _text(out)
 
 
-def levers_table() -> None:
-    d = _load("speed_levers.json")
-    if d is None:
-        return
-    print(f"{d['threads']} thread; bf16 matmul peak {d['bf16_matmul_peak_gflops']:.0f} GFLOP/s, fp32 "
-          f"{d['fp32_matmul_peak_gflops']:.0f} GFLOP/s (same thread count); GFLOP per image: "
-          + "; ".join(f"{k} px {v['per_image_denoising_step']:.2f} per denoising step, "
-                      f"{v['per_image_stage2_train_step']:.2f} per stage-2 training step" for k, v in d["gflop"].items())
-          + "\n")
-    print("| px | batch | channels_last | torch.compile | freezing | stage-2 train img/s | % of peak | "
-          "sampling img-steps/s | % of peak |")
-    print("|---|---|---|---|---|---|---|---|---|")
+def levers_table(results: Path = RESULTS) -> str:
+    d = read_results(results, "speed_levers")
+    out: list[str] = []
+    out.append(f"{d['threads']} thread; bf16 matmul peak {d['bf16_matmul_peak_gflops']:.0f} GFLOP/s, fp32 "
+               f"{d['fp32_matmul_peak_gflops']:.0f} GFLOP/s (same thread count); GFLOP per image: "
+               + "; ".join(f"{k} px {v['per_image_denoising_step']:.2f} per denoising step, "
+                           f"{v['per_image_stage2_train_step']:.2f} per stage-2 training step" for k, v in d["gflop"].items())
+               + "\n")
+    out.append("| px | batch | channels_last | torch.compile | freezing | stage-2 train img/s | % of peak | "
+               "sampling img-steps/s | % of peak |")
+    out.append("|---|---|---|---|---|---|---|---|---|")
     for r in d["rows"]:
         tr = (f"{r['train_images_per_s']:.1f} | {100 * r['train_fraction_of_peak']:.0f}%"
               if "train_images_per_s" in r else "(inference only) | ")
-        print(f"| {r['size']} | {r['batch']} | {r['channels_last']} | {r['compile']} | {r['freezing']} | {tr} | "
-              f"{r['sample_image_steps_per_s']:.1f} | {100 * r['sample_fraction_of_peak']:.0f}% |")
-    print(f"\n`python benchmarks/{d['command']}`\n")
+        out.append(f"| {r['size']} | {r['batch']} | {r['channels_last']} | {r['compile']} | {r['freezing']} | {tr} | "
+                   f"{r['sample_image_steps_per_s']:.1f} | {100 * r['sample_fraction_of_peak']:.0f}% |")
+    out.append(f"\n`python benchmarks/{d['command']}`\n")
+    return _text(out)
 
 
 PROFILE_STEP_NAMES = {"train": "stage-2 training, fused kernel, freed memory kept (default)",
@@ -123,33 +125,33 @@ PROFILE_STEP_NAMES = {"train": "stage-2 training, fused kernel, freed memory kep
                       "sample_pytorch": "denoising, PyTorch's kernels, glibc's allocator"}
 
 
-def profile_table() -> None:
-    d = _load("speed_profile.json")
-    if d is None:
-        return
-    print(f"{d['threads']} thread; bf16 matmul peak {d['bf16_matmul_peak_gflops']:.0f} GFLOP/s (measured in the same "
-          "run); share of the step's profiled time per operator group\n")
-    print("| px | step (batch 32) | memory format | convolutions | GroupNorm | SiLU | GroupNorm + SiLU fused | other "
-          "(adds, concatenations, copies, casts, optimizer) | conv + matmul kernels alone, % of peak | whole step, "
-          "% of peak |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+def profile_table(results: Path = RESULTS) -> str:
+    d = read_results(results, "speed_profile")
+    out: list[str] = []
+    out.append(f"{d['threads']} thread; bf16 matmul peak {d['bf16_matmul_peak_gflops']:.0f} GFLOP/s (measured in the same "
+               "run); share of the step's profiled time per operator group\n")
+    out.append("| px | step (batch 32) | memory format | convolutions | GroupNorm | SiLU | GroupNorm + SiLU fused | other "
+               "(adds, concatenations, copies, casts, optimizer) | conv + matmul kernels alone, % of peak | whole step, "
+               "% of peak |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|")
     for r in d["rows"]:
         sh = r["share"]
         named = ("convolution", "group_norm", "silu", "group_norm_silu (fused)")
         other = 1 - sum(sh.get(k, 0) for k in named)
-        print(f"| {r['size']} | {PROFILE_STEP_NAMES.get(r['kind'], r['kind'])} | "
-              f"{'channels_last' if r['channels_last'] else 'NCHW'} | "
-              + " | ".join(f"{100 * sh.get(k, 0):.0f}%" for k in named)
-              + f" | {100 * other:.0f}% | {100 * r['conv_matmul_kernels_fraction_of_peak']:.0f}% | "
-                f"{100 * r['fraction_of_peak_profiled']:.0f}% |")
-    print(f"\n`python benchmarks/{d['command']}`\n")
+        out.append(f"| {r['size']} | {PROFILE_STEP_NAMES.get(r['kind'], r['kind'])} | "
+                   f"{'channels_last' if r['channels_last'] else 'NCHW'} | "
+                   + " | ".join(f"{100 * sh.get(k, 0):.0f}%" for k in named)
+                   + f" | {100 * other:.0f}% | {100 * r['conv_matmul_kernels_fraction_of_peak']:.0f}% | "
+                     f"{100 * r['fraction_of_peak_profiled']:.0f}% |")
+    out.append(f"\n`python benchmarks/{d['command']}`\n")
+    return _text(out)
 
 
-def _highest_one_thread_peak() -> tuple[float, str]:
+def _highest_one_thread_peak(results: Path) -> tuple[float, str]:
     """The highest one-thread bf16 matmul peak any results file measured, and that file's name: this machine's peak
     moves by about 10% between runs, so fractions are also given against the highest."""
     best = (0.0, "")
-    for path in sorted(RESULTS.glob("*.json")):
+    for path in sorted(Path(results).glob("*.json")):
         d = json.loads(path.read_text())
         if not isinstance(d, dict) or d.get("threads") != 1:
             continue
@@ -167,16 +169,15 @@ def _rss(row: dict, kept: str, default: str) -> str:
     return ""
 
 
-def kernels_table() -> None:
-    d = _load("speed_kernels.json")
-    if d is None:
-        return
+def kernels_table(results: Path = RESULTS) -> str:
+    d = read_results(results, "speed_kernels")
+    out: list[str] = []
     peaks = ", ".join(f"{k} px {v:.0f}" for k, v in d["bf16_matmul_peak_gflops"].items())
-    print(f"{d['threads']} thread; one denoising step (base + ControlNet), bf16, channels_last; bf16 matmul peak "
-          f"GFLOP/s measured before each size's rows: {peaks}\n")
-    print("| px | batch | fp32 weights + autocast | bf16 weights, PyTorch kernels | bf16 weights + fused GroupNorm/SiLU "
-          "| the same, freed memory kept (default) | default vs autocast | peak RSS, kept / glibc default |")
-    print("|---|---|---|---|---|---|---|---|")
+    out.append(f"{d['threads']} thread; one denoising step (base + ControlNet), bf16, channels_last; bf16 matmul peak "
+               f"GFLOP/s measured before each size's rows: {peaks}\n")
+    out.append("| px | batch | fp32 weights + autocast | bf16 weights, PyTorch kernels | bf16 weights + fused GroupNorm/SiLU "
+               "| the same, freed memory kept (default) | default vs autocast | peak RSS, kept / glibc default |")
+    out.append("|---|---|---|---|---|---|---|---|")
     cells: dict = {}
     for r in d["rows"]:
         cells.setdefault((r["size"], r["batch"]), {})[r["choice"]] = r
@@ -185,14 +186,14 @@ def kernels_table() -> None:
                 if c in row else "" for c in ("autocast", "pytorch", "fused", "fused_kept")]
         gain = (f"{row['fused_kept']['image_steps_per_s'] / row['autocast']['image_steps_per_s']:.2f}x"
                 if "fused_kept" in row and "autocast" in row else "")
-        print(f"| {size} | {batch} | " + " | ".join(text) + f" | {gain} | {_rss(row, 'fused_kept', 'fused')} |")
+        out.append(f"| {size} | {batch} | " + " | ".join(text) + f" | {gain} | {_rss(row, 'fused_kept', 'fused')} |")
     if d.get("train_rows"):
-        print("\nStage-2 training step (ControlNet trained, base frozen and back-propagated through), bf16:\n")
-        top, top_file = _highest_one_thread_peak()
-        print("| px | batch | NCHW, PyTorch kernels (default before) | channels_last, PyTorch kernels | channels_last + "
-              "fused GroupNorm/SiLU | the same, freed memory kept (default) | default vs before | default, % of the "
-              f"highest peak measured ({top:.0f} GFLOP/s, {top_file}) | peak RSS, kept / glibc default |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        out.append("\nStage-2 training step (ControlNet trained, base frozen and back-propagated through), bf16:\n")
+        top, top_file = _highest_one_thread_peak(results)
+        out.append("| px | batch | NCHW, PyTorch kernels (default before) | channels_last, PyTorch kernels | channels_last + "
+                   "fused GroupNorm/SiLU | the same, freed memory kept (default) | default vs before | default, % of the "
+                   f"highest peak measured ({top:.0f} GFLOP/s, {top_file}) | peak RSS, kept / glibc default |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
         train: dict = {}
         for r in d["train_rows"]:
             train.setdefault((r["size"], r["batch"]), {})[r["train_choice"]] = r
@@ -203,26 +204,27 @@ def kernels_table() -> None:
                     if "fused_kept" in row and "nchw" in row else "")
             of_top = (f"{100 * row['fused_kept']['images_per_s'] * d['gflop_per_image_train_step'][str(size)] / top:.0f}%"
                       if "fused_kept" in row and top else "")
-            print(f"| {size} | {batch} | " + " | ".join(text) + f" | {gain} | {of_top} | "
-                  f"{_rss(row, 'fused_kept', 'fused')} |")
-    print(f"\n`python benchmarks/{d['command']}`\n")
-    ae = _load("speed_autoencoder_kernels.json")
-    if ae is not None and "fused_kept" in ae:
+            out.append(f"| {size} | {batch} | " + " | ".join(text) + f" | {gain} | {of_top} | "
+                       f"{_rss(row, 'fused_kept', 'fused')} |")
+    out.append(f"\n`python benchmarks/{d['command']}`\n")
+    ae = read_results(results, "speed_autoencoder_kernels")
+    if "fused_kept" in ae:
         steps = ", ".join(f"{k} {ae[k]['seconds_per_step']:.3f} s" for k in ("nchw", "fused", "fused_kept"))
-        print(f"Autoencoder training step (128 px crops, batch {ae['batch']}, L1, bf16, {ae['threads']} thread): "
-              f"{steps}; default vs NCHW {ae['speedup']:.2f}x (`python benchmarks/{ae['command']}`)\n")
+        out.append(f"Autoencoder training step (128 px crops, batch {ae['batch']}, L1, bf16, {ae['threads']} thread): "
+                   f"{steps}; default vs NCHW {ae['speedup']:.2f}x (`python benchmarks/{ae['command']}`)\n")
+    return _text(out)
 
 
-def fused_generate_table() -> None:
+def fused_generate_table(results: Path = RESULTS) -> str:
     """End-to-end generate runs, one row per results/fused_generate*.json."""
-    files = sorted(RESULTS.glob("fused_generate*.json"))
+    files = sorted(Path(results).glob("fused_generate*.json"))
     if not files:
-        print("(no results/fused_generate*.json: run benchmarks/bench_fused_generate.py)\n")
-        return
-    print("| model | images | before (autocast, fp32 decoding) | PyTorch kernels, bf16 weights and decoding | fused, "
-          "glibc's default allocator | fused, freed memory kept (default) | default vs before | default's images vs "
-          "before: median PSNR, largest difference |")
-    print("|---|---|---|---|---|---|---|---|")
+        raise MissingResults(f"{results}/fused_generate*.json: not found (run benchmarks/bench_fused_generate.py)")
+    out: list[str] = []
+    out.append("| model | images | before (autocast, fp32 decoding) | PyTorch kernels, bf16 weights and decoding | fused, "
+               "glibc's default allocator | fused, freed memory kept (default) | default vs before | default's images vs "
+               "before: median PSNR, largest difference |")
+    out.append("|---|---|---|---|---|---|---|---|")
     for path in files:
         d = json.loads(path.read_text())
         name = path.stem.removeprefix("fused_generate").lstrip("_") or "-"
@@ -231,20 +233,25 @@ def fused_generate_table() -> None:
         agree_text = (f"{agree['psnr_db_median']:.1f} dB, {agree['max_abs_diff_grey_levels']:.0f} grey levels"
                       if agree else "")
         gain = f"{d['speedup_vs_before']:.2f}x" if "speedup_vs_before" in d else ""
-        print(f"| {name} | {d['fused']['images']} | {cell('before')} | {cell('pytorch')} | {cell('fused_system_malloc')} "
-              f"| {cell('fused')} | {gain} | {agree_text} |")
-    print(f"\n`python benchmarks/{d['command']}` (wall time per process, {d['threads']} thread, model loading and "
-          f"image writing included)\n")
+        out.append(f"| {name} | {d['fused']['images']} | {cell('before')} | {cell('pytorch')} | {cell('fused_system_malloc')} "
+                   f"| {cell('fused')} | {gain} | {agree_text} |")
+    out.append(f"\n`python benchmarks/{d['command']}` (wall time per process, {d['threads']} thread, model loading and "
+               f"image writing included)\n")
+    return _text(out)
 
 
 def main(argv: list[str]) -> int:
-    tables = {"steps": steps_table, "peer": peer_table, "levers": levers_table, "profile": profile_table,
-              "kernels": kernels_table, "generate": fused_generate_table}
+    tables = {"steps": steps_table, "peer": peer_table, "peer_128": peer_128_table, "levers": levers_table,
+              "profile": profile_table, "kernels": kernels_table, "generate": fused_generate_table}
     for name in argv or list(tables):
         if name not in tables:
             print(f"unknown table '{name}' (allowed: {', '.join(tables)})", file=sys.stderr)
             return 2
-        tables[name]()
+        try:
+            print(tables[name]() + "\n")
+        except MissingResults as e:
+            print(e, file=sys.stderr)
+            return 1
     return 0
 
 
