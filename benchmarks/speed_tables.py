@@ -240,6 +240,100 @@ def fused_generate_table(results: Path = RESULTS) -> str:
     return _text(out)
 
 
+DISTIL_ROWS = [("teacher, DDIM 4 (leading spacing)", "demo", "ddim", 4), ("teacher, DPM-Solver++ 4", "demo", "dpm++", 4),
+               ("teacher, DDIM 25", "demo", "ddim", 25), ("teacher, DPM-Solver++ 25", "demo", "dpm++", 25),
+               ("teacher, DDPM 25 (generate's default)", "demo", "ddpm", 25),
+               ("**student, DDIM 4 (trailing)**", "demo-distil4", "ddim", 4)]
+
+
+def distil_table(results: Path = RESULTS) -> str:
+    """docs/speed.md's few-step table: the phantom rows of results/steps.json for the teacher and its 4-step student."""
+    d = read_results(results, "steps")
+    out = ["| sampler | network evaluations | PSNR dB | Dice lung / heart | nodules found, contrast | texture distance | "
+           "CPU s / image |", "|---|---|---|---|---|---|---|"]
+    for label, model, scheduler, steps in DISTIL_ROWS:
+        r = next(r for r in d["rows"] if (r["model"], r["scheduler"], r["steps"]) == (model, scheduler, steps))
+        cells = [str(steps), f"{r['psnr']:.2f}", _dice(r, ["lung", "heart"]), _nodules(r),
+                 f"{r['spectrum_distance']:.3f}", f"{r['cpu_seconds_per_image']:.3f}"]
+        if label.startswith("**"):
+            cells = [f"**{c}**" for c in cells]
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    real = d["models"]["demo"]["real_test_images"]
+    out.append(f"| real test images | | | {_dice(real, ['lung', 'heart'])} | {_nodules(real)} | "
+               f"{real['spectrum_distance']:.0f} | |")
+    return _text(out)
+
+
+SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpm++": "DPM-Solver++", "unipc": "UniPC", "euler": "Euler"}
+
+
+def _sampler_name(name: str) -> str:
+    """``dpm++ 25`` -> ``DPM-Solver++ 25``; the peer's ``monai DDIM 50`` -> ``DDIM 50``."""
+    kind, _, steps = name.removeprefix("monai ").rpartition(" ")
+    return f"{SAMPLER_NAMES.get(kind, kind)} {steps}"
+
+
+def peer_summary(results: Path, name: str, samplers: dict[str, str]) -> str:
+    """docs/results.md's short peer table from results/NAME.json: the peer and the named maskray samplers (the
+    dict's values are fixed notes after the sampler's name, such as "(default)")."""
+    d = read_results(results, name)
+    real, floor = d["real_test_images"]["dice"]["lung"], d["realism_floor_real_test"]["features"]["fid"]
+    out = ["| | steps (base + CN) | train img/CPU-s (base / CN) | sampler | CPU s / image | PSNR dB | SSIM | "
+           f"lung Dice (real {real:.3f}) | FID (floor {floor:.2f}) |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = [("MONAI tutorial build", d["peer"], d["peer"]["sampler"], "", d["peer"]["scores"])]
+    rows += [("maskray", d["maskray"], k, note, d["maskray"]["samplers"][k]) for k, note in samplers.items()]
+    for who, e, sampler, note, sc in rows:
+        tput = e["train_images_per_cpu_s"]
+        out.append(f"| {who} | {e['base']['steps']} + {e['controlnet']['steps']} | {tput['base']:.1f} / "
+                   f"{tput['controlnet']:.1f} | {(_sampler_name(sampler) + ' ' + note).strip()} | "
+                   f"{sc['cpu_seconds_per_image']:.3f} | {sc['psnr']:.2f} | {sc['ssim']:.3f} | {sc['dice']['lung']:.3f} "
+                   f"| {sc['realism']['fid']:.2f} |")
+    return _text(out)
+
+
+def peer_summary_64(results: Path = RESULTS) -> str:
+    return peer_summary(results, "peer", {"dpm++ 25": "(default then)", "dpm++ 8": ""})
+
+
+def peer_summary_128(results: Path = RESULTS) -> str:
+    return peer_summary(results, "peer_128", {"ddpm 25": "(default)", "dpm++ 8": ""})
+
+
+def levers_best_table(results: Path = RESULTS) -> str:
+    """docs/results.md's summary of results/speed_levers.json: each size's fastest uncompiled training and sampling
+    rows, and the compiled sampling row when it is faster still."""
+    d = read_results(results, "speed_levers")
+    fmt = lambda r: "channels_last" if r["channels_last"] else "NCHW"  # noqa: E731
+    out = ["| px | stage-2 training, best | % of peak | sampling, best | % of peak |", "|---|---|---|---|---|"]
+    for size in d["sizes"]:
+        rows = [r for r in d["rows"] if r["size"] == size]
+        plain = [r for r in rows if not r["compile"]]
+        tr = max((r for r in plain if "train_images_per_s" in r), key=lambda r: r["train_images_per_s"])
+        sa = max(plain, key=lambda r: r["sample_image_steps_per_s"])
+        comp = max((r for r in rows if r["compile"]), key=lambda r: r["sample_image_steps_per_s"], default=None)
+        faster = comp is not None and comp["sample_image_steps_per_s"] > sa["sample_image_steps_per_s"]
+        extra = (f"; batch {comp['batch']} compiled{' with freezing' if comp['freezing'] else ''}: "
+                 f"{comp['sample_image_steps_per_s']:.1f}" if faster else "")
+        peak = f"{100 * sa['sample_fraction_of_peak']:.0f}%" + (
+            f" ({100 * comp['sample_fraction_of_peak']:.0f}%)" if faster else "")
+        out.append(f"| {size} | {tr['train_images_per_s']:.1f} img/s (batch {tr['batch']}, {fmt(tr)}) | "
+                   f"{100 * tr['train_fraction_of_peak']:.0f}% | {sa['sample_image_steps_per_s']:.1f} image-steps/s "
+                   f"(batch {sa['batch']}, {fmt(sa)}{extra}) | {peak} |")
+    return _text(out)
+
+
+def precision_table(results: Path = RESULTS) -> str:
+    """docs/results.md's fp32 against bf16 table, results/speed.json (``bench_speed.py``)."""
+    d = read_results(results, "speed")
+    out = ["| precision | channels_last | stage-2 training img/s | sampling img/s (25 steps) | training % of peak | "
+           "sampling % of peak |", "|---|---|---|---|---|---|"]
+    for c in d["configs"]:
+        out.append(f"| {c['precision']} | {'yes' if c['channels_last'] else 'no'} | {c['train_images_per_s']:.1f} | "
+                   f"{c['sample_images_per_s']:.2f} | {100 * c['train_fraction_of_peak']:.0f}% | "
+                   f"{100 * c['sample_fraction_of_peak']:.0f}% |")
+    return _text(out)
+
+
 def main(argv: list[str]) -> int:
     tables = {"steps": steps_table, "peer": peer_table, "peer_128": peer_128_table, "levers": levers_table,
               "profile": profile_table, "kernels": kernels_table, "generate": fused_generate_table}

@@ -44,6 +44,11 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "profile": speed_tables.profile_table,
     "kernels": speed_tables.kernels_table,
     "fused_generate": speed_tables.fused_generate_table,
+    "distil": speed_tables.distil_table,
+    "peer_summary": speed_tables.peer_summary_64,
+    "peer_128_summary": speed_tables.peer_summary_128,
+    "levers_best": speed_tables.levers_best_table,
+    "precision": speed_tables.precision_table,
     # docs/nodules.md
     "nodule_sources": nodule_tables.sources,
     "nodule_utility": nodule_tables.utility,
