@@ -12,7 +12,7 @@ In a Markdown page a generated table sits between two comment lines, its registe
 
 Text outside the blocks is never touched. Each table is a function of the results folder returning Markdown, with
 one home each: the speed tables in ``speed_tables.py``, the nodule ones in ``nodule_tables.py``, the rest in
-``doc_tables.py``; this file only registers them. A results file a table needs that is missing is a one-line error
+``doc_tables.py`` and ``latent_tables.py``; this file only registers them. A results file a table needs that is missing is a one-line error
 naming it (exit 2). ``tests/test_tables.py`` runs the check, so no number in the docs can drift from its file.
 """
 
@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the printers import results_file as the benchmark scripts do
 
 import doc_tables  # noqa: E402
+import latent_tables  # noqa: E402
 import nodule_tables  # noqa: E402
 import speed_tables  # noqa: E402
 from results_file import RESULTS, MissingResults  # noqa: E402
@@ -53,6 +54,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "nodule_sources": nodule_tables.sources,
     "nodule_utility": nodule_tables.utility,
     **doc_tables.TABLES,
+    **latent_tables.TABLES,
 }
 
 BLOCK = re.compile(r"^<!-- table (?P<name>\S+) -->\n(?P<body>.*?)^<!-- /table -->$", re.MULTILINE | re.DOTALL)
