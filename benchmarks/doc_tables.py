@@ -18,8 +18,8 @@ from results_file import read_results
 
 def md(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A Markdown table; cells are already formatted."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["|" + "|".join(f" {c} " if c else " " for c in r) + "|" for r in rows])
+    row = lambda cells: "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"  # noqa: E731
+    return "\n".join([row(header), "|" + "---|" * len(header), *map(row, rows)])
 
 
 def bold_best(rows: list[list[str]], values: list[list[float | None]], cols: dict[int, Callable], groups: list) -> None:
@@ -134,5 +134,71 @@ def ae_adversarial(results: Path) -> str:
                "nodules surviving", "CPU s"], rows)
 
 
+def phantom_nodules(results: Path) -> str:
+    """docs/phantom.md's nodule contrast by diameter, results/phantom.json (``bench_phantom.py``)."""
+    d = read_results(results, "phantom")
+    return md(["diameter (mm)", "nodules", "contrast", "CNR", "brighter than lung"],
+              [[r["diameter_mm"], str(r["count"]), f"{r['contrast_median']:.3f}", f"{r['cnr_median']:.1f}",
+                f"{100 * r['positive_fraction']:.1f} %".replace(".0 %", " %")] for r in d["nodule_contrast"]])
+
+
+def _even_chance(a: dict) -> float:
+    """What a generator that ignores the request scores when the asked values are split evenly: the mean training
+    share of the asked values (the file's ``chance`` is the older majority share)."""
+    asked, counts = list(a["base_only_guidance_1"]["by_value"]), a["values_in_training"]
+    return sum(counts[v] for v in asked) / len(asked) / sum(counts.values())
+
+
+def _asked(r: dict) -> str:
+    return f"{r['mean']:.2f} (" + ", ".join(f"{k}: {v:.2f}" for k, v in r["by_value"].items()) + ")"
+
+
+def conditions_attributes(results: Path) -> str:
+    """docs/conditions.md's phantom attribute table: results/conditions.json, key ``phantom`` (``bench_conditions.py
+    --part phantom``): the share of generated images a real-trained classifier reads as the asked value."""
+    a = read_results(results, "conditions")["phantom"]["results"]["attributes"]
+    names = ("sex", "age")
+    rows = [["chance: a request-ignoring generator, requests split evenly (from the training counts; the file's "
+             "`chance` is the older majority share: " + ", ".join(f"{a[n]['chance']:.2f}" for n in names) + ")",
+             *[f"{_even_chance(a[n]):.2f}" for n in names]],
+            ["classifier on real test images", *[f"{a[n]['real_test']:.2f}" for n in names]]]
+    for key, label in (("base_only_guidance_1", "base alone, attribute guidance 1"),
+                       ("base_only_guidance_2", "base alone, attribute guidance 2"),
+                       ("base_plus_mask", "base + mask ControlNet, guidance 2")):
+        rows.append([label, *[_asked(a[n][key]) for n in names]])
+    rows.append(["base + mask, asked its mask's own value / another",
+                 *[f"{a[n]['base_plus_mask']['asked_own_case_value']:.2f} / "
+                   f"{a[n]['base_plus_mask']['asked_another_value']:.2f}" for n in names]])
+    return md(["", "sex", "age band"], rows)
+
+
+def conditions_edges(results: Path) -> str:
+    """docs/conditions.md's edge table: results/conditions.json, key ``phantom``, ``structure``."""
+    d = read_results(results, "conditions")["phantom"]["results"]["structure"]
+    labels = {"mask_only": "mask ControlNet only", "mask_edges_joint": "mask + edges, trained jointly",
+              "mask_edges_separate": "mask + edges, trained separately, joined (`train join`)"}
+    n = next(iter(d.values()))["n_images"]
+    return md([f"{n // 2} test masks, 2 samples each", "edge F1 to its real image", "to another case's",
+               "PSNR to its real image", "texture std between samples"],
+              [[label, f"{d[k]['edge_f1']:.2f}", f"{d[k]['edge_f1_to_another_case']:.2f}",
+                f"{d[k]['psnr_to_real_db']:.1f} dB", f"{d[k]['texture_std_between_samples']:.3f}"]
+               for k, label in labels.items()])
+
+
+def conditions_cxr(results: Path) -> str:
+    """docs/conditions.md's cxr-lungs attribute table: results/conditions.json, key ``cxr_lungs``."""
+    a = read_results(results, "conditions")["cxr_lungs"]["results"]["attributes"]
+    labels = {"site": "site (CHNCXR Shenzhen / MCUCXR Montgomery)", "finding": "finding (normal / tuberculosis)"}
+    rows = []
+    for name, label in labels.items():
+        r, m = a[name], a[name]["base_plus_mask"]
+        rows.append([label, f"{r['chance']:.2f} (majority)", f"{r['real_test']:.2f}", _asked(r["base_only_guidance_2"]),
+                     _asked(m) + f"; own case's value: {m['asked_own_case_value']:.2f}, another: "
+                     f"{m['asked_another_value']:.2f}"])
+    return md(["attribute", "chance", "real test images", "base, asked (guidance 2)", "base + mask ControlNet"], rows)
+
+
 TABLES = {"phantom_utility": phantom_utility, "demo": demo, "inpaint": inpaint, "ae_terms": ae_terms,
-          "ae_adversarial": ae_adversarial}
+          "ae_adversarial": ae_adversarial, "phantom_nodules": phantom_nodules,
+          "conditions_attributes": conditions_attributes, "conditions_edges": conditions_edges,
+          "conditions_cxr": conditions_cxr}
