@@ -25,7 +25,7 @@ from maskray.diffusion.store import load_codec, load_model, save_model
 from maskray.errors import MaskrayError
 from maskray.training.conditions import ConditionMaker
 from maskray.training.config import TrainConfig
-from maskray.training.stages import StageSetup, make_card
+from maskray.training.stage_setup import StageSetup, make_card
 
 
 def _teacher(cfg: TrainConfig, ds: Dataset) -> tuple[ControlledUNet, ModelCard, list[int]]:
