@@ -25,7 +25,8 @@ from maskray.evaluation.evaluate import EvaluateConfig, evaluate
 from maskray.evaluation.report import HtmlReport
 from maskray.hardware import measure_peaks
 from maskray.pipelines.generate import DEFAULT_SAMPLER, GenerateConfig, generate
-from maskray.provenance import atomic_write_text, to_jsonable, versions, write_run_info
+from maskray.provenance import to_jsonable, versions, write_run_info
+from maskray.files import atomic_write
 from maskray.training.trainer import TrainConfig, train
 
 
@@ -111,7 +112,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     metrics["hardware"] = measure_peaks()
     metrics["config"] = to_jsonable(cfg)
     metrics["versions"] = versions()
-    atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
+    atomic_write(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
     write_report(out, metrics)
     write_run_info(out, "demo", cfg, seed=cfg.seed, checkpoint=str(out / "controlnet"))
     return metrics

@@ -50,11 +50,6 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write under a temporary name, then rename (:func:`maskray.files.atomic_write`)."""
-    atomic_write(path, text)
-
-
 def write_run_info(out_dir: str | os.PathLike, command: str, config: Any, seed: int | None = None,
                    checkpoint: str | None = None, extra: dict | None = None) -> Path:
     """Write ``run.json`` (command, resolved config, seed, versions, checkpoint, time) into ``out_dir``."""
@@ -72,5 +67,5 @@ def write_run_info(out_dir: str | os.PathLike, command: str, config: Any, seed: 
     if extra:
         info.update(to_jsonable(extra))
     path = out / "run.json"
-    atomic_write_text(path, json.dumps(info, indent=2))
+    atomic_write(path, json.dumps(info, indent=2))
     return path

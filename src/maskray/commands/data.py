@@ -61,12 +61,12 @@ def _import(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from maskray.data.check import check_dataset
-    from maskray.provenance import atomic_write_text
+    from maskray.files import atomic_write
 
     report = check_dataset(args.dataset, progress=not args.no_progress, max_pixels=args.max_pixels)
     print(report.format())
     if args.json:
-        atomic_write_text(args.json, json.dumps({"problems": report.problems, "summary": report.summary}, indent=2))
+        atomic_write(args.json, json.dumps({"problems": report.problems, "summary": report.summary}, indent=2))
     return 0 if report.ok else 1
 
 

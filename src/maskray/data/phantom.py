@@ -290,7 +290,8 @@ def make_phantom(cfg: PhantomConfig, progress: bool = True) -> Path:
     from tqdm import tqdm
 
     from maskray.data.layout import DatasetInfo, prepare_output_dir, write_dataset_info, write_splits
-    from maskray.provenance import atomic_write_text, write_run_info
+    from maskray.provenance import write_run_info
+    from maskray.files import atomic_write
 
     if cfg.out is None:
         raise MaskrayError("--out is required (the folder to write the phantom dataset into)")
@@ -328,10 +329,10 @@ def make_phantom(cfg: PhantomConfig, progress: bool = True) -> Path:
     val = [ids[i] for i in perm[n_test:n_test + n_val]]
     train = [ids[i] for i in perm[n_test + n_val:]]
     write_splits(root, {"train": train, "val": val, "test": test}, patients={c: c for c in ids}, seed=cfg.seed)
-    atomic_write_text(root / "cases.json", json.dumps(  # the import record: patient, spacing, attributes
+    atomic_write(root / "cases.json", json.dumps(  # the import record: patient, spacing, attributes
         {c: {"patient": c, "spacing": [cfg.spacing, cfg.spacing], "attributes": results[c]["attributes"]}
          for c in ids}, indent=1))
-    atomic_write_text(root / "phantom.json", json.dumps({
+    atomic_write(root / "phantom.json", json.dumps({
         "spacing_mm": cfg.spacing, "size": cfg.image_size, "seed": cfg.seed,
         "note": "center_px is (row, column); center_mm is (y, x) from the top-left corner",
         "cases": {c: results[c] for c in ids}}, indent=1))

@@ -29,9 +29,8 @@ from diffusers import AutoencoderKL
 
 from maskray.diffusion.fused import prepare_for_sampling
 from maskray.errors import MaskrayError
-from maskray.files import read_json
-from maskray.provenance import atomic_write_text, to_jsonable
-from maskray.files import staged_output
+from maskray.files import atomic_write, read_json, staged_output
+from maskray.provenance import to_jsonable
 
 CARD_FILE = "maskray_autoencoder.json"
 PICKLE_SUFFIXES = (".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt")
@@ -190,7 +189,7 @@ class LatentCodec:
             raise MaskrayError(f"{folder}: already holds files; will not overwrite an autoencoder")
         with staged_output(folder) as tmp:
             self.vae.save_pretrained(tmp, safe_serialization=True)
-            atomic_write_text(tmp / CARD_FILE, json.dumps(self.card(), indent=2))
+            atomic_write(tmp / CARD_FILE, json.dumps(self.card(), indent=2))
         return folder
 
     @classmethod

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from maskray.errors import MaskrayError
-from maskray.files import read_json
-from maskray.provenance import atomic_write_text, to_jsonable
+from maskray.files import atomic_write, read_json
+from maskray.provenance import to_jsonable
 
 CARD_FILE = "maskray.json"
 CARD_VERSION = 1
@@ -71,7 +71,7 @@ class ModelCard:
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / CARD_FILE
-        atomic_write_text(path, json.dumps(to_jsonable(self), indent=2))
+        atomic_write(path, json.dumps(to_jsonable(self), indent=2))
         return path
 
     @classmethod

@@ -19,8 +19,7 @@ from maskray.diffusion.card import ModelCard
 from maskray.diffusion.networks import ControlNetSet
 from maskray.diffusion.store import MODEL_DIR, load_codec, load_model, save_model
 from maskray.errors import MaskrayError
-from maskray.files import prepare_output_dir
-from maskray.provenance import atomic_write_text
+from maskray.files import atomic_write, prepare_output_dir
 
 # what every source must share with the first, so that the ControlNets read the same base, samples and attributes
 SHARED = (("base_unet_sha256", "was trained on another base (its base UNet hash differs)"),
@@ -85,6 +84,6 @@ def join_models(sources: dict[str, str | os.PathLike], out: str | os.PathLike, o
         first, labels=dict(with_mask.labels) if "mask" in conditions else {}, conditions=conditions,
         step=max(c.step for _, (_, c) in loaded.values()), controlnet_sha256=None,
         training={"joined": origin, "note": "ControlNets trained separately on one base, joined by 'train join'"})
-    atomic_write_text(run / "join.json", json.dumps({"controlnet": {k: str(v) for k, v in sources.items()}}, indent=2))
+    atomic_write(run / "join.json", json.dumps({"controlnet": {k: str(v) for k, v in sources.items()}}, indent=2))
     save_model(run / MODEL_DIR, model.unet, card, controlnet=ControlNetSet(nets), codec=load_codec(first_path, first))
     return run

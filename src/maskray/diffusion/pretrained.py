@@ -31,7 +31,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from maskray.diffusion.attributes import decode
 from maskray.diffusion.objective import DiffusionConfig
 from maskray.errors import MaskrayError
-from maskray.provenance import atomic_write_text, file_sha256
+from maskray.provenance import file_sha256
+from maskray.files import atomic_write
 
 PARTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
 WEIGHT_PARTS = ("vae", "unet", "text_encoder")
@@ -265,7 +266,7 @@ class RGBLatentCodec:
 def write_pointer(model_folder: Path, root: Path) -> Path:
     """``pretrained.json`` beside the card: where the Stable Diffusion folder was when the model was trained."""
     path = Path(model_folder) / POINTER_FILE
-    atomic_write_text(path, json.dumps({"path": str(Path(root).resolve())}, indent=2))
+    atomic_write(path, json.dumps({"path": str(Path(root).resolve())}, indent=2))
     return path
 
 

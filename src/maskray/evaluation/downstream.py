@@ -43,7 +43,7 @@ from maskray.data.layout import Dataset
 from maskray.errors import MaskrayError
 from maskray.evaluation import figures
 from maskray.evaluation.metrics import summarize
-from maskray.files import staged_output
+from maskray.files import atomic_write, staged_output
 from maskray.export.nnunet import NnunetCase, write_nnunet_dataset, write_splits_final
 from maskray.evaluation.pairs import (load_images, open_pair, load_labels, read_manifest, recorded_provenance,
                                       test_split, working_size)
@@ -52,7 +52,7 @@ from maskray.evaluation.intervals import study_intervals
 from maskray.measures.detection import image_candidates
 from maskray.measures.mask_check import dice
 from maskray.measures.segmenter import Segmenter, SegmenterConfig, torch_threads
-from maskray.provenance import atomic_write_text, to_jsonable, versions, write_run_info
+from maskray.provenance import to_jsonable, versions, write_run_info
 
 CONDITIONS = ("real", "real+synthetic", "synthetic")
 
@@ -182,7 +182,7 @@ def _train_and_write(cfg: DownstreamConfig, real_ds: Dataset, syn_ds: Dataset, o
 
 def _write_results(out: Path, cfg: DownstreamConfig, metrics: dict, provenance: dict) -> None:
     """metrics.json and report.html, once every number exists."""
-    atomic_write_text(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
+    atomic_write(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
     froc = out / "froc.png"
     _report(out / "report.html", cfg, metrics, out / "dice_vs_fraction.png", froc if froc.is_file() else None,
             provenance)
@@ -258,7 +258,7 @@ def _write_rows(path: Path, rows: list[dict], fields: list[str]) -> None:
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def export_nnunet_sets(real: Dataset, syn: Dataset, syn_ids: list[str], train_ids: list[str], test_ids: list[str],

@@ -47,7 +47,7 @@ import torch
 from maskray.config import option
 from maskray.data.layout import Dataset
 from maskray.errors import MaskrayError
-from maskray.files import check_output_folder, staged_output
+from maskray.files import atomic_write, check_output_folder, staged_output
 from maskray.evaluation import features as feat
 from maskray.evaluation import figures, scores
 from maskray.evaluation.attributes import attribute_scores
@@ -58,7 +58,7 @@ from maskray.evaluation.realism import realism
 from maskray.evaluation.report import evaluation_report
 from maskray.measures.segmenter import Regressor, Segmenter, SegmenterConfig, torch_threads
 from maskray.measures.features import FeatureNet, train_feature_net
-from maskray.provenance import atomic_write_text, file_sha256, to_jsonable, write_run_info
+from maskray.provenance import file_sha256, to_jsonable, write_run_info
 
 # kept importable from here: the baselines live in scores
 mean_image_baseline, label_mean_baseline, derangement = (scores.mean_image_baseline, scores.label_mean_baseline,
@@ -173,7 +173,7 @@ def _evaluate(real: Path, synthetic: Path, out: Path, cfg: EvaluateConfig, progr
         evaluation_report(tmp / "report.html", cfg, metrics, rows, figs, provenance)
         timing["figures_and_report"] = time.perf_counter() - t
         metrics["timing_s"] = timing
-        atomic_write_text(tmp / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
+        atomic_write(tmp / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, default=float))
         write_run_info(tmp, "evaluate", cfg, seed=cfg.seed, checkpoint=provenance.get("checkpoint"),
                        extra={"real": str(real), "synthetic": str(synthetic)})
     return metrics
@@ -313,4 +313,4 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     w = csv.DictWriter(buf, fieldnames=["section", "method", "metric", "mean", "std", "n"])
     w.writeheader()
     w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())

@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from maskray.provenance import atomic_write_text
+from maskray.files import atomic_write
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
@@ -55,7 +55,7 @@ class HtmlReport:
     def save(self, path: str | os.PathLike) -> Path:
         page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
                 f"<style>{_CSS}</style></head><body><h1>{html.escape(self.title)}</h1>{''.join(self._parts)}</body></html>")
-        atomic_write_text(path, page)
+        atomic_write(path, page)
         return Path(path)
 
 

@@ -29,7 +29,8 @@ import torch
 from maskray.errors import MaskrayError
 from maskray.measures.detection import detection
 from maskray.measures.segmenter import Segmenter, SegmenterConfig
-from maskray.provenance import atomic_write_text, file_sha256
+from maskray.provenance import file_sha256
+from maskray.files import atomic_write
 
 FORMAT_VERSION = 1
 CONFIG, WEIGHTS = "checker.json", "checker.safetensors"
@@ -106,7 +107,7 @@ class Checker:
         record = {"format_version": FORMAT_VERSION, "labels": self.labels, "image_size": self.image_size,
                   "rule": asdict(self.rule), "segmenter": self.segmenter.config_record(),
                   "weights_sha256": file_sha256(folder / WEIGHTS), **({"trained": provenance} if provenance else {})}
-        atomic_write_text(folder / CONFIG, json.dumps(record, indent=2))
+        atomic_write(folder / CONFIG, json.dumps(record, indent=2))
         return folder
 
     @classmethod

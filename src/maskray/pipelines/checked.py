@@ -19,9 +19,8 @@ from pathlib import Path
 import torch
 
 from maskray.errors import MaskrayError
-from maskray.files import read_json
+from maskray.files import atomic_write, read_json
 from maskray.measures.mask_check import CheckRule, Checker, summarize_checks
-from maskray.provenance import atomic_write_text
 
 RECORDS = ".check"
 
@@ -106,7 +105,7 @@ class CheckedBatches:
 
     def _finish(self, item, attempts: int, rec: dict, outcome: str, written: bool) -> None:
         # the record goes first: a case whose image is missing is drawn again on --resume, to the same bytes
-        atomic_write_text(record_path(self.out, item[0]),
+        atomic_write(record_path(self.out, item[0]),
                           json.dumps({**rec, "attempts": attempts, "outcome": outcome, "written": written}))
 
 
@@ -127,5 +126,5 @@ def collect(out: Path, out_ids: list[str], checker_folder: str, rule: CheckRule,
                "written_images": summarize_checks(written),
                "note": "scores are the checker's own; judge the set with a segmenter of another seed (evaluate)"}
     summary["rejected_share"] = summary["given_up"] / len(records) if records else 0.0
-    atomic_write_text(out / "check.json", json.dumps(summary, indent=2))
+    atomic_write(out / "check.json", json.dumps(summary, indent=2))
     return {"records": records, "summary": summary}

@@ -31,11 +31,11 @@ from maskray.diffusion.store import load_codec, load_model, model_folder
 from maskray import distributed
 from maskray.distributed import on_main
 from maskray.errors import MaskrayError
-from maskray.files import read_json
+from maskray.files import atomic_write, read_json
 from maskray.pipelines.checked import CheckedBatches, collect, given_up, label_lut, open_checker
 from maskray.pipelines.conditions import GenerationConditions, parse_scales
 from maskray.pipelines.sharding import Shard
-from maskray.provenance import atomic_write_text, to_jsonable, write_run_info
+from maskray.provenance import to_jsonable, write_run_info
 
 DEFAULT_SAMPLER = ("ddpm", 25)  # benchmarks/results/steps.json: best lung Dice on real radiographs, at the PSNR bound
 SYNTHETIC_TEXT = {"Comment": "maskray synthetic image (not a real patient)", "Software": "maskray"}
@@ -159,7 +159,7 @@ def _open_out(cfg: GenerateConfig) -> Path:
             raise MaskrayError(f"{out}: was made with other settings ({', '.join(diff)}); cannot resume")
     elif not (cfg.resume and out.is_dir()):
         prepare_output_dir(out, overwrite=cfg.overwrite, hint="--resume (continue) or --overwrite (replace)")
-    atomic_write_text(out / "generate_config.json", json.dumps(to_jsonable(cfg), indent=2))
+    atomic_write(out / "generate_config.json", json.dumps(to_jsonable(cfg), indent=2))
     return out
 
 
@@ -321,7 +321,7 @@ class _Job:
                                        "checkpoint": folder, "mode": mode, **self.conds.record(src),
                                        **({"check": recs[out_id]} if out_id in recs else {})}
                               for out_id, src, k in plan}}
-        atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
+        atomic_write(out / "manifest.json", json.dumps(manifest, indent=2))
         info = DatasetInfo(labels=dict(self.masks.info.labels), spacing=_scaled_spacing(self.masks, self.size),
                            extra={"synthetic": True, "maskray": {"unet_sha256": card.unet_sha256,
                                                                  "controlnet_sha256": card.controlnet_sha256,

@@ -22,11 +22,11 @@ from maskray import __version__
 from maskray.data.layout import (DatasetInfo, image_path, label_path, prepare_output_dir, write_dataset_info,
                                  write_image_file, write_label_file)
 from maskray.errors import MaskrayError
-from maskray.files import read_json
+from maskray.files import atomic_write, read_json
 from maskray.export.common import png_text
 from maskray.export.dicom import build_dataset, write_dicom
 from maskray.export.native import save_nifti
-from maskray.provenance import atomic_write_text, write_run_info
+from maskray.provenance import write_run_info
 from maskray.serve.engine import SYNTHETIC_PNG_TEXT
 from maskray.serve.render import png_bytes, to_uint8
 
@@ -92,7 +92,7 @@ class OutputDataset:
         write_run_info(self.root, "serve", config, extra={"model": model_record})
 
     def _write_index(self) -> None:
-        atomic_write_text(self.root / MANIFEST, json.dumps({"made_by": "maskray serve", "cases": self.cases}, indent=2))
+        atomic_write(self.root / MANIFEST, json.dumps({"made_by": "maskray serve", "cases": self.cases}, indent=2))
         write_dataset_info(self.root, self.info, len(self.cases))
 
     def add(self, image01: np.ndarray, label: np.ndarray, record: dict) -> str:

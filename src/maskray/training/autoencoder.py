@@ -28,13 +28,12 @@ from maskray.diffusion.autoencoder import AutoencoderConfig, LatentCodec
 from maskray.diffusion.autoencoder_losses import AutoencoderLoss, LossWeights
 from maskray.diffusion.fused import FUSED_KERNELS, fuse_norm_silu, training_kernels
 from maskray.errors import MaskrayError
-from maskray.files import read_json
+from maskray.files import atomic_path, atomic_write, read_json
 from maskray.measures.features import FeatureNet, train_feature_net
 from maskray.memory import keep_freed_memory
-from maskray.provenance import atomic_write_text, to_jsonable, write_run_info
+from maskray.provenance import to_jsonable, write_run_info
 from maskray.training.autoencoder_report import reconstruction_picture, reconstruction_report
 from maskray.training.data import TrainingArrays, load_arrays
-from maskray.files import atomic_path
 
 CHECKPOINT = "checkpoint.pt"
 LOG_FIELDS = ("step", "loss", "l1", "kl", "perceptual", "feature_matching", "adversarial", "adversarial_weight",
@@ -242,7 +241,7 @@ def _cut_log(path: Path, step: int) -> None:
     lines = path.read_text().splitlines(keepends=True)
     keep = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= step]
     if len(keep) != len(lines):
-        atomic_write_text(path, "".join(keep))
+        atomic_write(path, "".join(keep))
 
 
 def _elapsed(out: Path) -> float:
@@ -257,7 +256,7 @@ def _save_checkpoint(out: Path, vae, loss_fn, opt_g, opt_d, step: int, seconds: 
         state.update(disc=loss_fn.discriminator.state_dict(), opt_d=opt_d.state_dict())
     with atomic_path(out / CHECKPOINT) as tmp:
         torch.save(state, tmp)
-    atomic_write_text(out / "trainer_state.json", json.dumps({"step": step, "train_seconds": seconds}))
+    atomic_write(out / "trainer_state.json", json.dumps({"step": step, "train_seconds": seconds}))
 
 
 def _load_checkpoint(out: Path, vae, loss_fn, opt_g, opt_d) -> int:
@@ -308,5 +307,5 @@ def _finish(cfg, ds: Dataset, arrays: TrainingArrays, codec: LatentCodec, out: P
     codec.save(out / "autoencoder")
     report["weights_sha256"] = codec.weights_hash()
     reconstruction_picture(real, recon, out / "reconstructions.png")
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=True))
+    atomic_write(out / "report.json", json.dumps(report, indent=2, allow_nan=True))
     return out

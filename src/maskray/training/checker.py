@@ -18,10 +18,10 @@ from maskray.config import option
 from maskray.data.dataset import Dataset
 from maskray.data.resize import resize_image, resize_label
 from maskray.errors import MaskrayError
-from maskray.files import staged_output
+from maskray.files import atomic_write, staged_output
 from maskray.measures.mask_check import Checker, CheckRule, summarize_checks
 from maskray.measures.segmenter import Segmenter, SegmenterConfig, torch_threads
-from maskray.provenance import atomic_write_text, to_jsonable, write_run_info
+from maskray.provenance import to_jsonable, write_run_info
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def train_checker(cfg: CheckerConfig, progress: bool = True) -> Path:
             records = checker.check(xh, yh)
             report.update(split=cfg.eval_split if ds.case_ids(cfg.eval_split, labelled=True) else "test",
                           **summarize_checks(records))
-        atomic_write_text(out / "report.json", json.dumps(to_jsonable(report), indent=2))
+        atomic_write(out / "report.json", json.dumps(to_jsonable(report), indent=2))
         write_run_info(out, "train checker", cfg, seed=cfg.seed,
                        extra={"final_loss": seg.losses[-1] if seg.losses else None})
     if progress and held:

@@ -27,8 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from maskray.errors import MaskrayError
-from maskray.files import read_json
-from maskray.provenance import atomic_write_text
+from maskray.files import atomic_write, read_json
 
 ALLOWED = {"trainable.safetensors", "ema.safetensors", "ema.json", "optimizer.pt", "model", "trainer_state.json"}
 
@@ -49,9 +48,9 @@ def save_checkpoint(path: Path, step: int, trainable: nn.Module, optimizer, lr_s
         save_file({n: s.detach().contiguous().cpu() for n, s in zip(names, ema.shadow_params)},
                   path / "ema.safetensors")
         scalars = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
-        atomic_write_text(path / "ema.json", json.dumps(scalars))
+        atomic_write(path / "ema.json", json.dumps(scalars))
     torch.save({"optimizer": optimizer.state_dict(), "lr_schedule": lr_sched.state_dict()}, path / "optimizer.pt")
-    atomic_write_text(path / "trainer_state.json", json.dumps({"step": step}))
+    atomic_write(path / "trainer_state.json", json.dumps({"step": step}))
 
 
 def load_checkpoint(path: Path, trainable: nn.Module, optimizer, lr_sched, ema: EMAModel | None) -> int:
