@@ -84,7 +84,10 @@ def main() -> None:
         check = json.loads((folder / "check.json").read_text()) if (folder / "check.json").is_file() else None
         res["sets"][name] = {"n_synthetic_used": m["n_synthetic_used"], "summary": m["summary"],
                              "intervals": m["intervals"], "check": check, "fractions": m["fractions"],
-                             "seeds": m["seeds"], "steps": m["steps"], "n_real_test": m["n_real_test"]}
+                             "seeds": m["seeds"], "steps": m["steps"], "n_real_test": m["n_real_test"],
+                             # synthetic pairs beside each real fraction (fewer than n_synthetic_used for inserted)
+                             "n_synthetic_by_fraction": {str(r["fraction"]): r["n_synthetic"] for r in m["runs"]
+                                                         if r["condition"] == "real+synthetic"}}
     write_results(a.name, res)
     for name, r in res["sets"].items():
         print(f"== {name} ({r['n_synthetic_used']} synthetic)")

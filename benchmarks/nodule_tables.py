@@ -24,9 +24,19 @@ def sources(results: Path = RESULTS) -> str:
 
 
 def utility_sets(results: Path = RESULTS) -> dict[str, dict]:
-    """Each synthetic set's utility study; "inserted" too when its file is there (an optional third set)."""
-    names = UTILITY_SETS + (("inserted",) if (Path(results) / "nodule_utility_inserted.json").is_file() else ())
-    return {name: read_results(results, f"nodule_utility_{name}")["sets"][name] for name in names}
+    """Each synthetic set's utility study, its fractions gathered from every results/nodule_utility_*.json that
+    holds the set (a later run may add fractions to a set, as nodule_utility_checked_mid.json does)."""
+    order = {n: i for i, n in enumerate(UTILITY_SETS + ("inserted",))}
+    names = sorted((f.stem.removeprefix("nodule_utility_") for f in Path(results).glob("nodule_utility_*.json")),
+                   key=lambda n: (order.get(n.split("_")[0], len(order)), n))
+    sets: dict[str, dict] = {}
+    for name in names:
+        for set_name, res in read_results(results, f"nodule_utility_{name}")["sets"].items():
+            merged = sets.setdefault(set_name, {**res, "intervals": [], "summary": [], "n_synthetic_by_fraction": {}})
+            merged["intervals"] += res["intervals"]
+            merged["summary"] += res["summary"]
+            merged["n_synthetic_by_fraction"].update(res.get("n_synthetic_by_fraction", {}))
+    return sets
 
 
 def utility(results: Path = RESULTS) -> str:
@@ -64,24 +74,41 @@ def _metric(summary: list[dict], cond: str, f: float, metric: str) -> str:
     return f"{r['mean']:.2f}" if r else ""
 
 
+def _real_only(sets: dict[str, dict]) -> dict[float, tuple[dict, list[dict]]]:
+    """The real-only row of each fraction (from the first set's run that has it) with that run's summary."""
+    out: dict[float, tuple[dict, list[dict]]] = {}
+    for res in sets.values():
+        for row in res["intervals"]:
+            if row["condition"] == "real":
+                out.setdefault(row["fraction"], (row, res["summary"]))
+    return out
+
+
+def _pairs(name: str, res: dict, f: float) -> str:
+    """The synthetic pairs beside fraction ``f``: inserted ones follow their fraction's real cases."""
+    n = res["n_synthetic_by_fraction"].get(str(f))
+    if n is not None:
+        return f"{n} {name}"
+    if name == "inserted":
+        return f"up to {res['n_synthetic_used']} {name} (those of this fraction's cases)"
+    return f"{res['n_synthetic_used']} {name}"
+
+
 def utility_table(sets: dict[str, dict]) -> str:
     rows = ["| training data | synthetic pairs | nodule Dice, all images [95% CI]; vs real-only [95% CI], p | "
             "nodule CPM [95% CI]; vs real-only | false nodules / image | lung Dice [95% CI] |",
             "|---|---|---|---|---|---|"]
-    first = next(iter(sets.values()))
-    for row in sorted(first["intervals"], key=lambda r: r["fraction"]):
-        if row["condition"] == "real":
-            f = row["fraction"]
-            rows.append(f"| {f:.0%} of real labels | none | {_cell(row.get('dice_nodule'))} | {_cell(row.get('cpm'))} "
-                        f"| {_metric(first['summary'], 'real', f, 'fp_per_image')} | {_cell(row.get('dice_lung'))} |")
-            for name, res in sets.items():
-                mine = next((r for r in res["intervals"] if r["condition"] == "real+synthetic" and r["fraction"] == f),
-                            None)
-                if mine:
-                    rows.append(f"| {f:.0%} of real labels | + {res['n_synthetic_used']} {name} | "
-                                f"{_cell(mine.get('dice_nodule'), True)} | {_cell(mine.get('cpm'), True)} | "
-                                f"{_metric(res['summary'], 'real+synthetic', f, 'fp_per_image')} | "
-                                f"{_cell(mine.get('dice_lung'))} |")
+    for f, (row, summary) in sorted(_real_only(sets).items()):
+        rows.append(f"| {f:.0%} of real labels | none | {_cell(row.get('dice_nodule'))} | {_cell(row.get('cpm'))} "
+                    f"| {_metric(summary, 'real', f, 'fp_per_image')} | {_cell(row.get('dice_lung'))} |")
+        for name, res in sets.items():
+            mine = next((r for r in res["intervals"] if r["condition"] == "real+synthetic" and r["fraction"] == f),
+                        None)
+            if mine:
+                rows.append(f"| {f:.0%} of real labels | + {_pairs(name, res, f)} | "
+                            f"{_cell(mine.get('dice_nodule'), True)} | {_cell(mine.get('cpm'), True)} | "
+                            f"{_metric(res['summary'], 'real+synthetic', f, 'fp_per_image')} | "
+                            f"{_cell(mine.get('dice_lung'))} |")
     return "\n".join(rows)
 
 
@@ -94,7 +121,7 @@ def plot(sets: dict[str, dict], out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for ax, metric, title in ((axes[0], "dice_nodule", "nodule Dice, all real test images"),
                               (axes[1], "cpm", "nodule CPM (FROC)")):
-        curves = {"real only": [r for r in next(iter(sets.values()))["intervals"] if r["condition"] == "real"]}
+        curves = {"real only": [row for row, _ in _real_only(sets).values()]}
         for name, res in sets.items():
             curves[f"real + {name}"] = [r for r in res["intervals"] if r["condition"] == "real+synthetic"]
         for k, (label, rows) in enumerate(curves.items()):
