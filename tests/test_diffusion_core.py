@@ -12,6 +12,7 @@ import torch
 from maskray.cli import main
 from maskray.diffusion.card import ModelCard
 from maskray.diffusion.store import load_model
+from maskray.distributed import resolve_precision
 from maskray.errors import MaskrayError
 from maskray.pipelines.generate import GenerateConfig, generate
 from maskray.training.config import TrainConfig
@@ -130,7 +131,8 @@ def test_default_precision_is_byte_exact_per_case(two_stage, tmp_path):
     --cases X and a resumed run reproduce an uninterrupted one."""
     root, data = two_stage
     kw = dict(model=str(root / "cn"), masks=str(data), steps=3, batch_size=4)
-    assert GenerateConfig().precision == "bf16" and GenerateConfig().channels_last
+    assert GenerateConfig().precision == "auto" and GenerateConfig().channels_last
+    assert resolve_precision("auto", torch.device("cpu")) == "bf16"  # what auto is on this CPU
     full = _images(generate(GenerateConfig(out=str(tmp_path / "full"), **kw), progress=False))
     one = _images(generate(GenerateConfig(out=str(tmp_path / "one"), cases=("case005",), **kw), progress=False))
     assert one["case005_0000.png"] == full["case005_0000.png"]

@@ -35,7 +35,20 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                 raise
             continue
         mod.register(sub)
+    _add_device_option(parser)
     return parser
+
+
+def _add_device_option(parser: argparse.ArgumentParser) -> None:
+    """``--device`` on every command (each leaf of the command tree), declared here once."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for action in subs:
+        for child in dict.fromkeys(action.choices.values()):
+            _add_device_option(child)
+    if not subs and parser.get_default("func") is not None:
+        from maskray.distributed import DEVICE_HELP  # torch is loaded by the command modules already
+
+        parser.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None else 2
     try:
+        from maskray.distributed import choose_device
+
+        choose_device(args.device)
         result = args.func(args)
     except MaskrayError as e:
         print(f"maskray: error: {e}", file=sys.stderr)

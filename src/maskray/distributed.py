@@ -1,4 +1,9 @@
-"""Several processes (``accelerate launch --num_processes N``): which process this is, and how the processes agree.
+"""Where a run computes: the device (``--device``, every command), its precision, and several processes
+(``accelerate launch --num_processes N``): which process this is, and how the processes agree.
+
+``--device auto`` (the default) is the process's own GPU under a multi-GPU launch, else CUDA when visible, else
+the CPU (Apple's MPS only when asked for; untested here); ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` ask for one,
+and asking for one that is not there is a one-line error. ``--precision auto`` resolves per device (:func:`resolve_precision`).
 
 One process, launched plainly, is a world of one: every helper here then does what a single run would do. Under
 ``accelerate launch`` (one process per GPU, or ``--cpu`` processes on the gloo backend) accelerate's
@@ -9,6 +14,7 @@ its error reaching every process instead of leaving the others waiting at a barr
 
 from __future__ import annotations
 
+import os
 from typing import Callable, TypeVar
 
 import torch
@@ -19,6 +25,46 @@ from maskray.errors import MaskrayError
 
 T = TypeVar("T")
 
+DEVICE_HELP = "where to compute: auto (a visible GPU, else the CPU), cpu, cuda, cuda:N or mps"
+PRECISION_HELP = ("autocast precision; auto: bf16 on the CPU and on GPUs that support it, fp16 with a gradient "
+                  "scaler on older GPUs, none on MPS")
+_chosen = {"device": "auto"}
+
+
+def choose_device(name: str) -> None:
+    """Set this process's device from ``--device`` before anything computes (the CLI calls it once)."""
+    name = name.strip().lower()
+    kind, _, index = name.partition(":")
+    if kind not in ("auto", "cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+        raise MaskrayError(f"--device {name}: not a device (auto, cpu, cuda, cuda:N or mps)")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise MaskrayError(f"--device {name}: no CUDA GPU is visible (torch {torch.__version__} is {build})")
+        if index:
+            if int(index) >= torch.cuda.device_count():
+                raise MaskrayError(f"--device {name}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+            torch.cuda.set_device(int(index))
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise MaskrayError(f"--device {name}: MPS is not available on this machine")
+    if kind == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "1"  # read by accelerate's Accelerator and by state() below
+    _chosen["device"] = kind
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> the precision this device trains and samples in; any other value is kept."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no" if device.type == "mps" else "bf16"
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a resolved precision (``None``: full precision)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
 
 def state() -> PartialState:
     """The process's accelerate state (starts the process group on the first call under ``accelerate launch``).
@@ -26,7 +72,8 @@ def state() -> PartialState:
     Without a GPU (or with ``ACCELERATE_USE_CPU=1``) several processes join on the CPU's gloo backend: accelerate's
     ``AcceleratorState`` reads that flag but its ``PartialState`` does not, and without it a torchrun-started CPU
     process would take itself for a world of one."""
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+    cpu = _chosen["device"] == "cpu" or (_chosen["device"] == "auto" and not torch.cuda.is_available())
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or cpu)
 
 
 def world() -> tuple[int, int]:
@@ -36,7 +83,10 @@ def world() -> tuple[int, int]:
 
 
 def device() -> torch.device:
-    """This process's device: its own GPU under a multi-GPU launch, else CUDA if visible, else the CPU."""
+    """This process's device (:func:`choose_device`): its own GPU under a multi-GPU launch, else CUDA if visible,
+    else the CPU."""
+    if _chosen["device"] == "cpu":
+        return torch.device("cpu")
     return state().device
 
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from monai.networks.nets import BasicUNet
 
+from maskray import distributed
 from maskray.config import option
 
 
@@ -70,7 +71,7 @@ def torch_threads(n: int):
 
 
 def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return distributed.device()
 
 
 class _Net(torch.nn.Module):

@@ -29,7 +29,7 @@ from maskray.diffusion.fused import prepare_generation
 from maskray.diffusion.sampling import SCHEDULERS, composite_region, make_scheduler, sample
 from maskray.diffusion.store import load_codec, load_model, model_folder
 from maskray import distributed
-from maskray.distributed import on_main
+from maskray.distributed import PRECISION_HELP, on_main, resolve_precision
 from maskray.errors import MaskrayError
 from maskray.files import atomic_write, read_json
 from maskray.pipelines.checked import CheckedBatches, collect, given_up, label_lut, open_checker
@@ -64,7 +64,7 @@ class GenerateConfig:
     batch_size: int = option(16, help="images per batch (every batch is padded to this size, so a case's pixels "
                                       "do not depend on which cases share its batch)")
     seed: int = option(0, help="run seed; each case's seed derives from it and the case id")
-    precision: Literal["no", "bf16", "fp16"] = option("bf16", help="autocast precision")
+    precision: Literal["auto", "no", "bf16", "fp16"] = option("auto", help=PRECISION_HELP)
     channels_last: bool = option(True, help="NHWC memory format (1.3x faster sampling in bf16 on this CPU, "
                                             "benchmarks/bench_speed.py)")
     fused_kernels: bool = option(True, help="CPU, bf16, channels_last: GroupNorm + SiLU in one kernel (built on "
@@ -180,6 +180,7 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     _check_config(cfg)
     model, card = load_model(cfg.model, need_controlnet=True, prompt=cfg.prompt, pretrained=cfg.pretrained)
     cfg = with_model_sampler(cfg, card)
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, distributed.device()))
     codec = load_codec(cfg.model, card, pretrained=cfg.pretrained)
     make_scheduler(cfg.scheduler, card.scheduler_config)  # fail early on a bad name
     masks = Dataset(cfg.masks)
@@ -246,6 +247,7 @@ class Drawer:
 
     def __init__(self, cfg: GenerateConfig, card: ModelCard, model, codec, scheduler, device,
                  scales: dict | None = None):
+        cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
         self.cfg, self.card, self.model, self.codec, self.scheduler, self.device = cfg, card, model, codec, \
             scheduler, device
         self.scales = scales if scales is not None else sampling_scales(cfg, card)

@@ -24,6 +24,7 @@ from maskray.diffusion.conditioning import mask_condition
 from maskray.diffusion.fused import prepare_generation
 from maskray.diffusion.sampling import SCHEDULERS, make_scheduler
 from maskray.diffusion.store import load_codec, load_model
+from maskray import distributed
 from maskray.errors import MaskrayError
 from maskray.pipelines.generate import (DEFAULT_SAMPLER, SYNTHETIC_TEXT, GenerateConfig, condition_mapping, Drawer,
                                         edit_region)
@@ -77,8 +78,9 @@ class Engine:
         self.image_size = int(self.card.image_size)
         self.labels = dict(self.card.labels)
         self.mapping = condition_mapping(self.card, dataset, str(self.run))
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.kernels = prepare_generation(self.model, self.codec, self.device, DEFAULTS.precision,
+        self.device = distributed.device()
+        self.kernels = prepare_generation(self.model, self.codec, self.device,
+                                          distributed.resolve_precision(DEFAULTS.precision, self.device),
                                           DEFAULTS.channels_last, DEFAULTS.fused_kernels)
         self._lock = threading.Lock()
 

@@ -12,6 +12,7 @@ saved to ``RUN/autoencoder/`` and held-out images are scored into ``RUN/report.j
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import csv
 import json
 import time
@@ -27,6 +28,7 @@ from maskray.data.layout import Dataset, prepare_output_dir
 from maskray.diffusion.autoencoder import AutoencoderConfig, LatentCodec
 from maskray.diffusion.autoencoder_losses import AutoencoderLoss, LossWeights
 from maskray.diffusion.fused import FUSED_KERNELS, fuse_norm_silu, training_kernels
+from maskray.distributed import PRECISION_HELP, autocast_dtype, device, resolve_precision
 from maskray.errors import MaskrayError
 from maskray.files import atomic_path, atomic_write, read_json
 from maskray.measures.features import FeatureNet, train_feature_net
@@ -70,7 +72,7 @@ class AutoencoderTrainConfig:
     feature_net: str | None = option(None, help="a trained feature network folder (else one is trained)")
     feature_steps: int = option(300, help="steps of self-supervised feature-network training")
     scale_cases: int = option(64, help="training images used to measure the latent scaling factor")
-    precision: Literal["no", "bf16"] = option("bf16", help="autocast precision")
+    precision: Literal["auto", "no", "bf16", "fp16"] = option("auto", help=PRECISION_HELP)
     fused_kernels: bool = option(True, help="CPU, bf16: channels_last with GroupNorm + SiLU in one kernel and its "
                                             "gradient (1.2x faster encode-decode steps, benchmarks/bench_kernels.py "
                                             "--autoencoder)")
@@ -138,6 +140,8 @@ def _feature_net(cfg: AutoencoderTrainConfig, arrays: TrainingArrays, out: Path,
 def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> Path:
     """Run (or resume) autoencoder training; returns the run folder."""
     _validate(cfg)
+    dev = device()
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, dev))  # recorded resolved
     ds = Dataset(cfg.data)
     out = Path(cfg.out)
     if cfg.resume:
@@ -149,9 +153,9 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> Pat
     weights = cfg.loss_weights()
     torch.manual_seed(cfg.seed)  # initial weights: the one global seed, set at the edge of the run
     codec = LatentCodec.new(cfg.autoencoder_config())
-    loss_fn = AutoencoderLoss(weights, _feature_net(cfg, arrays, out, progress))
-    vae = codec.vae.train()
-    kernels = training_kernels(torch.device("cpu"), cfg.precision, cfg.fused_kernels)
+    loss_fn = AutoencoderLoss(weights, _feature_net(cfg, arrays, out, progress)).to(dev)
+    vae = codec.vae.to(dev).train()
+    kernels = training_kernels(dev, cfg.precision, cfg.fused_kernels)
     allocator = keep_freed_memory()
     if kernels == FUSED_KERNELS:  # the kernel trains channels_last tensors
         vae.to(memory_format=torch.channels_last)
@@ -173,15 +177,24 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> Pat
     return _finish(cfg, ds, arrays, codec, out, seconds, progress)
 
 
-def _autocast(cfg: AutoencoderTrainConfig):
-    if cfg.precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def _autocast(cfg: AutoencoderTrainConfig, dev: torch.device):
+    dtype = autocast_dtype(cfg.precision)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(dev.type, dtype=dtype)
+
+
+def _update(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """One optimiser step; in fp16 through the gradient scaler (a no-op when it is disabled)."""
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
 
 
 def _loop(cfg, arrays, vae, loss_fn, opt_g, opt_d, out: Path, start: int, end: int, progress: bool,
           channels_last: bool = False) -> float:
     """Steps ``start .. end - 1``: one ``log.csv`` row each (flushed), checkpoints; returns training seconds."""
+    dev = next(vae.parameters()).device
+    scalers = tuple(torch.amp.GradScaler(dev.type, enabled=cfg.precision == "fp16") for _ in range(2))
     log_path = out / "log.csv"
     new_log = not log_path.exists()
     t0, seconds0 = time.time(), _elapsed(out)
@@ -193,7 +206,7 @@ def _loop(cfg, arrays, vae, loss_fn, opt_g, opt_d, out: Path, start: int, end: i
                    dynamic_ncols=True)
         for step in range(start, end):
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-            parts = _step(cfg, arrays, vae, loss_fn, opt_g, opt_d, step, lr, channels_last)
+            parts = _step(cfg, arrays, vae, loss_fn, opt_g, opt_d, step, lr, channels_last, scalers)
             done, elapsed = step + 1, seconds0 + time.time() - t0
             writer.writerow({"step": done, "lr": f"{lr:.3e}", "elapsed_s": f"{elapsed:.1f}",
                              "images_per_s": f"{(done - start) * cfg.batch_size / (time.time() - t0):.2f}",
@@ -207,29 +220,29 @@ def _loop(cfg, arrays, vae, loss_fn, opt_g, opt_d, out: Path, start: int, end: i
     return seconds0 + time.time() - t0
 
 
-def _step(cfg, arrays, vae, loss_fn, opt_g, opt_d, step: int, lr: float, channels_last: bool) -> dict[str, float]:
-    """One autoencoder update, then (after the warm-up) one discriminator update; returns the loss parts."""
+def _step(cfg, arrays, vae, loss_fn, opt_g, opt_d, step: int, lr: float, channels_last: bool,
+          scalers: tuple) -> dict[str, float]:
+    """One autoencoder update, then (after the warm-up) one discriminator update; returns the loss parts.
+    ``scalers``: the autoencoder's and the discriminator's fp16 gradient scalers (disabled in other precisions;
+    not checkpointed: a resumed fp16 run starts its scale afresh)."""
     for opt in (opt_g, opt_d):
         for group in (opt.param_groups if opt is not None else ()):
             group["lr"] = lr
-    x = crops(arrays, step, cfg.batch_size, cfg.crop_size or cfg.image_size, cfg.seed)
+    dev = next(vae.parameters()).device
+    x = crops(arrays, step, cfg.batch_size, cfg.crop_size or cfg.image_size, cfg.seed).to(dev)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 17)
-    with _autocast(cfg):
+    with _autocast(cfg, dev):
         post = vae.encode(x).latent_dist
         xrec = vae.decode(post.sample(generator=gen)).sample.float()
         loss, parts = loss_fn.generator_loss(x, xrec, post, step, vae.decoder.conv_out.weight)
-    opt_g.zero_grad(set_to_none=True)
-    loss.backward()
-    opt_g.step()
+    _update(loss, opt_g, scalers[0])
     parts["loss"] = float(loss.detach())
     if opt_d is not None and loss_fn.disc_active(step):
-        with _autocast(cfg):
+        with _autocast(cfg, dev):
             d_loss, d_parts = loss_fn.discriminator_loss(x, xrec, step)
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
+        _update(d_loss, opt_d, scalers[1])
         parts["disc"] = d_parts["disc"]
     return parts
 
@@ -295,7 +308,7 @@ def _finish(cfg, ds: Dataset, arrays: TrainingArrays, codec: LatentCodec, out: P
     keep = torch.tensor([held.case_ids.index(c) for c in ids])
     real = held.pixels(keep)
     labels = held.labels[keep].long() if held.labels is not None else None
-    recon = torch.cat([codec.decode(codec.encode(real[i:i + 4])) for i in
+    recon = torch.cat([codec.decode(codec.encode(real[i:i + 4])).cpu() for i in
                        tqdm(range(0, len(real), 4), desc="scoring held-out", disable=not progress, leave=False)])
     report = reconstruction_report(real, recon, labels, ds.labels)
     report.update(split=split, cases=ids, image_size=cfg.image_size, train_seconds=round(seconds, 1),

@@ -9,6 +9,7 @@ from maskray.config import option
 from maskray.diffusion.edges import EdgeConfig
 from maskray.diffusion.networks import UNetConfig
 from maskray.diffusion.objective import LATENT_SNR_SHIFT, DiffusionConfig
+from maskray.distributed import PRECISION_HELP
 from maskray.errors import MaskrayError
 
 Stage = Literal["base", "controlnet", "distil"]
@@ -42,7 +43,7 @@ class TrainConfig:
     warmup_steps: int = option(50, help="linear warm-up steps")
     lr_schedule: Literal["constant", "cosine", "linear"] = option("cosine", help="decay after warm-up")
     weight_decay: float = option(0.0, help="AdamW weight decay")
-    precision: Literal["no", "bf16", "fp16"] = option("bf16", help="autocast precision")
+    precision: Literal["auto", "no", "bf16", "fp16"] = option("auto", help=PRECISION_HELP)
     channels_last: bool | None = option(None, help="NHWC memory format (default: on where the fused GroupNorm + "
                                                    "SiLU kernel trains, bf16 on a CPU; else off)")
     fused_kernels: bool = option(True, help="CPU, bf16, channels_last: GroupNorm + SiLU in one kernel with its "

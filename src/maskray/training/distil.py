@@ -22,6 +22,7 @@ from maskray.diffusion.distillation import STUDENT_SPACING, distillation_loss, s
 from maskray.diffusion.networks import ControlledUNet
 from maskray.diffusion.objective import DiffusionConfig
 from maskray.diffusion.store import load_codec, load_model, save_model
+from maskray.distributed import autocast_dtype
 from maskray.errors import MaskrayError
 from maskray.training.conditions import ConditionMaker
 from maskray.training.config import TrainConfig
@@ -47,11 +48,11 @@ def setup_distil(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     diff = DiffusionConfig(**tcard.diffusion)
     grid = student_grid(tcard.scheduler_config, cfg.student_steps)
     substeps = cfg.teacher_steps // cfg.student_steps
-    autocast_on = cfg.precision == "bf16"
+    dtype = autocast_dtype(cfg.precision)
 
     def objective(model_fn, x0, cond, noise_scheduler, generator):
         def teacher_fn(z, t):
-            with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=autocast_on):
+            with torch.autocast(z.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 return teacher(z, t, cond)
 
         return distillation_loss(model_fn, teacher_fn, x0, grid, substeps, noise_scheduler.alphas_cumprod,

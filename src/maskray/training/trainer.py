@@ -26,7 +26,7 @@ from tqdm import tqdm
 from maskray.data.layout import Dataset, prepare_output_dir
 from maskray.diffusion.fused import FUSED_KERNELS, PYTORCH_KERNELS, fuse_norm_silu, training_kernels
 from maskray.diffusion.networks import count_parameters
-from maskray.distributed import on_main
+from maskray.distributed import device, on_main, resolve_precision
 from maskray.diffusion.objective import train_scheduler
 from maskray.errors import MaskrayError
 from maskray.memory import keep_freed_memory
@@ -71,6 +71,7 @@ def _prepare_out(cfg: TrainConfig) -> Path:
 
 def _train(cfg: TrainConfig, stage: Stage, progress: bool) -> Path:
     validate(cfg, stage)
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device()))  # recorded resolved
     ds = Dataset(cfg.data)
     torch.manual_seed(cfg.seed)  # weight initialisation; the one global seed, set at the edge of the run
     setup = setup_stage(cfg, stage, ds)
