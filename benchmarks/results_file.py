@@ -16,9 +16,10 @@ class MissingResults(FileNotFoundError):
     """A results file a table needs is not there; the message names it and says what writes it."""
 
 
-def write_results(name: str, res: dict) -> Path:
-    """Write ``res`` as ``results/NAME.json`` (NaN and tensors' floats as numbers), print where, return the path."""
-    out = RESULTS / f"{name}.json"
+def write_results(name: str, res: dict, folder: Path = RESULTS) -> Path:
+    """Write ``res`` as ``results/NAME.json`` (NaN and tensors' floats as numbers), print where, return the path;
+    ``folder`` replaces results/ (a test's own folder)."""
+    out = Path(folder) / f"{name}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(res, indent=1, default=float))
     print(f"wrote {out}")

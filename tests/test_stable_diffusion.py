@@ -7,7 +7,8 @@ built from a vocabulary written here and the scheduler config are made at random
 
 import json
 import shutil
-import string
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +17,8 @@ from PIL import Image
 
 pytest.importorskip("transformers")
 
-from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel  # noqa: E402
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import random_sd  # noqa: E402  (benchmarks/random_sd.py: the random SD folder, shared with gpu_smoke.py)
 
 from maskray.cli import main  # noqa: E402
 from maskray.data.layout import Dataset  # noqa: E402
@@ -32,42 +33,13 @@ TINY = ["--image-size", "32", "--batch-size", "2", "--steps", "2", "--validation
         "--validation-sampler-steps", "2", "--precision", "no", "--checkpoint-every", "2"]
 
 
-def _tokenizer(folder):
-    """A character-level CLIP BPE tokenizer: every lowercase letter is a token (so prompts differ in ids)."""
-    folder.mkdir(parents=True)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in string.ascii_lowercase:
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16), len(vocab)
-
-
 def _unet(seed=0):
-    torch.manual_seed(seed)
-    return UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
-                                layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-                                attention_head_dim=8)
+    return random_sd.unet("tiny", seed)
 
 
 def make_sd_folder(root):
     """A tiny Stable Diffusion folder in diffusers layout, every part randomly initialised and saved here."""
-    tokenizer, vocab_size = _tokenizer(root.parent / f"{root.name}-vocab")
-    tokenizer.save_pretrained(root / "tokenizer")
-    torch.manual_seed(1)
-    CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                 num_attention_heads=4, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
-                                 pad_token_id=1)).save_pretrained(root / "text_encoder")
-    _unet().save_pretrained(root / "unet")
-    torch.manual_seed(2)
-    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16),
-                  down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-                  layers_per_block=1, norm_num_groups=4).save_pretrained(root / "vae")
-    PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
-                  set_alpha_to_one=False, steps_offset=1).save_pretrained(root / "scheduler")
-    return root
+    return random_sd.make_sd_folder(root, "tiny")
 
 
 @pytest.fixture(scope="module")
