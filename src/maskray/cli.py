@@ -55,6 +55,17 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML or TOML config; flags override it")
 
 
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--real``, ``--synthetic``, ``--out`` and ``--config``: the arguments of the commands that score a synthetic
+    dataset against a real one (evaluate, downstream)."""
+    parser.add_argument("--real", required=True, metavar="DATASET", help="real dataset (native layout, with a test "
+                                                                         "split)")
+    parser.add_argument("--synthetic", required=True, metavar="DATASET", help="synthetic dataset (native layout)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (must be empty unless "
+                                                                   "--overwrite)")
+    add_config_argument(parser)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     first = next((a for a in argv if not a.startswith("-")), None)

@@ -28,6 +28,34 @@ def option(default: Any = dataclasses.MISSING, *, help: str = "", flags: tuple[s
     return dataclasses.field(default=default, metadata=md, **kw)
 
 
+# Flags that mean the same in every command that has them: declared here once, each config takes its field from
+# these (a command's own wording is kept only where the meaning differs: seeds, sizes, steps).
+Precision = typing.Literal["auto", "no", "bf16", "fp16"]
+
+
+def overwrite_option() -> Any:
+    return option(False, help="replace an output folder that already holds files")
+
+
+def resume_option() -> Any:
+    return option(False, help="continue an interrupted run in --out from its last checkpoint")
+
+
+def threads_option() -> Any:
+    return option(0, help="CPU threads for torch (0: torch's default); 1 is far faster when other processes "
+                          "share the CPU (docs/evaluate.md)")
+
+
+def precision_option() -> Any:
+    return option("auto", help="autocast precision; auto: bf16 on the CPU and on GPUs that support it, fp16 with a "
+                               "gradient scaler on older GPUs, none on MPS")
+
+
+def fused_kernels_option(measured: str) -> Any:
+    return option(True, help="CPU, bf16, channels_last: GroupNorm + SiLU in one kernel with its gradient (built on "
+                             f"first use; {measured}); off elsewhere")
+
+
 def load_config_file(path: str | os.PathLike | None) -> dict:
     """Read a YAML (.yaml/.yml), TOML (.toml) or JSON config file to a dict."""
     if path is None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 
-from maskray.config import option
+from maskray.config import option, overwrite_option
 from maskray.data.layout import prepare_output_dir
 from maskray.data.phantom import PhantomConfig, make_phantom
 from maskray.evaluation.evaluate import EvaluateConfig, evaluate
@@ -48,7 +48,7 @@ class DemoConfig:
     eval_steps: int = option(300, help="training steps of the evaluation's segmenter and regression baseline")
     feature_steps: int = option(400, help="training steps of the evaluation's self-supervised feature network")
     seed: int = option(0, help="seed of everything")
-    overwrite: bool = option(False, help="replace an existing --out")
+    overwrite: bool = overwrite_option()
 
 
 QUICK = dict(cases=200, base_steps=170, controlnet_steps=130, batch_size=24, sampler_steps=20, eval_steps=100,

@@ -3,7 +3,8 @@
 
 ``--device auto`` (the default) is the process's own GPU under a multi-GPU launch, else CUDA when visible, else
 the CPU (Apple's MPS only when asked for; untested here); ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` ask for one,
-and asking for one that is not there is a one-line error. ``--precision auto`` resolves per device (:func:`resolve_precision`).
+and asking for one that is not there is a one-line error. ``--precision auto`` resolves per device
+(:func:`resolve_precision`).
 
 One process, launched plainly, is a world of one: every helper here then does what a single run would do. Under
 ``accelerate launch`` (one process per GPU, or ``--cpu`` processes on the gloo backend) accelerate's
@@ -26,8 +27,6 @@ from maskray.errors import MaskrayError
 T = TypeVar("T")
 
 DEVICE_HELP = "where to compute: auto (a visible GPU, else the CPU), cpu, cuda, cuda:N or mps"
-PRECISION_HELP = ("autocast precision; auto: bf16 on the CPU and on GPUs that support it, fp16 with a gradient "
-                  "scaler on older GPUs, none on MPS")
 _chosen = {"device": "auto"}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from maskray.cli import add_config_argument
+from maskray.cli import add_study_arguments
 from maskray.config import add_arguments, from_args
 from maskray.evaluation.downstream import DownstreamConfig, run_downstream
 
@@ -18,10 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "the real test split (Dice per label as MSD reports it, lesion FROC/CPM, sensitivity and false "
                     "positives per image). Writes metrics.json, metrics.csv, runs.csv, dice_vs_fraction.png, "
                     "froc.png, report.html, run.json.")
-    p.add_argument("--real", required=True, metavar="DATASET", help="real dataset (native layout, with a test split)")
-    p.add_argument("--synthetic", required=True, metavar="DATASET", help="synthetic dataset (native layout)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (must be empty unless --overwrite)")
-    add_config_argument(p)
+    add_study_arguments(p)
     add_arguments(p, DownstreamConfig)
     p.set_defaults(func=run)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from maskray.cli import add_config_argument
+from maskray.cli import add_study_arguments
 from maskray.config import add_arguments, from_args
 from maskray.evaluation.evaluate import EvaluateConfig, evaluate
 
@@ -19,10 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "space of a self-supervised feature network) beside the real-vs-real floor; mask adherence "
                     "(Dice as MSD reports it, nodule FROC/CPM); diversity and memorisation. Writes metrics.json, "
                     "metrics.csv, report.html, figures, feature_net/, run.json.")
-    p.add_argument("--real", required=True, metavar="DATASET", help="real dataset (native layout, with a test split)")
-    p.add_argument("--synthetic", required=True, metavar="DATASET", help="synthetic dataset (native layout)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (must be empty unless --overwrite)")
-    add_config_argument(p)
+    add_study_arguments(p)
     add_arguments(p, EvaluateConfig)
     p.set_defaults(func=run)
 

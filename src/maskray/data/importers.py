@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 from tqdm import tqdm
 
-from maskray.config import option
+from maskray.config import option, overwrite_option
 from maskray.data import layout
 from maskray.data.attributes import attributes_from_csv, parse_bins
 from maskray.data.import_case import ImportJob, ImportPlan, die_with_parent, run_job
@@ -68,7 +68,7 @@ class ImportConfig:
     normalise: Literal["auto", "percentile", "range"] = option("auto", help="intensity normalisation (see docs/data.md)")
     bit_depth: int = option(8, help="output PNG bit depth: 8 or 16")
     workers: int = option(0, help="worker processes (0: up to 4, by CPU count)")
-    overwrite: bool = option(False, help="replace a non-empty output folder")
+    overwrite: bool = overwrite_option()
     val_fraction: float = option(0.0, help="fraction of cases (by patient) for validation")
     test_fraction: float = option(0.0, help="fraction of cases (by patient) for test")
     seed: int = option(0, help="seed of the patient-level split")

@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from maskray.config import option
+from maskray.config import option, overwrite_option
 from maskray.data.layout import Dataset, DatasetInfo, label_path, write_dataset_info, write_label_file
 from maskray.data.rng import case_rng
 from maskray.errors import MaskrayError
@@ -60,7 +60,7 @@ class MaskSynthConfig:
     nodule_label: str = option("nodule", help="label name of nodules; added to dataset.json if missing")
     spacing_mm: float | None = option(None, help="pixel spacing to use when dataset.json has no 'spacing'")
     case_prefix: str = option("mask", help="new case identifiers are PREFIX_00000, PREFIX_00001, ...")
-    overwrite: bool = option(False, help="replace a non-empty output folder")
+    overwrite: bool = overwrite_option()
 
     def check(self) -> None:
         """Refuse values no run could satisfy; names the option."""

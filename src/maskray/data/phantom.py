@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from maskray.config import option
+from maskray.config import option, overwrite_option
 from maskray.data.phantom_attributes import sample_attributes, with_attributes
 from maskray.data.phantom_body import (MU_LUNG, MU_TISSUE, Anatomy, Grid, Scene, ellipse_chord, pixel_box, project,
                                        sample_anatomy)
@@ -63,7 +63,7 @@ class PhantomConfig:
     val_fraction: float = option(0.1, help="fraction of patients in the validation split")
     test_fraction: float = option(0.1, help="fraction of patients in the test split")
     workers: int = option(1, help="parallel worker processes (0: one per CPU core)")
-    overwrite: bool = option(False, help="replace an output folder that already holds files")
+    overwrite: bool = overwrite_option()
 
     def __post_init__(self) -> None:
         if not MIN_SIZE <= self.image_size <= MAX_SIZE:

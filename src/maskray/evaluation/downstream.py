@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from maskray.config import option
+from maskray.config import option, overwrite_option, threads_option
 from maskray.data.layout import Dataset
 from maskray.errors import MaskrayError
 from maskray.evaluation import figures
@@ -76,9 +76,8 @@ class DownstreamConfig:
     allow_unknown_sources: bool = option(
         False, help="also train on synthetic cases whose source case is unknown (no manifest.json entry); any made "
                     "from real test masks would then leak test labels")
-    threads: int = option(0, help="CPU threads for torch (0 = torch's default); 1 is far faster when other "
-                                  "processes share the CPU (see docs/evaluate.md)")
-    overwrite: bool = option(False, help="replace a non-empty output folder")
+    threads: int = threads_option()
+    overwrite: bool = overwrite_option()
 
 
 def _fraction_subsets(ids: list[str], fractions: tuple[float, ...], seed: int) -> dict[float, list[str]]:

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from maskray.config import option
+from maskray.config import option, overwrite_option, threads_option
 from maskray.data.layout import Dataset
 from maskray.errors import MaskrayError
 from maskray.files import atomic_write, check_output_folder, staged_output
@@ -87,9 +87,8 @@ class EvaluateConfig:
                                                       "(N,D)) used instead of the feature network")
     feature_size: int = option(299, help="input side S of --feature-weights")
     grid_rows: int = option(6, help="cases shown in the figure grid")
-    threads: int = option(0, help="CPU threads for torch (0 = torch's default); 1 is far faster when other "
-                                  "processes share the CPU (see docs/evaluate.md)")
-    overwrite: bool = option(False, help="replace a non-empty output folder")
+    threads: int = threads_option()
+    overwrite: bool = overwrite_option()
 
 
 def evaluate(real: Path, synthetic: Path, out: Path, cfg: EvaluateConfig = EvaluateConfig(),

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import PngImagePlugin
 
 from maskray import __version__
-from maskray.config import option
+from maskray.config import option, overwrite_option
 from maskray.data.dataset import Dataset
 from maskray.data.io import read_image_file, read_source_mask, write_png
 from maskray.data.schema import read_manifest
@@ -56,7 +56,7 @@ class ExportConfig:
                    "patient, study or institution data")
     salt: str | None = option(None, help="secret that makes exported ids reproducible (default: random per "
                                          "export); never written")
-    overwrite: bool = option(False, help="replace a non-empty output folder")
+    overwrite: bool = overwrite_option()
 
 
 class Anonymiser:

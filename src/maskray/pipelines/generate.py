@@ -12,14 +12,14 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from scipy import ndimage
 from tqdm import tqdm
 
-from maskray.config import option
+from maskray.config import (Precision, fused_kernels_option, option, overwrite_option, precision_option,
+                            resume_option)
 from maskray.data.layout import (Dataset, DatasetInfo, image_path, label_path, prepare_output_dir, read_label_file,
                                  write_dataset_info, write_image_file, write_label_file)
 from maskray.data.resize import resize_label
@@ -29,7 +29,7 @@ from maskray.diffusion.fused import prepare_generation
 from maskray.diffusion.sampling import SCHEDULERS, composite_region, make_scheduler, sample
 from maskray.diffusion.store import load_codec, load_model, model_folder
 from maskray import distributed
-from maskray.distributed import PRECISION_HELP, on_main, resolve_precision
+from maskray.distributed import on_main, resolve_precision
 from maskray.errors import MaskrayError
 from maskray.files import atomic_write, read_json
 from maskray.pipelines.checked import CheckedBatches, collect, given_up, label_lut, open_checker
@@ -64,11 +64,10 @@ class GenerateConfig:
     batch_size: int = option(16, help="images per batch (every batch is padded to this size, so a case's pixels "
                                       "do not depend on which cases share its batch)")
     seed: int = option(0, help="run seed; each case's seed derives from it and the case id")
-    precision: Literal["auto", "no", "bf16", "fp16"] = option("auto", help=PRECISION_HELP)
+    precision: Precision = precision_option()
     channels_last: bool = option(True, help="NHWC memory format (1.3x faster sampling in bf16 on this CPU, "
                                             "benchmarks/bench_speed.py)")
-    fused_kernels: bool = option(True, help="CPU, bf16, channels_last: GroupNorm + SiLU in one kernel (built on "
-                                            "first use; 1.1-1.2x faster sampling, benchmarks/bench_kernels.py)")
+    fused_kernels: bool = fused_kernels_option("1.1-1.2x faster sampling, benchmarks/bench_kernels.py")
     bit_depth: int = option(8, help="PNG bit depth (8 or 16)")
     inpaint_from: str | None = option(None, help="real dataset: regenerate only the changed region of its images")
     inpaint_margin: int = option(4, help="pixels the changed region is dilated by (region-preserving mode)")
@@ -85,8 +84,8 @@ class GenerateConfig:
                                                             "counts (default: the checker's)")
     check_keep_failed: bool = option(False, help="--check: write a given-up case's best attempt (flagged in the "
                                                  "manifest) instead of leaving it out")
-    resume: bool = option(False, help="continue an interrupted run in --out")
-    overwrite: bool = option(False, help="replace an existing --out")
+    resume: bool = resume_option()
+    overwrite: bool = overwrite_option()
 
 
 def case_seed(seed: int, case_id: str, sample_index: int, attempt: int = 0) -> int:

@@ -18,17 +18,17 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from tqdm import tqdm
 
-from maskray.config import option
+from maskray.config import (Precision, fused_kernels_option, option, overwrite_option, precision_option,
+                            resume_option)
 from maskray.data.layout import Dataset, prepare_output_dir
 from maskray.diffusion.autoencoder import AutoencoderConfig, LatentCodec
 from maskray.diffusion.autoencoder_losses import AutoencoderLoss, LossWeights
 from maskray.diffusion.fused import FUSED_KERNELS, fuse_norm_silu, training_kernels
-from maskray.distributed import PRECISION_HELP, autocast_dtype, device, resolve_precision
+from maskray.distributed import autocast_dtype, device, resolve_precision
 from maskray.errors import MaskrayError
 from maskray.files import atomic_path, atomic_write, read_json
 from maskray.measures.features import FeatureNet, train_feature_net
@@ -72,14 +72,12 @@ class AutoencoderTrainConfig:
     feature_net: str | None = option(None, help="a trained feature network folder (else one is trained)")
     feature_steps: int = option(300, help="steps of self-supervised feature-network training")
     scale_cases: int = option(64, help="training images used to measure the latent scaling factor")
-    precision: Literal["auto", "no", "bf16", "fp16"] = option("auto", help=PRECISION_HELP)
-    fused_kernels: bool = option(True, help="CPU, bf16: channels_last with GroupNorm + SiLU in one kernel and its "
-                                            "gradient (1.2x faster encode-decode steps, benchmarks/bench_kernels.py "
-                                            "--autoencoder)")
+    precision: Precision = precision_option()
+    fused_kernels: bool = fused_kernels_option("1.2x faster encode-decode steps, benchmarks/bench_kernels.py --autoencoder")
     checkpoint_every: int = option(250, help="steps between checkpoints")
     seed: int = option(0, help="seed for weights, batches, crops, noise")
-    resume: bool = option(False, help="continue from the checkpoint in --out")
-    overwrite: bool = option(False, help="replace an existing --out")
+    resume: bool = resume_option()
+    overwrite: bool = overwrite_option()
     stop_after: int | None = option(None, help="stop (with a checkpoint) after this many steps in this invocation")
 
     def autoencoder_config(self) -> AutoencoderConfig:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from maskray.config import option
+from maskray.config import option, overwrite_option, threads_option
 from maskray.data.dataset import Dataset
 from maskray.data.resize import resize_image, resize_label
 from maskray.errors import MaskrayError
@@ -37,8 +37,8 @@ class CheckerConfig:
     min_dice: float = option(0.8, help="the check: least Dice of every label but the lesion")
     operating_point: float = option(0.5, help="the check: lesion probability at which a candidate counts")
     lesion_label: str = option("nodule", help="label name checked as lesions (found, and none where the mask has none)")
-    threads: int = option(0, help="CPU threads for torch (0: torch's default)")
-    overwrite: bool = option(False, help="replace --out if it holds files")
+    threads: int = threads_option()
+    overwrite: bool = overwrite_option()
 
 
 def load_pairs(ds: Dataset, ids: list[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:

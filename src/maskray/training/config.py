@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from maskray.config import option
+from maskray.config import (Precision, fused_kernels_option, option, overwrite_option, precision_option,
+                            resume_option)
 from maskray.diffusion.edges import EdgeConfig
 from maskray.diffusion.networks import UNetConfig
 from maskray.diffusion.objective import LATENT_SNR_SHIFT, DiffusionConfig
-from maskray.distributed import PRECISION_HELP
 from maskray.errors import MaskrayError
 
 Stage = Literal["base", "controlnet", "distil"]
@@ -43,12 +43,10 @@ class TrainConfig:
     warmup_steps: int = option(50, help="linear warm-up steps")
     lr_schedule: Literal["constant", "cosine", "linear"] = option("cosine", help="decay after warm-up")
     weight_decay: float = option(0.0, help="AdamW weight decay")
-    precision: Literal["auto", "no", "bf16", "fp16"] = option("auto", help=PRECISION_HELP)
+    precision: Precision = precision_option()
     channels_last: bool | None = option(None, help="NHWC memory format (default: on where the fused GroupNorm + "
                                                    "SiLU kernel trains, bf16 on a CPU; else off)")
-    fused_kernels: bool = option(True, help="CPU, bf16, channels_last: GroupNorm + SiLU in one kernel with its "
-                                            "gradient (built on first use; 1.1-1.5x faster training, "
-                                            "benchmarks/bench_kernels.py)")
+    fused_kernels: bool = fused_kernels_option("1.1-1.5x faster training, benchmarks/bench_kernels.py")
     ema_decay: float = option(0.999, help="EMA decay ceiling (warm-up ramps to it); 0 disables EMA")
     checkpoint_every: int = option(200, help="steps between checkpoints (accelerate save_state)")
     keep_checkpoints: int = option(2, help="checkpoints kept")
@@ -66,8 +64,8 @@ class TrainConfig:
                                          "the prompt)")
     seed: int = option(0, help="seed for weights, batches, noise")
     log: Literal["csv", "tensorboard"] = option("csv", help="log format (always CSV; tensorboard adds events)")
-    resume: bool = option(False, help="continue from the latest checkpoint in --out")
-    overwrite: bool = option(False, help="replace an existing --out")
+    resume: bool = resume_option()
+    overwrite: bool = overwrite_option()
     stop_after: int | None = option(None, help="stop (with a checkpoint) after this many steps in this invocation")
     # stage 2: terms that make the ControlNet follow the mask where it says "no nodule" (training/mask_terms.py)
     region_weight: float = option(0.0, help="stage 2: extra weight of the denoising loss on lesion pixels and their "
