@@ -137,3 +137,14 @@ def test_the_cycle_finder_names_a_cycle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycles(graph) == [["a", "b", "c", "a"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_docs_architecture_pictures_the_layers_in_their_order():
+    """docs/architecture.md's first picture has one line per layer of LAYERS, top to bottom (each line starts with
+    one of the layer's names), so the picture cannot drift from the layers this test enforces."""
+    text = (Path(maskray.__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
+    lines = [line for line in text.split("```")[1].splitlines() if line.strip()]
+    firsts = [line.split()[0].rstrip(",").removesuffix("/").removesuffix(".py") for line in lines]
+    shown = [RANK.get(first) for first in firsts]
+    assert None not in shown, f"a line of the picture names no layer: {firsts}"
+    assert shown == list(range(len(LAYERS) - 1, -1, -1)), f"the picture's layers are missing or out of order: {firsts}"
