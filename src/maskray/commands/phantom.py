@@ -13,8 +13,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "phantom", help="make a synthetic PA chest radiograph dataset with exact masks",
         description="Procedural, seedable chest radiograph phantom (line integrals through 3D anatomy, "
-                    "detector model) written in nnU-Net v2 raw layout. The same seed gives byte-identical files.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "detector model) written in nnU-Net v2 raw layout. The same seed gives byte-identical files.")
     add_config_argument(p)
     add_arguments(p, PhantomConfig)
     p.set_defaults(func=run)
