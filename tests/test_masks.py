@@ -123,6 +123,19 @@ def test_copy_mode_and_missing_nodule_label_is_added(toy, tmp_path):
                for k, v in _labels(cp).items())
 
 
+def test_copy_mode_adds_no_label_and_needs_no_spacing(toy, tmp_path):
+    """A source without the nodule label and with no recorded spacing (as cxr-lungs): the copies hold its labels
+    only, so a model trained on it accepts them as masks."""
+    meta = json.loads((toy / "dataset.json").read_text())
+    meta.pop("spacing", None)
+    (toy / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(MaskrayError, match="no 'spacing'"):
+        synthesize_masks(toy, tmp_path / "add", MaskSynthConfig(n=1, **SMALL))  # drawing nodules needs mm
+    cp = synthesize_masks(toy, tmp_path / "cp", MaskSynthConfig(mode="copy", nodule_label="lesion"))
+    assert json.loads((cp / "dataset.json").read_text())["labels"] == meta["labels"]  # no 'lesion' added
+    assert json.loads((cp / "masks.json").read_text())["notes"] == []
+
+
 def test_impossible_requests_are_clear_errors(toy, tmp_path):
     with pytest.raises(MaskrayError, match="larger than the lung"):
         synthesize_masks(toy, tmp_path / "a", MaskSynthConfig(n=1, diameter_min_mm=60, diameter_max_mm=80))

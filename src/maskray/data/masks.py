@@ -350,8 +350,11 @@ def synthesize_masks(src: str | os.PathLike, out: str | os.PathLike, cfg: MaskSy
     cfg.check()
     src, out = Path(src), Path(out)
     ds = Dataset(src)
-    labels, lung_values, nodule_value, note = resolve_labels(ds.info, cfg, src)
-    spacing = pixel_spacing(ds.info, cfg, src)
+    if cfg.mode == "copy":  # nothing is drawn: the source's labels and spacing stay as they are, none required
+        labels, lung_values, nodule_value, note, spacing = dict(ds.info.labels), (), None, None, ds.info.spacing
+    else:
+        labels, lung_values, nodule_value, note = resolve_labels(ds.info, cfg, src)
+        spacing = pixel_spacing(ds.info, cfg, src)
     ids = ds.case_ids(None if cfg.source_split == "all" else cfg.source_split, labelled=True)
     if not ids:
         raise MaskrayError(f"{src}: no labelled cases in split '{cfg.source_split}' (choose another --source-split)")
@@ -361,7 +364,7 @@ def synthesize_masks(src: str | os.PathLike, out: str | os.PathLike, cfg: MaskSy
             raise MaskrayError(f"{src}: no case in split '{cfg.source_split}' has a '{cfg.nodule_label}' to {cfg.mode}")
     n = cfg.n or len(ids)
 
-    manifest: dict = {"source": str(src.resolve()), "mode": cfg.mode, "seed": cfg.seed, "spacing_mm": list(spacing),
+    manifest: dict = {"source": str(src.resolve()), "mode": cfg.mode, "seed": cfg.seed, "spacing_mm": list(spacing) if spacing else None,
                       "nodule_label": cfg.nodule_label, "nodule_value": nodule_value, "notes": [note] if note else [],
                       "cases": {}}
     with staged_output(out, cfg.overwrite) as tmp:
