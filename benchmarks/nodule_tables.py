@@ -44,6 +44,25 @@ def utility(results: Path = RESULTS) -> str:
     return utility_table(utility_sets(results))
 
 
+def cxr_utility(results: Path = RESULTS) -> str:
+    """docs/nodules.md's lung-Dice study on real radiographs, from results/cxr_utility.json."""
+    res = read_results(results, "cxr_utility")
+    rows = ["| training data | synthetic pairs | lung Dice, all test images [95% CI]; vs real-only [95% CI], p |",
+            "|---|---|---|"]
+    by = {(r["condition"], r["fraction"]): r for r in res["intervals"]}
+    for f in sorted({r["fraction"] for r in res["intervals"] if r["condition"] == "real"}):
+        rows.append(f"| {f:.0%} of real labels | none | {_cell(by[('real', f)].get('dice_lung'))} |")
+        mine = by.get(("real+synthetic", f))
+        if mine:
+            n = res["n_synthetic_by_fraction"].get(str(f), "")
+            rows.append(f"| {f:.0%} of real labels | + {n} generated for those cases' masks | "
+                        f"{_cell(mine.get('dice_lung'), True)} |")
+    syn = next((r for r in res["intervals"] if r["condition"] == "synthetic"), None)
+    if syn:
+        rows.append(f"| none | {res['n_synthetic_used']} generated only | {_cell(syn.get('dice_lung'))} |")
+    return "\n".join(rows)
+
+
 def sources_table(res: dict) -> str:
     rows = ["| image set (test masks) | false nodules / image | asked-for nodules found | CPM | pass the check "
             "| lung Dice | heart Dice | FID / precision / recall (floor) | spectrum distance (floor) |",

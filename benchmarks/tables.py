@@ -53,6 +53,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     # docs/nodules.md
     "nodule_sources": nodule_tables.sources,
     "nodule_utility": nodule_tables.utility,
+    "cxr_utility": nodule_tables.cxr_utility,
     **doc_tables.TABLES,
     **latent_tables.TABLES,
 }
