@@ -81,7 +81,7 @@ def test_consistency_reaches_the_model_and_skips_dropped_masks(toy_dataset, tmp_
     assert "consistency" in terms.last and loss > plain
     (loss - plain).backward()  # the consistency term alone
     assert model.a.grad is not None and model.a.grad.abs() > 0
-    assert not any(p.requires_grad for p in terms.checker.segmenter.net.parameters())
+    assert not any(p.requires_grad for p in terms.checker.net.parameters())
     dropped = terms.loss(model, x0, torch.zeros_like(mask), lab, sched, dcfg, torch.Generator().manual_seed(0))
     assert torch.equal(dropped.detach(), plain.detach()) and "consistency" not in terms.last
 

@@ -53,6 +53,27 @@ def save_model(folder: str | os.PathLike, unet: UNet2DConditionModel, card: Mode
     return out
 
 
+def save_with_codec(source: str | os.PathLike, codec: LatentCodec, out: str | os.PathLike, note: dict) -> Path:
+    """Write ``out``: the latent model at ``source`` (networks copied as they are) with ``codec`` as its autoencoder
+    (one whose encoder is the model's, so its latents are the ones the networks learned on; the caller checks).
+    The card names the new autoencoder and keeps ``note`` (how it was made) under ``training["decoder"]``."""
+    import shutil
+
+    src = model_folder(source)
+    card = ModelCard.load(src)
+    if card.latent is None or card.pretrained is not None:
+        raise MaskrayError(f"{src}: not a latent model with its own autoencoder")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for part in sorted(src.iterdir()):
+        if part.is_dir() and part.name != "autoencoder":
+            shutil.copytree(part, out / part.name)
+    codec.save(out / "autoencoder")
+    latent = {**card.latent, "autoencoder_sha256": codec.weights_hash()}
+    dataclasses.replace(card, latent=latent, training={**card.training, "decoder": note}).save(out)  # card last
+    return out
+
+
 def controlnet_dir(index: int, name: str) -> str:
     """Folder of a model's ``index``-th ControlNet: ``controlnet`` for the first, ``controlnet_NAME`` after."""
     return "controlnet" if index == 0 else f"controlnet_{name}"

@@ -7,6 +7,13 @@ for the discriminator. Every batch, crop and posterior sample is a pure function
 ``weights_only=True``). At the end the latent scaling factor is measured on training images, the codec is
 saved to ``RUN/autoencoder/`` and held-out images are scored into ``RUN/report.json`` and
 ``RUN/reconstructions.png``.
+
+``--init-from`` starts from an existing autoencoder or latent model; ``--decoder-only`` then trains the decoder
+alone (training/autoencoder_start.py), so a model's base and ControlNet keep their latents, and from a model the
+run writes ``RUN/model``: that model with the new decoder. ``--segmenter CK --segmentation-weight W`` adds the
+lesion-aware term: a frozen checker's DiceCE on the reconstructions against their masks (lungs, heart, nodules,
+and the background where the mask has none), so the decoder learns not to draw a nodule the latent does not hold
+(the nodule-utility issue: reconstructions alone showed 1.0 false nodules per image).
 """
 
 from __future__ import annotations
@@ -34,12 +41,15 @@ from maskray.files import atomic_path, atomic_write, read_json
 from maskray.measures.features import FeatureNet, train_feature_net
 from maskray.memory import keep_freed_memory
 from maskray.provenance import to_jsonable, write_run_info
+from maskray.diffusion.store import save_with_codec
 from maskray.training.autoencoder_report import reconstruction_picture, reconstruction_report
+from maskray.training.autoencoder_start import encoder_hash, freeze_encoder, open_start
 from maskray.training.data import TrainingArrays, load_arrays
+from maskray.training.mask_terms import CheckerLoss
 
 CHECKPOINT = "checkpoint.pt"
 LOG_FIELDS = ("step", "loss", "l1", "kl", "perceptual", "feature_matching", "adversarial", "adversarial_weight",
-              "disc", "lr", "images_per_s", "elapsed_s")
+              "segmentation", "disc", "lr", "images_per_s", "elapsed_s")
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,16 @@ class AutoencoderTrainConfig:
     feature_net: str | None = option(None, help="a trained feature network folder (else one is trained)")
     feature_steps: int = option(300, help="steps of self-supervised feature-network training")
     scale_cases: int = option(64, help="training images used to measure the latent scaling factor")
+    init_from: str | None = option(None, help="start from this autoencoder (a run or its autoencoder/ folder) or "
+                                              "latent model (run or model folder); its shape replaces --factor, "
+                                              "--latent-channels and --block-out-channels")
+    decoder_only: bool = option(False, help="train the decoder alone (needs --init-from): the encoder and scaling "
+                                            "factor, so a model's latents, stay as they are; from a model the run "
+                                            "writes RUN/model, that model with the new decoder")
+    segmenter: str | None = option(None, help="a checker folder (maskray train checker on the real pairs) for the "
+                                              "lesion-aware term")
+    segmentation_weight: float = option(0.0, help="weight of the checker's DiceCE on the reconstructions against "
+                                                  "their masks (0: off; needs --segmenter)")
     precision: Precision = precision_option()
     fused_kernels: bool = fused_kernels_option("1.2x faster encode-decode steps, benchmarks/bench_kernels.py --autoencoder")
     checkpoint_every: int = option(250, help="steps between checkpoints")
@@ -102,23 +122,41 @@ def _validate(cfg: AutoencoderTrainConfig) -> None:
     if side > cfg.image_size or side % 16 or cfg.image_size % 16:
         raise MaskrayError(f"--image-size {cfg.image_size} and --crop-size {cfg.crop_size} must be multiples of 16 "
                            f"with the crop no larger than the image")
-    for name in ("l1_weight", "kl_weight", "perceptual_weight", "feature_matching_weight", "adversarial_weight"):
+    for name in ("l1_weight", "kl_weight", "perceptual_weight", "feature_matching_weight", "adversarial_weight",
+                 "segmentation_weight"):
         if getattr(cfg, name) < 0:
             raise MaskrayError(f"--{name.replace('_', '-')} must not be negative")
+    if cfg.decoder_only and not cfg.init_from:
+        raise MaskrayError("--decoder-only needs --init-from (the autoencoder or latent model whose encoder it keeps)")
+    if (cfg.segmentation_weight > 0) != bool(cfg.segmenter):
+        raise MaskrayError("--segmentation-weight and --segmenter go together (a weight above 0 and a checker folder)")
 
 
 def crops(arrays: TrainingArrays, step: int, batch_size: int, side: int, seed: int) -> torch.Tensor:
     """Batch ``step``: random ``side`` x ``side`` crops (and horizontal flips) of the images, ``(B, 1, side, side)``
     in ``[-1, 1]``; a pure function of ``(seed, step)``."""
-    x = arrays.pixels(arrays.indices(step, batch_size, seed))
+    return crop_pairs(arrays, step, batch_size, side, seed)[0]
+
+
+def crop_pairs(arrays: TrainingArrays, step: int, batch_size: int, side: int,
+               seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`crops` and the same crops of the label maps (int64 ``(B, side, side)``; ``None`` without labels)."""
+    idx = arrays.indices(step, batch_size, seed)
+    x = arrays.pixels(idx)
     g = torch.Generator().manual_seed(seed * 7_654_321 + step)
     size = x.shape[-1]
     out = torch.empty(x.shape[0], 1, side, side)
+    lab = None if arrays.labels is None else torch.empty(x.shape[0], side, side, dtype=torch.int64)
     for i in range(x.shape[0]):
         r, c = (torch.randint(0, size - side + 1, (2,), generator=g).tolist())
         out[i] = x[i, :, r:r + side, c:c + side]
+        if lab is not None:
+            lab[i] = arrays.labels[idx[i], r:r + side, c:c + side].long()
     flip = torch.rand(x.shape[0], generator=g) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), out.flip(-1), out)
+    out = torch.where(flip.view(-1, 1, 1, 1), out.flip(-1), out)
+    if lab is not None:
+        lab = torch.where(flip.view(-1, 1, 1), lab.flip(-1), lab)
+    return out, lab
 
 
 def _feature_net(cfg: AutoencoderTrainConfig, arrays: TrainingArrays, out: Path, progress: bool) -> FeatureNet | None:
@@ -147,32 +185,48 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> Pat
             raise MaskrayError(f"{out}: no {CHECKPOINT} to resume from")
     else:
         prepare_output_dir(out, overwrite=cfg.overwrite, hint="--resume (continue) or --overwrite (replace)")
-    arrays = load_arrays(ds, cfg.image_size, cfg.split, progress=progress)
+    seg = CheckerLoss(cfg.segmenter, ds.labels) if cfg.segmentation_weight > 0 else None
+    arrays = load_arrays(ds, cfg.image_size, cfg.split, need_labels=seg is not None, progress=progress)
     weights = cfg.loss_weights()
     torch.manual_seed(cfg.seed)  # initial weights: the one global seed, set at the edge of the run
-    codec = LatentCodec.new(cfg.autoencoder_config())
+    codec, source_model = open_start(cfg.init_from) if cfg.init_from else (LatentCodec.new(cfg.autoencoder_config()),
+                                                                          None)
+    start_state = {"autoencoder_sha256": codec.weights_hash(), "encoder_sha256": encoder_hash(codec.vae)}
     loss_fn = AutoencoderLoss(weights, _feature_net(cfg, arrays, out, progress)).to(dev)
     vae = codec.vae.to(dev).train()
+    if cfg.decoder_only:
+        freeze_encoder(vae)
     kernels = training_kernels(dev, cfg.precision, cfg.fused_kernels)
     allocator = keep_freed_memory()
     if kernels == FUSED_KERNELS:  # the kernel trains channels_last tensors
         vae.to(memory_format=torch.channels_last)
         fuse_norm_silu(vae)
-    opt_g = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+    opt_g = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.5, 0.9))
     opt_d = torch.optim.AdamW(loss_fn.discriminator.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) \
         if loss_fn.discriminator is not None else None
     start = _load_checkpoint(out, vae, loss_fn, opt_g, opt_d) if cfg.resume else 0
     _cut_log(out / "log.csv", start)
-    write_run_info(out, "train autoencoder", cfg, seed=cfg.seed, checkpoint=cfg.feature_net,
+    write_run_info(out, "train autoencoder", cfg, seed=cfg.seed, checkpoint=cfg.init_from or cfg.feature_net,
                    extra={"train_cases": len(arrays), "dataset": str(ds.root), "loss_weights": weights,
-                          "parameters": sum(p.numel() for p in vae.parameters()), "kernels": kernels,
-                          "allocator": allocator})
+                          "parameters": sum(p.numel() for p in vae.parameters()),
+                          "trained_parameters": sum(p.numel() for p in vae.parameters() if p.requires_grad),
+                          "kernels": kernels, "allocator": allocator,
+                          "init_from": start_state if cfg.init_from else None})
     end = cfg.steps if cfg.stop_after is None else min(cfg.steps, start + cfg.stop_after)
-    seconds = _loop(cfg, arrays, vae, loss_fn, opt_g, opt_d, out, start, end, progress,
+    seconds = _loop(cfg, arrays, vae, (loss_fn, seg), opt_g, opt_d, out, start, end, progress,
                     channels_last=kernels == FUSED_KERNELS)
     if end < cfg.steps:
         return out
-    return _finish(cfg, ds, arrays, codec, out, seconds, progress)
+    _finish(cfg, ds, arrays, codec, out, seconds, progress)
+    if cfg.decoder_only:
+        if encoder_hash(codec.vae) != start_state["encoder_sha256"]:
+            raise MaskrayError(f"{out}: the encoder changed in a --decoder-only run (a bug; the model is not written)")
+        if source_model is not None:
+            save_with_codec(source_model, codec, out / "model",
+                            {"from_autoencoder_sha256": start_state["autoencoder_sha256"], "steps": cfg.steps,
+                             "segmentation_weight": cfg.segmentation_weight, "l1_weight": cfg.l1_weight,
+                             "perceptual_weight": cfg.perceptual_weight, "adversarial_weight": cfg.adversarial_weight})
+    return out
 
 
 def _autocast(cfg: AutoencoderTrainConfig, dev: torch.device):
@@ -188,7 +242,7 @@ def _update(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.Gr
     scaler.update()
 
 
-def _loop(cfg, arrays, vae, loss_fn, opt_g, opt_d, out: Path, start: int, end: int, progress: bool,
+def _loop(cfg, arrays, vae, losses, opt_g, opt_d, out: Path, start: int, end: int, progress: bool,
           channels_last: bool = False) -> float:
     """Steps ``start .. end - 1``: one ``log.csv`` row each (flushed), checkpoints; returns training seconds."""
     dev = next(vae.parameters()).device
@@ -204,7 +258,7 @@ def _loop(cfg, arrays, vae, loss_fn, opt_g, opt_d, out: Path, start: int, end: i
                    dynamic_ncols=True)
         for step in range(start, end):
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-            parts = _step(cfg, arrays, vae, loss_fn, opt_g, opt_d, step, lr, channels_last, scalers)
+            parts = _step(cfg, arrays, vae, losses, opt_g, opt_d, step, lr, channels_last, scalers)
             done, elapsed = step + 1, seconds0 + time.time() - t0
             writer.writerow({"step": done, "lr": f"{lr:.3e}", "elapsed_s": f"{elapsed:.1f}",
                              "images_per_s": f"{(done - start) * cfg.batch_size / (time.time() - t0):.2f}",
@@ -213,28 +267,36 @@ def _loop(cfg, arrays, vae, loss_fn, opt_g, opt_d, out: Path, start: int, end: i
             bar.set_postfix(loss=f"{parts['loss']:.4f}", l1=f"{parts['l1']:.4f}")
             bar.update(1)
             if done % cfg.checkpoint_every == 0 or done == end:
-                _save_checkpoint(out, vae, loss_fn, opt_g, opt_d, done, elapsed)
+                _save_checkpoint(out, vae, losses[0], opt_g, opt_d, done, elapsed)
         bar.close()
     return seconds0 + time.time() - t0
 
 
-def _step(cfg, arrays, vae, loss_fn, opt_g, opt_d, step: int, lr: float, channels_last: bool,
+def _step(cfg, arrays, vae, losses, opt_g, opt_d, step: int, lr: float, channels_last: bool,
           scalers: tuple) -> dict[str, float]:
     """One autoencoder update, then (after the warm-up) one discriminator update; returns the loss parts.
-    ``scalers``: the autoencoder's and the discriminator's fp16 gradient scalers (disabled in other precisions;
-    not checkpointed: a resumed fp16 run starts its scale afresh)."""
+    ``losses``: the autoencoder loss and the lesion-aware checker term (or ``None``). ``scalers``: the
+    autoencoder's and the discriminator's fp16 gradient scalers (disabled in other precisions; not checkpointed:
+    a resumed fp16 run starts its scale afresh)."""
+    loss_fn, seg = losses
     for opt in (opt_g, opt_d):
         for group in (opt.param_groups if opt is not None else ()):
             group["lr"] = lr
     dev = next(vae.parameters()).device
-    x = crops(arrays, step, cfg.batch_size, cfg.crop_size or cfg.image_size, cfg.seed).to(dev)
+    x, lab = crop_pairs(arrays, step, cfg.batch_size, cfg.crop_size or cfg.image_size, cfg.seed)
+    x = x.to(dev)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 17)
     with _autocast(cfg, dev):
-        post = vae.encode(x).latent_dist
+        with torch.no_grad() if cfg.decoder_only else contextlib.nullcontext():
+            post = vae.encode(x).latent_dist
         xrec = vae.decode(post.sample(generator=gen)).sample.float()
         loss, parts = loss_fn.generator_loss(x, xrec, post, step, vae.decoder.conv_out.weight)
+        if seg is not None:
+            term = seg(xrec, lab)
+            loss = loss + cfg.segmentation_weight * term
+            parts["segmentation"] = float(term.detach())
     _update(loss, opt_g, scalers[0])
     parts["loss"] = float(loss.detach())
     if opt_d is not None and loss_fn.disc_active(step):
@@ -286,11 +348,12 @@ def _load_checkpoint(out: Path, vae, loss_fn, opt_g, opt_d) -> int:
 
 
 def _held_out(ds: Dataset, cfg: AutoencoderTrainConfig) -> tuple[str, list[str]]:
-    for split in dict.fromkeys((cfg.eval_split, "val", "test")):
+    tried = list(dict.fromkeys((cfg.eval_split, "val", "test")))
+    for split in tried:
         ids = ds.case_ids(split) if split in ds.splits else []
         if ids:
             return split, ids[: cfg.eval_cases]
-    raise MaskrayError(f"{ds.root}: no held-out images (splits '{cfg.eval_split}', 'val', 'test' are empty); "
+    raise MaskrayError(f"{ds.root}: no held-out images (splits {', '.join(tried)} are empty); "
                        f"the report scores images the autoencoder did not train on")
 
 
@@ -298,8 +361,9 @@ def _held_out(ds: Dataset, cfg: AutoencoderTrainConfig) -> tuple[str, list[str]]
 def _finish(cfg, ds: Dataset, arrays: TrainingArrays, codec: LatentCodec, out: Path, seconds: float,
             progress: bool) -> Path:
     codec.vae.eval()
-    scale_images = arrays.pixels(torch.arange(min(cfg.scale_cases, len(arrays))))
-    codec.measure_scaling_factor(scale_images, batch_size=4)
+    if not cfg.decoder_only:  # a kept encoder keeps its scaling factor: the latents must not change
+        scale_images = arrays.pixels(torch.arange(min(cfg.scale_cases, len(arrays))))
+        codec.measure_scaling_factor(scale_images, batch_size=4)
     split, ids = _held_out(ds, cfg)
     labelled = all(ds.cases[c].label_path is not None for c in ids) and ds.has_labels
     held = load_arrays(ds, cfg.image_size, split, need_labels=labelled, progress=progress)

@@ -49,6 +49,30 @@ def lesion_region(labels: torch.Tensor, lesion: int, ring: int, factor: int) -> 
     return F.max_pool2d(region, factor) if factor > 1 else region
 
 
+class CheckerLoss:
+    """A frozen checker (``maskray train checker`` on the real pairs) as a loss: the DiceCE of its prediction on
+    images against their label maps, every label (the background where the mask has none included). Gradients
+    flow into the images, never into the checker. ``labels``: the data's label names -> values."""
+
+    def __init__(self, folder: str, labels: dict[str, int]):
+        self.checker = Checker.load(folder)
+        missing = [n for n in labels if n not in self.checker.labels]
+        if missing:
+            raise MaskrayError(f"{folder}: the checker has no labels {missing}")
+        self.net = self.checker.segmenter.net
+        self.net.requires_grad_(False).eval()
+        self.lut = torch.zeros(max(labels.values()) + 1, dtype=torch.int64)
+        for name, v in labels.items():
+            self.lut[v] = self.checker.segmenter.values.index(self.checker.labels[name])
+        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``images`` ``(N, 1, H, W)`` in ``[-1, 1]``, ``labels`` int ``(N, H, W)`` of the data's values."""
+        logits = self.net(images.float().clamp(-1, 1).contiguous())
+        target = self.lut[labels.cpu().long()].unsqueeze(1).to(logits.device)
+        return self.dice_ce(logits.float(), target)
+
+
 class MaskTerms:
     """The stage-2 loss with the terms of :class:`MaskTermsConfig`: ``loss(model_fn, x0, cond, labels, ...)``."""
 
@@ -64,16 +88,7 @@ class MaskTerms:
             if not cfg.consistency_checker:
                 raise MaskrayError("--consistency-weight needs --consistency-checker (a folder of `maskray train "
                                    "checker`)")
-            self.checker = Checker.load(cfg.consistency_checker)
-            missing = [n for n in labels if n not in self.checker.labels]
-            if missing:
-                raise MaskrayError(f"{cfg.consistency_checker}: the checker has no labels {missing}")
-            net = self.checker.segmenter.net
-            net.requires_grad_(False).eval()
-            self.lut = torch.zeros(max(labels.values()) + 1, dtype=torch.int64)
-            for name, v in labels.items():
-                self.lut[v] = self.checker.segmenter.values.index(self.checker.labels[name])
-            self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+            self.checker = CheckerLoss(cfg.consistency_checker, labels)
         self.last: dict[str, float] = {}  # the terms of the last step, for the log
 
     def loss(self, model_fn, x0: torch.Tensor, mask_cond: torch.Tensor | None, labels: torch.Tensor, scheduler,
@@ -102,6 +117,4 @@ class MaskTerms:
         sub = Denoised(d.t[pick], d.noisy[pick], d.target[pick], d.pred[pick], d.weight[pick])
         x0 = clean_estimate(sub, scheduler, self.prediction_type)
         image = self.codec.decode(x0) if self.codec is not None else x0
-        logits = self.checker.segmenter.net(image.float().clamp(-1, 1).contiguous())
-        target = self.lut[labels[pick.cpu()]].unsqueeze(1).to(logits.device)
-        return self.seg_loss(logits.float(), target)
+        return self.checker(image, labels[pick.cpu()])

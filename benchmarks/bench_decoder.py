@@ -1,0 +1,112 @@
+"""The lesion-aware decoder: does fine-tuning the autoencoder's decoder with a frozen checker's DiceCE on its
+reconstructions (``maskray train autoencoder --decoder-only --segmenter CK --segmentation-weight W``) take away
+the false nodules that the autoencoder adds, without losing the asked-for ones or realism?
+
+    python benchmarks/bench_decoder.py --work bench_out/lat256 [--weights 0,1] [--steps 600] [--name NAME]
+
+WORK is bench_nodule_sources.py's: a 256 px latent path (data/, ae/, cn/), the checker (checker/) and the
+independent judge (judge/, a segmenter of another seed; trained here when missing). For each weight W (0: the
+same fine-tuning without the term, the control) the decoder of WORK/cn is fine-tuned for STEPS steps (encoder,
+base and ControlNet untouched, so the latents are the same), then the judge scores, against the real test masks:
+the autoencoder's reconstructions of the real test images, and `generate` at the card's guidance with the new
+model (same seeds as the original model, so only the decoder differs). The original model's rows are scored the
+same way. Writes results/NAME.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench_nodule_sources import generate, load_set, maskray, score
+from results_file import write_results
+
+
+def reconstructions(work: Path, codec_folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    from maskray.data.dataset import Dataset
+    from maskray.diffusion.autoencoder import LatentCodec
+    from maskray.training.checker import load_pairs
+
+    ds = Dataset(work / "data")
+    x, y = load_pairs(ds, ds.case_ids("test", labelled=True), 256)
+    codec = LatentCodec.load(codec_folder)
+    codec.vae.eval()
+    with torch.no_grad():
+        rec = torch.cat([codec.decode(codec.encode(x[i:i + 8])) for i in range(0, len(x), 8)])
+    return rec, y
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--work", required=True)
+    p.add_argument("--weights", default="0,1")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--name", default="decoder_phantom")
+    a = p.parse_args()
+    work = Path(a.work)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    from maskray.data.dataset import Dataset
+    from maskray.measures.features import FeatureNet, train_feature_net
+    from maskray.measures.mask_check import Checker
+    from maskray.training.checker import load_pairs
+
+    if not (work / "judge" / "checker.json").is_file():
+        maskray("train", "checker", "--data", str(work / "data"), "--out", str(work / "judge"), "--image-size", "256",
+                "--steps", "400", "--seed", "1", "--overwrite")
+    judge = Checker.load(work / "judge")
+    ds = Dataset(work / "data")
+    xtr, _ = load_pairs(ds, ds.case_ids("train", labelled=True), 256)
+    xte, yte = load_pairs(ds, ds.case_ids("test", labelled=True), 256)
+    if (work / "feature_net" / "feature_net.json").is_file():
+        fnet = FeatureNet.load(work / "feature_net")
+    else:
+        fnet = train_feature_net(xtr, steps=400, seed=0)
+        fnet.save(work / "feature_net")
+    rows, times = {}, {}
+    variants = {"original decoder": (work / "cn" / "model", work / "gen_g15")}
+    for w in [float(v) for v in a.weights.split(",")]:
+        run = work / f"decoder_w{w:g}"
+        if not (run / "model" / "maskray.json").is_file():
+            t = time.time()
+            maskray("train", "autoencoder", "--data", str(work / "data"), "--out", str(run), "--image-size", "256",
+                    "--crop-size", "0", "--init-from", str(work / "cn"), "--decoder-only",
+                    *(["--segmenter", str(work / "checker"), "--segmentation-weight", f"{w:g}"] if w > 0 else []),
+                    "--steps", str(a.steps), "--batch-size", "4", "--lr", f"{a.lr:g}", "--warmup-steps", "20",
+                    "--adversarial-weight", "0", "--feature-matching-weight", "0",
+                    "--feature-net", str(work / "ae" / "feature_net"), "--checkpoint-every", str(a.steps),
+                    "--overwrite")
+            times[f"train decoder, weight {w:g}"] = round(time.time() - t, 1)
+        variants[f"decoder fine-tuned, segmentation weight {w:g}"] = (run / "model", work / f"gen_dec_w{w:g}")
+    for label, (model, gen_out) in variants.items():
+        rec, yrec = reconstructions(work, model / "autoencoder")
+        rows[f"{label}: reconstructions"] = score(judge, rec, yrec, fnet.embed, xtr, xte)
+        t = generate(work, model, gen_out)
+        if t is not None:
+            times[f"generate, {label}"] = t
+        x, y = load_set(gen_out)
+        rows[f"{label}: generated, guidance 1.5"] = score(judge, x, y, fnet.embed, xtr, xte)
+        for k in (f"{label}: reconstructions", f"{label}: generated, guidance 1.5"):
+            print(k, {m: rows[k][m] for m in ("false_nodules_per_image", "sensitivity", "cpm", "precision")},
+                  flush=True)
+    rows["real test images"] = score(judge, xte, yte, fnet.embed, xtr, xte)
+    res = {"work": str(work), "judge": "segmenter of maskray train checker, seed 1, on the real training split; the "
+                                        "decoder's term uses the checker of seed 0",
+           "decoder_training": {"steps": a.steps, "lr": a.lr, "batch_size": 4, "crop_size": "whole 256 px images",
+                                "terms": "L1 + perceptual (+ segmentation); no adversarial or feature matching"},
+           "threads": torch.get_num_threads(), "wall_s": times, "sets": rows,
+           "command": "python benchmarks/bench_decoder.py " + " ".join(sys.argv[1:])}
+    write_results(a.name, res)
+    print(f"{'set':<70} {'FP/img':>7} {'sens':>6} {'CPM':>6} {'lung':>6} {'FID':>6} {'prec':>6}")
+    for k, r in rows.items():
+        print(f"{k:<70} {r['false_nodules_per_image']:7.2f} {r['sensitivity']:6.2f} {r['cpm']:6.2f} "
+              f"{r['dice'].get('lung', float('nan')):6.3f} {r['fid']:6.3f} {r['precision']:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
