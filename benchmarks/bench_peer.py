@@ -44,7 +44,8 @@ from maskray.diffusion.store import load_model
 from maskray.evaluation.realism import realism
 from maskray.hardware import matmul_peak_gflops
 from maskray.measures.features import train_feature_net
-from maskray.pipelines.generate import DEFAULT_SAMPLER, case_seed
+from maskray.diffusion.model import DEFAULT_SAMPLER
+from maskray.pipelines.generate import case_seed
 from maskray.provenance import versions
 from maskray.training.trainer import TrainConfig, train
 

@@ -106,7 +106,7 @@ def test_the_checker_term_reaches_the_decoder_and_not_the_checker(latent_model, 
 
 
 def test_decoder_only_refuses_what_it_cannot_keep(latent_model, tmp_path, capsys):
-    root, data = latent_model
+    _, data = latent_model
     base = ["train", "autoencoder", "--data", str(data), "--image-size", "32", "--crop-size", "0", "--steps", "1",
             "--precision", "no"]
     assert main(base + ["--out", str(tmp_path / "a"), "--decoder-only"]) == 2

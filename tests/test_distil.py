@@ -11,7 +11,7 @@ from maskray.diffusion.distillation import (_alpha_sigma, distillation_loss, out
 from maskray.diffusion.objective import DiffusionConfig, make_train_scheduler
 from maskray.diffusion.sampling import make_scheduler
 from maskray.diffusion.store import model_folder
-from maskray.pipelines.generate import DEFAULT_SAMPLER
+from maskray.diffusion.model import DEFAULT_SAMPLER
 
 SCHED = make_train_scheduler(DiffusionConfig())
 AC = SCHED.alphas_cumprod.float()

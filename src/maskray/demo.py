@@ -24,7 +24,8 @@ from maskray.data.phantom import PhantomConfig, make_phantom
 from maskray.evaluation.evaluate import EvaluateConfig, evaluate
 from maskray.evaluation.report import HtmlReport
 from maskray.hardware import measure_peaks
-from maskray.pipelines.generate import DEFAULT_SAMPLER, GenerateConfig, generate
+from maskray.diffusion.model import DEFAULT_SAMPLER
+from maskray.pipelines.generate import GenerateConfig, generate
 from maskray.provenance import to_jsonable, versions, write_run_info
 from maskray.files import atomic_write
 from maskray.training.trainer import TrainConfig, train

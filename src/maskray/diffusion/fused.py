@@ -33,7 +33,6 @@ from diffusers.models.autoencoders.vae import Decoder, Encoder
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
-from maskray.memory import keep_freed_memory
 
 KERNEL_SOURCE = Path(__file__).parent / "kernels" / "group_norm_silu.cpp"
 PYTORCH_KERNELS = "pytorch"
@@ -199,18 +198,6 @@ def prepare_for_sampling(model: nn.Module, device: torch.device, precision: str,
         return f"{PYTORCH_KERNELS} ({problem})"
     fuse_norm_silu(model)
     return FUSED_KERNELS
-
-
-def prepare_generation(model: nn.Module, codec, device: torch.device, precision: str, channels_last: bool,
-                       fused: bool = True) -> dict:
-    """:func:`prepare_for_sampling` for the model and, for a latent model, the codec's ``prepare_for_decoding``, with
-    freed memory kept (:func:`maskray.memory.keep_freed_memory`); returns ``{"sampling": ..., "decoding": ...,
-    "allocator": ...}`` (no decoding entry without a codec), for the output's record."""
-    kernels = {"sampling": prepare_for_sampling(model, device, precision, channels_last, fused),
-               "allocator": keep_freed_memory()}
-    if codec is not None:
-        kernels["decoding"] = codec.prepare_for_decoding(device, precision, channels_last, fused)
-    return kernels
 
 
 def training_kernels(device: torch.device, precision: str, fused: bool = True) -> str:

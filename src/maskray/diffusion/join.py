@@ -16,8 +16,9 @@ import os
 from pathlib import Path
 
 from maskray.diffusion.card import ModelCard
-from maskray.diffusion.networks import ControlNetSet
-from maskray.diffusion.store import MODEL_DIR, load_codec, load_model, save_model
+from maskray.diffusion.model import MaskModel
+from maskray.diffusion.networks import ControlledUNet, ControlNetSet
+from maskray.diffusion.store import MODEL_DIR
 from maskray.errors import MaskrayError
 from maskray.files import atomic_write, prepare_output_dir
 
@@ -67,23 +68,24 @@ def check_compatible(cards: dict[str, tuple[str, ModelCard]]) -> None:
 def join_models(sources: dict[str, str | os.PathLike], out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write the model of ``{condition: source run}`` to ``out/model`` (and the sources to ``out/join.json``);
     returns the run folder ``out``. Every check runs before ``out`` is touched."""
-    loaded = {name: (str(path), load_model(path)) for name, path in sources.items()}
-    check_compatible({name: (path, card) for name, (path, (_, card)) in loaded.items()})
+    loaded = {name: (str(path), MaskModel.load(path)) for name, path in sources.items()}
+    check_compatible({name: (path, m.card) for name, (path, m) in loaded.items()})
     run = prepare_output_dir(out, overwrite=overwrite)
     nets, conditions, origin = {}, {}, {}
-    for name, (path, (model, card)) in loaded.items():
-        net = model.controlnet.nets[name] if isinstance(model.controlnet, ControlNetSet) else model.controlnet
-        nets[name] = net
+    for name, (path, m) in loaded.items():
+        controlnet, card = m.net.controlnet, m.card
+        nets[name] = controlnet.nets[name] if isinstance(controlnet, ControlNetSet) else controlnet
         params = card.conditions.get(name, {"channels": len(card.labels)})
         conditions[name] = {k: v for k, v in params.items() if k != "sha256"}
         origin[name] = {"step": card.step, "controlnet_sha256": card.conditions.get(name, {}).get(
             "sha256", card.controlnet_sha256)}
-    (first_path, (model, first)) = next(iter(loaded.values()))
-    with_mask = next((card for _, (_, card) in loaded.values() if "mask" in card.condition_names), first)
+    models = [m for _, m in loaded.values()]
+    first = models[0]
+    with_mask = next((m.card for m in models if "mask" in m.card.condition_names), first.card)
     card = dataclasses.replace(
-        first, labels=dict(with_mask.labels) if "mask" in conditions else {}, conditions=conditions,
-        step=max(c.step for _, (_, c) in loaded.values()), controlnet_sha256=None,
+        first.card, labels=dict(with_mask.labels) if "mask" in conditions else {}, conditions=conditions,
+        step=max(m.card.step for m in models), controlnet_sha256=None,
         training={"joined": origin, "note": "ControlNets trained separately on one base, joined by 'train join'"})
     atomic_write(run / "join.json", json.dumps({"controlnet": {k: str(v) for k, v in sources.items()}}, indent=2))
-    save_model(run / MODEL_DIR, model.unet, card, controlnet=ControlNetSet(nets), codec=load_codec(first_path, first))
+    MaskModel(ControlledUNet(first.net.unet, ControlNetSet(nets)), card, first.codec).save(run / MODEL_DIR)
     return run

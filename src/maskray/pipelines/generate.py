@@ -25,9 +25,9 @@ from maskray.data.layout import (Dataset, DatasetInfo, image_path, label_path, p
 from maskray.data.resize import resize_label
 from maskray.data.schema import read_manifest
 from maskray.diffusion.card import ModelCard
-from maskray.diffusion.fused import prepare_generation
-from maskray.diffusion.sampling import SCHEDULERS, composite_region, make_scheduler, sample
-from maskray.diffusion.store import load_codec, load_model, model_folder
+from maskray.diffusion.model import DEFAULT_SAMPLER, MaskModel
+from maskray.diffusion.sampling import SCHEDULERS
+from maskray.diffusion.store import model_folder
 from maskray import distributed
 from maskray.distributed import on_main, resolve_precision
 from maskray.errors import MaskrayError
@@ -37,7 +37,6 @@ from maskray.pipelines.conditions import GenerationConditions, parse_scales
 from maskray.pipelines.sharding import Shard
 from maskray.provenance import to_jsonable, write_run_info
 
-DEFAULT_SAMPLER = ("ddpm", 25)  # benchmarks/results/steps.json: best lung Dice on real radiographs, at the PSNR bound
 SYNTHETIC_TEXT = {"Comment": "maskray synthetic image (not a real patient)", "Software": "maskray"}
 
 
@@ -162,26 +161,16 @@ def _open_out(cfg: GenerateConfig) -> Path:
     return out
 
 
-def with_model_sampler(cfg: GenerateConfig, card: ModelCard) -> GenerateConfig:
-    """``cfg`` with an unset scheduler, step count or guidance scale taken from the model card (a distilled model
-    names the sampler it was trained for, a latent mask model its mask guidance), else from ``DEFAULT_SAMPLER``
-    and no guidance."""
-    own = (card.sampling.get("scheduler"), card.sampling.get("steps"))
-    guidance = cfg.guidance_scale if cfg.guidance_scale is not None else str(card.sampling.get("guidance_scale", "1"))
-    return dataclasses.replace(cfg, scheduler=cfg.scheduler or own[0] or DEFAULT_SAMPLER[0],
-                               steps=cfg.steps if cfg.steps is not None else own[1] or DEFAULT_SAMPLER[1],
-                               guidance_scale=guidance)
-
-
 def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     if not cfg.masks and cfg.edges_from:  # structure-preserving variation of real images: their own masks
         cfg = dataclasses.replace(cfg, masks=cfg.edges_from)
     _check_config(cfg)
-    model, card = load_model(cfg.model, need_controlnet=True, prompt=cfg.prompt, pretrained=cfg.pretrained)
-    cfg = with_model_sampler(cfg, card)
-    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, distributed.device()))
-    codec = load_codec(cfg.model, card, pretrained=cfg.pretrained)
-    make_scheduler(cfg.scheduler, card.scheduler_config)  # fail early on a bad name
+    model = MaskModel.load(cfg.model, need_controlnet=True, prompt=cfg.prompt, pretrained=cfg.pretrained)
+    card = model.card
+    scheduler, steps, guidance = model.sampler_defaults(cfg.scheduler, cfg.steps, cfg.guidance_scale)
+    cfg = dataclasses.replace(cfg, scheduler=scheduler, steps=steps, guidance_scale=guidance,
+                              precision=resolve_precision(cfg.precision, distributed.device()))  # recorded resolved
+    model.scheduler(cfg.scheduler)  # fail early on a bad name
     masks = Dataset(cfg.masks)
     job = _Job(cfg, card, masks, condition_mapping(card, masks, cfg.model),
                Dataset(cfg.inpaint_from) if cfg.inpaint_from else None)
@@ -193,9 +182,8 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     todo = [p for p in shard.take(job.plan)
             if not (image_path(out, p[0]).is_file() and label_path(out, p[0]).is_file()) and not given_up(out, p[0])]
     device = distributed.device()
-    kernels = prepare_generation(model, codec, device, cfg.precision, cfg.channels_last, cfg.fused_kernels)
-    scheduler = make_scheduler(cfg.scheduler, card.scheduler_config)
-    draw = Drawer(cfg, card, model, codec, scheduler, device, job.scales)
+    kernels = model.prepare(device, cfg.precision, cfg.channels_last, cfg.fused_kernels)
+    draw = Drawer(cfg, model, device, job.scales)
     mine = len(shard.take(job.plan))
     bar = tqdm(total=mine, initial=mine - len(todo), desc="generate", unit="img",
                disable=not progress or not shard.is_main, dynamic_ncols=True)
@@ -239,35 +227,20 @@ def sampling_scales(cfg: GenerateConfig, card: ModelCard) -> dict:
 
 
 class Drawer:
-    """One padded batch of images: sampled in pixel space, or in latent space then decoded. In region-preserving
-    mode a latent model keeps the latents of the real image outside the (latent-resolution) region while
-    sampling, and the decoded result is composited in pixel space, so every pixel outside the region keeps its
-    value exactly."""
+    """One padded batch of images for the options of ``cfg`` (its precision already resolved): the model's
+    :meth:`MaskModel.sample` with ``cfg``'s sampler, steps and scales, and a fresh sampler of its schedule."""
 
-    def __init__(self, cfg: GenerateConfig, card: ModelCard, model, codec, scheduler, device,
-                 scales: dict | None = None):
-        cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
-        self.cfg, self.card, self.model, self.codec, self.scheduler, self.device = cfg, card, model, codec, \
-            scheduler, device
-        self.scales = scales if scales is not None else sampling_scales(cfg, card)
+    def __init__(self, cfg: GenerateConfig, model: MaskModel, device, scales: dict | None = None,
+                 on_step=None):
+        self.cfg, self.model, self.device, self.on_step = cfg, model, device, on_step
+        self.scheduler = model.scheduler(cfg.scheduler)
+        self.scales = scales if scales is not None else sampling_scales(cfg, model.card)
 
-    @torch.no_grad()
     def __call__(self, gens, cond, known=None, keep=None, blend=None) -> torch.Tensor:
         cfg = self.cfg
-        kw = dict(num_steps=cfg.steps, precision=cfg.precision, device=self.device, channels_last=cfg.channels_last,
-                  **self.scales)
-        shape = (len(gens), *self.card.sample_shape)
-        if self.codec is None:
-            return sample(self.model, self.scheduler, shape, gens, cond=cond, known=known, keep=keep, blend=blend,
-                          **kw)
-        region = {}
-        if known is not None:
-            f = self.card.factor
-            region = dict(known=self.codec.encode(known).cpu(), composite=False,
-                          keep=1 - torch.nn.functional.max_pool2d(1 - keep, f))  # any edited pixel frees its latent
-        z = sample(self.model, self.scheduler, shape, gens, cond=cond, clip=False, **region, **kw)
-        x = self.codec.decode(z).cpu()
-        return composite_region(x, known, blend).cpu() if known is not None else x
+        return self.model.sample(gens, cond, self.scheduler, steps=cfg.steps, precision=cfg.precision,
+                                 device=self.device, channels_last=cfg.channels_last, known=known, keep=keep,
+                                 blend=blend, on_step=self.on_step, **self.scales)
 
 
 class _Job:
@@ -310,7 +283,7 @@ class _Job:
         return labs, kw
 
     def write_records(self, out: Path, kernels: dict, check: dict | None = None) -> None:
-        """manifest.json, dataset.json and run.json (``kernels``: which ran, from :func:`prepare_generation`;
+        """manifest.json, dataset.json and run.json (``kernels``: which ran, from :meth:`MaskModel.prepare`;
         ``check``: :func:`maskray.pipelines.checked.collect`'s records): written last, once every case exists."""
         cfg, card = self.cfg, self.card
         folder = str(model_folder(cfg.model).resolve())

@@ -1,9 +1,9 @@
 """The one place where ``maskray serve`` calls into model loading, sampling and generation.
 
 Everything else in the serve package works with label maps, images and seeds; only this module knows where a
-model is loaded (:mod:`maskray.diffusion.store`), how a condition is built (:mod:`maskray.diffusion.conditioning`)
-and how ``maskray generate`` draws a batch, in pixel or latent space, whole or region-preserving
-(:mod:`maskray.pipelines.generate`), so a move of those parts is followed here alone.
+model is loaded and sampled (:class:`maskray.diffusion.model.MaskModel`), how a condition is built
+(:mod:`maskray.diffusion.conditioning`) and how ``maskray generate`` turns its options into a draw, whole or
+region-preserving (:mod:`maskray.pipelines.generate`), so a move of those parts is followed here alone.
 
 Each seed is drawn as a batch of one, so an image depends on its seed, mask and settings only, never on how
 many seeds were asked for at once.
@@ -21,13 +21,11 @@ import torch
 
 from maskray.data.layout import Dataset
 from maskray.diffusion.conditioning import mask_condition
-from maskray.diffusion.fused import prepare_generation
-from maskray.diffusion.sampling import SCHEDULERS, make_scheduler
-from maskray.diffusion.store import load_codec, load_model
+from maskray.diffusion.model import DEFAULT_SAMPLER, MaskModel
+from maskray.diffusion.sampling import SCHEDULERS
 from maskray import distributed
 from maskray.errors import MaskrayError
-from maskray.pipelines.generate import (DEFAULT_SAMPLER, SYNTHETIC_TEXT, GenerateConfig, condition_mapping, Drawer,
-                                        edit_region)
+from maskray.pipelines.generate import SYNTHETIC_TEXT, GenerateConfig, condition_mapping, Drawer, edit_region
 
 SCHEDULER_NAMES = tuple(SCHEDULERS)
 SYNTHETIC_PNG_TEXT = dict(SYNTHETIC_TEXT)  # how generated PNGs are marked synthetic
@@ -55,50 +53,35 @@ class Request:
     margin: int = DEFAULTS.inpaint_margin
 
 
-class _Counted(torch.nn.Module):
-    """The model, calling ``tick`` after each evaluation (one per sampler step), to report progress."""
-
-    def __init__(self, model: torch.nn.Module, tick: Callable[[], None]):
-        super().__init__()
-        self.model, self.tick = model, tick
-
-    def forward(self, *args, **kwargs):
-        out = self.model(*args, **kwargs)
-        self.tick()
-        return out
-
-
 class Engine:
     """A stage-2 model loaded once, generating for label maps of the data set it serves."""
 
     def __init__(self, run: str | Path, dataset: Dataset):
         self.run = Path(run)
-        self.model, self.card = load_model(self.run, need_controlnet=True)
-        self.codec = load_codec(self.run, self.card)
+        self.model = MaskModel.load(self.run, need_controlnet=True)
+        self.card = self.model.card
         self.image_size = int(self.card.image_size)
         self.labels = dict(self.card.labels)
         self.mapping = condition_mapping(self.card, dataset, str(self.run))
         self.device = distributed.device()
-        self.kernels = prepare_generation(self.model, self.codec, self.device,
-                                          distributed.resolve_precision(DEFAULTS.precision, self.device),
-                                          DEFAULTS.channels_last, DEFAULTS.fused_kernels)
+        self.defaults = replace(DEFAULTS, precision=distributed.resolve_precision(DEFAULTS.precision, self.device))
+        self.kernels = self.model.prepare(self.device, self.defaults.precision, self.defaults.channels_last,
+                                          self.defaults.fused_kernels)
         self._lock = threading.Lock()
 
     @property
     def record(self) -> dict:
         """What identifies the model in every output (weight hashes and training step, never a path), and which
         sampling kernels ran."""
-        return {"stage": self.card.stage, "image_size": self.image_size, "step": self.card.step,
-                "latent": self.card.latent is not None, "unet_sha256": self.card.unet_sha256,
-                "controlnet_sha256": self.card.controlnet_sha256, "kernels": self.kernels}
+        return {**self.model.record, "kernels": self.kernels}
 
     @property
     def default_guidance(self) -> float:
         """The mask guidance the model card asks for (a latent mask model: 1.5), else 1, as `generate` uses."""
-        return float(self.card.sampling.get("guidance_scale", 1.0))
+        return self.model.default_guidance
 
     def check_scheduler(self, name: str) -> None:
-        make_scheduler(name, self.card.scheduler_config)
+        self.model.scheduler(name)
 
     def generate(self, req: Request, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """float32 ``(N, 1, H, W)`` in ``[-1, 1]``, one image per seed; ``progress(done, total)`` per step."""
@@ -116,10 +99,9 @@ class Engine:
         if req.known is not None:
             keep, blend = edit_region(req.label.numpy(), req.old_label.numpy(), req.margin)
             kw.update(known=req.known[None], keep=_image(keep), blend=_image(blend))
-        cfg = replace(DEFAULTS, scheduler=req.scheduler, steps=req.steps, guidance_scale=req.guidance_scale)
+        cfg = replace(self.defaults, scheduler=req.scheduler, steps=req.steps, guidance_scale=req.guidance_scale)
         with self._lock:
-            draw = Drawer(cfg, self.card, _Counted(self.model, tick), self.codec,
-                           make_scheduler(req.scheduler, self.card.scheduler_config), self.device)
+            draw = Drawer(cfg, self.model, self.device, on_step=tick)
             return torch.cat([draw(gens=[torch.Generator().manual_seed(int(s))], **kw) for s in req.seeds])
 
 

@@ -21,7 +21,7 @@ from maskray.diffusion.card import ModelCard
 from maskray.diffusion.distillation import STUDENT_SPACING, distillation_loss, student_grid
 from maskray.diffusion.networks import ControlledUNet
 from maskray.diffusion.objective import DiffusionConfig
-from maskray.diffusion.store import load_codec, load_model, save_model
+from maskray.diffusion.model import MaskModel
 from maskray.distributed import autocast_dtype
 from maskray.errors import MaskrayError
 from maskray.training.conditions import ConditionMaker
@@ -29,8 +29,9 @@ from maskray.training.config import TrainConfig
 from maskray.training.stage_setup import StageSetup, make_card
 
 
-def _teacher(cfg: TrainConfig, ds: Dataset) -> tuple[ControlledUNet, ModelCard, list[int]]:
-    teacher, card = load_model(cfg.model, need_controlnet=True)
+def _teacher(cfg: TrainConfig, ds: Dataset) -> tuple[MaskModel, ModelCard, list[int]]:
+    teacher = MaskModel.load(cfg.model, need_controlnet=True)
+    card = teacher.card
     if card.image_size != cfg.image_size:
         raise MaskrayError(f"{cfg.model}: was trained at {card.image_size} px but --image-size is {cfg.image_size}; "
                            f"use the teacher's size")
@@ -42,9 +43,9 @@ def _teacher(cfg: TrainConfig, ds: Dataset) -> tuple[ControlledUNet, ModelCard, 
 
 def setup_distil(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     teacher, tcard, values = _teacher(cfg, ds)
-    student, _ = load_model(cfg.model, need_controlnet=True)
+    student = MaskModel.load(cfg.model, need_controlnet=True).net
     student.requires_grad_(True).train()
-    codec = load_codec(cfg.model, tcard)
+    codec = teacher.codec
     diff = DiffusionConfig(**tcard.diffusion)
     grid = student_grid(tcard.scheduler_config, cfg.student_steps)
     substeps = cfg.teacher_steps // cfg.student_steps
@@ -53,13 +54,13 @@ def setup_distil(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     def objective(model_fn, x0, cond, noise_scheduler, generator):
         def teacher_fn(z, t):
             with torch.autocast(z.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                return teacher(z, t, cond)
+                return teacher.net(z, t, cond)
 
         return distillation_loss(model_fn, teacher_fn, x0, grid, substeps, noise_scheduler.alphas_cumprod,
                                  diff.prediction_type, generator)
 
     def saver(folder: Path, trained: ControlledUNet, card: ModelCard) -> Path:
-        return save_model(folder, trained.unet, card, controlnet=trained.controlnet, codec=codec)
+        return MaskModel(trained, card, codec).save(folder)
 
     sched_cfg = {**tcard.scheduler_config, "timestep_spacing": STUDENT_SPACING, "set_alpha_to_one": True}
     card = dataclasses.replace(
@@ -67,7 +68,7 @@ def setup_distil(cfg: TrainConfig, ds: Dataset) -> StageSetup:
               cond_embedding_channels=tcard.cond_embedding_channels, latent=tcard.latent),
         scheduler_config=sched_cfg, sampling={"scheduler": "ddim", "steps": cfg.student_steps},
         distilled_from=tcard.controlnet_sha256)
-    return StageSetup(stage="distil", trainable=student, frozen=teacher, diffusion=diff, labels=dict(tcard.labels),
+    return StageSetup(stage="distil", trainable=student, frozen=teacher.net, diffusion=diff, labels=dict(tcard.labels),
                       joined=lambda trained: trained, maker=ConditionMaker(("mask",), values, None, {}, {}),
                       cond_drop=cfg.cond_drop, card=card, codec=codec,
                       objective=objective, saver=saver)

@@ -32,7 +32,8 @@ from maskray.diffusion.card import ModelCard
 from maskray.diffusion.attributes import vector_size, vocabulary_of
 from maskray.diffusion.networks import ControlledUNet, ControlNetSet, build_controlnet, build_unet, mask_fold
 from maskray.diffusion.objective import DiffusionConfig
-from maskray.diffusion.store import load_codec, load_model, save_pretrained_model
+from maskray.diffusion.model import MaskModel
+from maskray.diffusion.store import save_pretrained_model
 from maskray.errors import MaskrayError
 from maskray.provenance import to_jsonable
 from maskray.training.conditions import ConditionMaker, check_condition_names
@@ -123,7 +124,8 @@ def _setup_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     check_condition_names(cfg.conditions)
     if "mask" in cfg.conditions:
         _need_labels(ds)
-    base_model, base_card = load_model(cfg.base)
+    base = MaskModel.load(cfg.base)
+    base_card = base.card
     if base_card.stage != "base":
         raise MaskrayError(f"{cfg.base}: is a '{base_card.stage}' run; --base needs a stage-1 run")
     if base_card.image_size != cfg.image_size:
@@ -139,11 +141,11 @@ def _setup_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     if cfg.snr_shift is not None and cfg.snr_shift != diff.snr_shift:
         raise MaskrayError(f"--snr-shift {cfg.snr_shift}: stage 2 takes its base's noise schedule (shift "
                            f"{diff.snr_shift}); leave --snr-shift out")
-    codec = load_codec(cfg.base, base_card)
+    codec = base.codec
     if cfg.autoencoder and (codec is None or _open_codec(cfg).weights_hash() != codec.weights_hash()):
         raise MaskrayError(f"{cfg.autoencoder}: is not the autoencoder of the base {cfg.base}; stage 2 uses its "
                            f"base's (leave --autoencoder out)")
-    unet = base_model.unet
+    unet = base.net.unet
     unet.requires_grad_(False).eval()
     labels = ds.info.foreground if "mask" in cfg.conditions else {}
     maker = ConditionMaker(tuple(cfg.conditions), list(labels.values()), cfg.edge_config(), vocab,

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from maskray.data.layout import Dataset, prepare_output_dir
 from maskray.diffusion.fused import FUSED_KERNELS, PYTORCH_KERNELS, fuse_norm_silu, training_kernels
+from maskray.diffusion.model import MaskModel
 from maskray.diffusion.networks import count_parameters
 from maskray.distributed import device, on_main, resolve_precision
 from maskray.diffusion.objective import train_scheduler
@@ -142,8 +143,8 @@ class _Loop:
         self.model = setup.joined(wrapped)  # called for the loss
         self.sampling_model = setup.joined(trainable)  # called for validation images
         self.strip = ValidationStrip(out / "validation", arrays, list(setup.labels.values()), cfg.validation_cases,
-                                     cfg.seed, cfg.validation_sampler_steps, self.noise_sched.config, cfg.precision,
-                                     codec=setup.codec, condition=setup.maker.make, channels_last=cfg.channels_last)
+                                     cfg.seed, cfg.validation_sampler_steps, cfg.precision,
+                                     condition=setup.maker.make, channels_last=cfg.channels_last)
         self.mfu = self.efficiency() if accelerator.is_main_process else None
 
     def efficiency(self) -> Mfu:
@@ -240,7 +241,8 @@ class _Loop:
             return
         with self.ema_weights():
             self.trainable.eval()
-            self.strip.add(self.sampling_model, step, conditional=self.setup.conditional, device=self.acc.device)
+            self.strip.add(MaskModel(self.sampling_model, self.setup.card, self.setup.codec), step,
+                           conditional=self.setup.conditional, device=self.acc.device)
             self.trainable.train()
 
     def checkpoint(self, step: int) -> None:

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from maskray.diffusion.conditioning import one_hot
-from maskray.diffusion.sampling import make_scheduler, sample
+from maskray.diffusion.model import MaskModel
 from maskray.files import atomic_path
 
 PALETTE = np.array([[0, 0, 0], [70, 130, 255], [255, 80, 80], [80, 220, 120], [255, 200, 40], [200, 90, 255],
@@ -47,37 +47,30 @@ def grid_image(columns: list[list[np.ndarray]], titles: list[str], scale: int = 
 
 class ValidationStrip:
     def __init__(self, out_dir: Path, arrays, label_values: list[int], n_cases: int, seed: int,
-                 sampler_steps: int, scheduler_config: dict, precision: str, codec=None, condition=None,
-                 channels_last: bool = False):
+                 sampler_steps: int, precision: str, condition=None, channels_last: bool = False):
         """``condition(labels, images, case_ids)``: the stage's whole condition of the strip's cases (else the
         one-hot mask); ``channels_last``: sample in the memory format the networks train in (the fused kernel's)."""
         self.out_dir = Path(out_dir)
         n = min(n_cases, len(arrays))
         idx = torch.arange(n)
-        sample, lab = arrays.batch(idx)
-        self.shape = tuple(sample.shape)  # images, or latents for a latent model (decoded by ``codec``)
+        lab = arrays.batch(idx)[1]
         self.real = arrays.pixels(idx)
-        self.codec = codec
         self.labels = lab
         self.cond = one_hot(lab, label_values) if lab is not None and label_values else None
         if condition is not None:
             self.cond = condition(lab, self.real, list(arrays.case_ids[:n]))
         self.seeds = [seed * 1000 + i for i in range(n)]
         self.sampler_steps = sampler_steps
-        self.scheduler_config = scheduler_config
         self.precision = precision
         self.channels_last = channels_last
         self.columns: list[tuple[int, torch.Tensor]] = []
 
-    def add(self, model, step: int, conditional: bool, device) -> None:
+    def add(self, model: MaskModel, step: int, conditional: bool, device) -> None:
+        """One column: the model in training (its networks as they are now) drawn with DDIM for the fixed seeds."""
         gens = [torch.Generator().manual_seed(s) for s in self.seeds]
-        sched = make_scheduler("ddim", self.scheduler_config)
-        imgs = sample(model, sched, self.shape, gens, cond=self.cond if conditional else None,
-                      num_steps=self.sampler_steps, precision=self.precision, device=device,
-                      clip=self.codec is None, channels_last=self.channels_last)
-        if self.codec is not None:
-            with torch.no_grad():
-                imgs = self.codec.decode(imgs).cpu()
+        imgs = model.sample(gens, self.cond if conditional else None, model.scheduler("ddim"),
+                            steps=self.sampler_steps, precision=self.precision, device=device,
+                            channels_last=self.channels_last)
         self.columns.append((step, imgs))
         self.save()
 

@@ -1,0 +1,132 @@
+"""One object that owns a trained model: :class:`MaskModel`.
+
+Built from a model folder (:meth:`MaskModel.load`), it holds what the card says the model is: the networks (the
+base UNet and its ControlNets joined as one :class:`ControlledUNet`), the codec (the latent path's autoencoder, a
+Stable Diffusion VAE, or none for a pixel model), the noise schedule and the sampling defaults. Everything that
+draws images goes through it: ``generate``, ``serve``, the training validation strips and distillation's teacher.
+
+A model's life::
+
+    card (maskray.json) --load--> MaskModel --sample--> images
+                 ^                     |
+                 +-------save----------+   (the folder written by training: diffusion/store.py)
+
+The improved-diffusion ``GaussianDiffusion`` and diffusers' ``DiffusionPipeline`` are the shapes learned from:
+the networks and the schedule behind one object, the sampling loop (diffusion/sampling.py) one call away.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn.functional import max_pool2d
+
+from maskray.diffusion.card import ModelCard
+from maskray.diffusion.fused import prepare_for_sampling
+from maskray.diffusion.networks import ControlledUNet
+from maskray.diffusion.sampling import composite_region, make_scheduler, sample
+from maskray.diffusion.store import load_codec, load_model, model_folder, save_model
+from maskray.memory import keep_freed_memory
+
+DEFAULT_SAMPLER = ("ddpm", 25)  # benchmarks/results/steps.json: best lung Dice on real radiographs, at the PSNR bound
+
+
+class _Counted(nn.Module):
+    """The networks, calling ``tick`` after each evaluation (one per sampler step, per guidance pass batch)."""
+
+    def __init__(self, net: nn.Module, tick: Callable[[], None]):
+        super().__init__()
+        self.net, self.tick = net, tick
+
+    def forward(self, *args, **kwargs):
+        out = self.net(*args, **kwargs)
+        self.tick()
+        return out
+
+
+class MaskModel:
+    """A trained maskray model: ``net`` (a :class:`ControlledUNet`), ``card`` (its :class:`ModelCard`), ``codec``
+    (``None`` for a pixel model) and, when loaded from disk, ``folder``."""
+
+    def __init__(self, net: ControlledUNet, card: ModelCard, codec=None, folder: Path | None = None):
+        self.net, self.card, self.codec, self.folder = net, card, codec, folder
+
+    # ---------------------------------------------------------------------------------------------- storage
+    @classmethod
+    def load(cls, path: str | os.PathLike, need_controlnet: bool = False, prompt: str | None = None,
+             pretrained: str | os.PathLike | None = None) -> MaskModel:
+        """The model behind ``path`` (a run, its model folder or a checkpoint), every part checked against the
+        card's hashes; ``prompt`` / ``pretrained`` are for a ControlNet on a Stable Diffusion folder."""
+        net, card = load_model(path, need_controlnet=need_controlnet, prompt=prompt, pretrained=pretrained)
+        return cls(net, card, load_codec(path, card, pretrained=pretrained), model_folder(path))
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write the model folder (networks, autoencoder, card with the weight hashes filled in)."""
+        return save_model(folder, self.net.unet, self.card, controlnet=self.net.controlnet, codec=self.codec)
+
+    @property
+    def record(self) -> dict:
+        """What identifies the model in an output: stage, size, training step and weight hashes (never a path)."""
+        return {"stage": self.card.stage, "image_size": self.card.image_size, "step": self.card.step,
+                "latent": self.card.latent is not None, "unet_sha256": self.card.unet_sha256,
+                "controlnet_sha256": self.card.controlnet_sha256}
+
+    # ---------------------------------------------------------------------------------------------- sampling
+    def sampler_defaults(self, scheduler: str | None = None, steps: int | None = None,
+                         guidance_scale: str | None = None) -> tuple[str, int, str]:
+        """``(scheduler, steps, guidance)`` with each unset one from the card (a distilled model names the sampler
+        it was trained for, a latent mask model its mask guidance), else ``DEFAULT_SAMPLER`` and no guidance."""
+        own = self.card.sampling
+        return (scheduler or own.get("scheduler") or DEFAULT_SAMPLER[0],
+                steps if steps is not None else own.get("steps") or DEFAULT_SAMPLER[1],
+                guidance_scale if guidance_scale is not None else str(own.get("guidance_scale", "1")))
+
+    @property
+    def default_guidance(self) -> float:
+        """The mask guidance the card asks for (a latent mask model: 1.5), else 1."""
+        return float(self.card.sampling.get("guidance_scale", 1.0))
+
+    def scheduler(self, name: str):
+        """A fresh sampler ``name`` on the model's training noise schedule (an unknown name is an error)."""
+        return make_scheduler(name, self.card.scheduler_config)
+
+    def prepare(self, device: torch.device, precision: str, channels_last: bool, fused: bool = True) -> dict:
+        """Ready the networks (and the codec's decoder) for sampling only, with freed memory kept; returns which
+        kernels run, ``{"sampling", "decoding" (latent models), "allocator"}``, for the output's record."""
+        kernels = {"sampling": prepare_for_sampling(self.net, device, precision, channels_last, fused),
+                   "allocator": keep_freed_memory()}
+        if self.codec is not None:
+            kernels["decoding"] = self.codec.prepare_for_decoding(device, precision, channels_last, fused)
+        return kernels
+
+    @torch.no_grad()
+    def sample(self, generators: list[torch.Generator], cond, scheduler, *, steps: int, precision: str,
+               device: torch.device, channels_last: bool = False, guidance_scale=1.0, conditioning_scale=1.0,
+               attribute_guidance: float = 1.0, known: torch.Tensor | None = None, keep: torch.Tensor | None = None,
+               blend: torch.Tensor | None = None, on_step: Callable[[], None] | None = None) -> torch.Tensor:
+        """Images float32 ``(N, 1, H, W)`` in ``[-1, 1]``, one per generator: sampled in pixel space, or in latent
+        space then decoded.
+
+        Region-preserving mode (``known``: the real images, ``keep`` 1 where they are kept, ``blend`` the
+        composite's weight of the new pixels): a latent model keeps the real latents outside the
+        latent-resolution region while sampling (any edited pixel frees its latent) and composites in pixel
+        space after decoding, so every pixel outside the region keeps its value exactly. ``on_step`` is called
+        after every network evaluation (progress)."""
+        net = self.net if on_step is None else _Counted(self.net, on_step)
+        kw = dict(num_steps=steps, precision=precision, device=device, channels_last=channels_last,
+                  guidance_scale=guidance_scale, conditioning_scale=conditioning_scale,
+                  attribute_guidance=attribute_guidance)
+        shape = (len(generators), *self.card.sample_shape)
+        if self.codec is None:
+            return sample(net, scheduler, shape, generators, cond=cond, known=known, keep=keep, blend=blend, **kw)
+        region = {}
+        if known is not None:
+            region = dict(known=self.codec.encode(known).cpu(), composite=False,
+                          keep=1 - max_pool2d(1 - keep, self.card.factor))
+        z = sample(net, scheduler, shape, generators, cond=cond, clip=False, **region, **kw)
+        x = self.codec.decode(z).cpu()
+        return composite_region(x, known, blend).cpu() if known is not None else x
