@@ -31,7 +31,8 @@ from maskray.data.layout import Dataset
 from maskray.data.phantom import PhantomConfig, make_phantom
 from maskray.measures.features import train_feature_net
 from maskray.provenance import versions
-from maskray.training.autoencoder import AutoencoderTrainConfig, crops, train_autoencoder
+from maskray.training.autoencoder import AutoencoderTrainConfig, train_autoencoder
+from maskray.training.data import crops
 from maskray.training.data import load_arrays
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,6 +14,7 @@ from maskray.data.layout import Dataset
 from maskray.data.schema import write_splits
 from maskray.diffusion.autoencoder import AutoencoderConfig, LatentCodec
 from maskray.diffusion.store import load_codec, load_model, read_card
+from maskray.errors import MaskrayError
 from maskray.measures.mask_check import Checker
 from maskray.measures.segmenter import Segmenter, SegmenterConfig
 from maskray.pipelines.generate import GenerateConfig, generate
@@ -53,12 +54,12 @@ def latent_model(tmp_path_factory):
     return root, data
 
 
-def _tune(root, data, out, weight: float, steps: int = 2) -> AutoencoderTrainConfig:
+def _tune(root, data, out, weight: float, steps: int = 2, sampled: int = 0) -> AutoencoderTrainConfig:
     cfg = AutoencoderTrainConfig(data=str(data), out=str(out), image_size=32, crop_size=0, steps=steps,
                                  batch_size=2, warmup_steps=1, eval_cases=2, scale_cases=2, perceptual_weight=0,
                                  adversarial_weight=0, feature_matching_weight=0, precision="no",
                                  fused_kernels=False, init_from=str(root / "cn"), decoder_only=True,
-                                 segmenter=str(root / "ck") if weight > 0 else None, segmentation_weight=weight)
+                                 segmenter=str(root / "ck") if weight > 0 else None, segmentation_weight=weight, sampled_batch=sampled)
     train_autoencoder(cfg, progress=False)
     return cfg
 
@@ -120,3 +121,27 @@ def test_decoder_only_refuses_what_it_cannot_keep(latent_model, tmp_path, capsys
     assert "works on pixels" in err and "\n" not in err
     for name in ("a", "b", "c"):
         assert not (tmp_path / name / "autoencoder").exists()
+
+
+def test_sampled_latents_are_drawn_once_for_the_training_masks_and_scored(latent_model, tmp_path):
+    from safetensors.torch import load_file
+
+    from maskray.training.data import load_arrays
+    from maskray.training.decoder_samples import sampled_latents
+
+    root, data = latent_model
+    _tune(root, data, tmp_path / "s", 1.0, sampled=2)
+    rows = (tmp_path / "s" / "log.csv").read_text().splitlines()
+    col = rows[0].split(",").index("segmentation_sampled")
+    assert all(float(r.split(",")[col]) > 0 for r in rows[1:])
+    cache = load_file(str(tmp_path / "s" / "sampled_latents.safetensors"))
+    arrays = load_arrays(Dataset(data), 32, "train", need_labels=True, progress=False)
+    assert cache["latents"].shape == (len(arrays), 2, 8, 8) and torch.equal(cache["labels"], arrays.labels.long())
+    # a pure function of the seed: drawn again elsewhere, the same latents
+    again, _ = sampled_latents(root / "cn" / "model", arrays, Dataset(data).labels, tmp_path / "again", 0,
+                               progress=False)
+    assert torch.equal(again, cache["latents"])
+    with pytest.raises(MaskrayError, match="--sampled-batch"):
+        cfg = AutoencoderTrainConfig(data=str(data), out=str(tmp_path / "x"), image_size=32, crop_size=0, steps=1,
+                                     init_from=str(root / "cn"), decoder_only=True, sampled_batch=2)
+        train_autoencoder(cfg, progress=False)

@@ -107,7 +107,8 @@ class MaskModel:
     def sample(self, generators: list[torch.Generator], cond, scheduler, *, steps: int, precision: str,
                device: torch.device, channels_last: bool = False, guidance_scale=1.0, conditioning_scale=1.0,
                attribute_guidance: float = 1.0, known: torch.Tensor | None = None, keep: torch.Tensor | None = None,
-               blend: torch.Tensor | None = None, on_step: Callable[[], None] | None = None) -> torch.Tensor:
+               blend: torch.Tensor | None = None, on_step: Callable[[], None] | None = None,
+               decode: bool = True) -> torch.Tensor:
         """Images float32 ``(N, 1, H, W)`` in ``[-1, 1]``, one per generator: sampled in pixel space, or in latent
         space then decoded.
 
@@ -115,7 +116,7 @@ class MaskModel:
         composite's weight of the new pixels): a latent model keeps the real latents outside the
         latent-resolution region while sampling (any edited pixel frees its latent) and composites in pixel
         space after decoding, so every pixel outside the region keeps its value exactly. ``on_step`` is called
-        after every network evaluation (progress)."""
+        after every network evaluation (progress). ``decode=False``: a latent model's scaled latents instead."""
         net = self.net if on_step is None else _Counted(self.net, on_step)
         kw = dict(num_steps=steps, precision=precision, device=device, channels_last=channels_last,
                   guidance_scale=guidance_scale, conditioning_scale=conditioning_scale,
@@ -128,5 +129,7 @@ class MaskModel:
             region = dict(known=self.codec.encode(known).cpu(), composite=False,
                           keep=1 - max_pool2d(1 - keep, self.card.factor))
         z = sample(net, scheduler, shape, generators, cond=cond, clip=False, **region, **kw)
+        if not decode:
+            return z
         x = self.codec.decode(z).cpu()
         return composite_region(x, known, blend).cpu() if known is not None else x

@@ -44,12 +44,13 @@ from maskray.provenance import to_jsonable, write_run_info
 from maskray.diffusion.store import save_with_codec
 from maskray.training.autoencoder_report import reconstruction_picture, reconstruction_report
 from maskray.training.autoencoder_start import encoder_hash, freeze_encoder, open_start
-from maskray.training.data import TrainingArrays, load_arrays
+from maskray.training.data import TrainingArrays, crop_pairs, crops, load_arrays
+from maskray.training.decoder_samples import sampled_latents
 from maskray.training.mask_terms import CheckerLoss
 
 CHECKPOINT = "checkpoint.pt"
 LOG_FIELDS = ("step", "loss", "l1", "kl", "perceptual", "feature_matching", "adversarial", "adversarial_weight",
-              "segmentation", "disc", "lr", "images_per_s", "elapsed_s")
+              "segmentation", "segmentation_sampled", "disc", "lr", "images_per_s", "elapsed_s")
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ class AutoencoderTrainConfig:
                                               "lesion-aware term")
     segmentation_weight: float = option(0.0, help="weight of the checker's DiceCE on the reconstructions against "
                                                   "their masks (0: off; needs --segmenter)")
+    sampled_batch: int = option(0, help="latents the --init-from model draws for training masks, decoded each step "
+                                        "and scored by the --segmenter term (training/decoder_samples.py)")
     precision: Precision = precision_option()
     fused_kernels: bool = fused_kernels_option("1.2x faster encode-decode steps, benchmarks/bench_kernels.py --autoencoder")
     checkpoint_every: int = option(250, help="steps between checkpoints")
@@ -128,35 +131,11 @@ def _validate(cfg: AutoencoderTrainConfig) -> None:
             raise MaskrayError(f"--{name.replace('_', '-')} must not be negative")
     if cfg.decoder_only and not cfg.init_from:
         raise MaskrayError("--decoder-only needs --init-from (the autoencoder or latent model whose encoder it keeps)")
+    if cfg.sampled_batch and not (cfg.decoder_only and cfg.segmentation_weight > 0 and cfg.crop_size in (0, cfg.image_size)):
+        raise MaskrayError("--sampled-batch needs --decoder-only, --segmenter with a weight, and whole images "
+                           "(--crop-size 0)")
     if (cfg.segmentation_weight > 0) != bool(cfg.segmenter):
         raise MaskrayError("--segmentation-weight and --segmenter go together (a weight above 0 and a checker folder)")
-
-
-def crops(arrays: TrainingArrays, step: int, batch_size: int, side: int, seed: int) -> torch.Tensor:
-    """Batch ``step``: random ``side`` x ``side`` crops (and horizontal flips) of the images, ``(B, 1, side, side)``
-    in ``[-1, 1]``; a pure function of ``(seed, step)``."""
-    return crop_pairs(arrays, step, batch_size, side, seed)[0]
-
-
-def crop_pairs(arrays: TrainingArrays, step: int, batch_size: int, side: int,
-               seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """:func:`crops` and the same crops of the label maps (int64 ``(B, side, side)``; ``None`` without labels)."""
-    idx = arrays.indices(step, batch_size, seed)
-    x = arrays.pixels(idx)
-    g = torch.Generator().manual_seed(seed * 7_654_321 + step)
-    size = x.shape[-1]
-    out = torch.empty(x.shape[0], 1, side, side)
-    lab = None if arrays.labels is None else torch.empty(x.shape[0], side, side, dtype=torch.int64)
-    for i in range(x.shape[0]):
-        r, c = (torch.randint(0, size - side + 1, (2,), generator=g).tolist())
-        out[i] = x[i, :, r:r + side, c:c + side]
-        if lab is not None:
-            lab[i] = arrays.labels[idx[i], r:r + side, c:c + side].long()
-    flip = torch.rand(x.shape[0], generator=g) < 0.5
-    out = torch.where(flip.view(-1, 1, 1, 1), out.flip(-1), out)
-    if lab is not None:
-        lab = torch.where(flip.view(-1, 1, 1), lab.flip(-1), lab)
-    return out, lab
 
 
 def _feature_net(cfg: AutoencoderTrainConfig, arrays: TrainingArrays, out: Path, progress: bool) -> FeatureNet | None:
@@ -191,6 +170,10 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> Pat
     torch.manual_seed(cfg.seed)  # initial weights: the one global seed, set at the edge of the run
     codec, source_model = open_start(cfg.init_from) if cfg.init_from else (LatentCodec.new(cfg.autoencoder_config()),
                                                                           None)
+    if cfg.sampled_batch and source_model is None:
+        raise MaskrayError(f"{cfg.init_from}: --sampled-batch needs a model to draw latents (this is an autoencoder)")
+    sampled = sampled_latents(source_model, arrays, ds.labels, out, cfg.seed, progress=progress) \
+        if cfg.sampled_batch else None
     start_state = {"autoencoder_sha256": codec.weights_hash(), "encoder_sha256": encoder_hash(codec.vae)}
     loss_fn = AutoencoderLoss(weights, _feature_net(cfg, arrays, out, progress)).to(dev)
     vae = codec.vae.to(dev).train()
@@ -213,7 +196,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> Pat
                           "kernels": kernels, "allocator": allocator,
                           "init_from": start_state if cfg.init_from else None})
     end = cfg.steps if cfg.stop_after is None else min(cfg.steps, start + cfg.stop_after)
-    seconds = _loop(cfg, arrays, vae, (loss_fn, seg), opt_g, opt_d, out, start, end, progress,
+    seconds = _loop(cfg, arrays, vae, (loss_fn, seg, sampled), opt_g, opt_d, out, start, end, progress,
                     channels_last=kernels == FUSED_KERNELS)
     if end < cfg.steps:
         return out
@@ -275,10 +258,11 @@ def _loop(cfg, arrays, vae, losses, opt_g, opt_d, out: Path, start: int, end: in
 def _step(cfg, arrays, vae, losses, opt_g, opt_d, step: int, lr: float, channels_last: bool,
           scalers: tuple) -> dict[str, float]:
     """One autoencoder update, then (after the warm-up) one discriminator update; returns the loss parts.
-    ``losses``: the autoencoder loss and the lesion-aware checker term (or ``None``). ``scalers``: the
+    ``losses``: the autoencoder loss, the lesion-aware checker term (or ``None``) and the model's sampled
+    latents with their masks (or ``None``). ``scalers``: the
     autoencoder's and the discriminator's fp16 gradient scalers (disabled in other precisions; not checkpointed:
     a resumed fp16 run starts its scale afresh)."""
-    loss_fn, seg = losses
+    loss_fn, seg, sampled = losses
     for opt in (opt_g, opt_d):
         for group in (opt.param_groups if opt is not None else ()):
             group["lr"] = lr
@@ -297,6 +281,13 @@ def _step(cfg, arrays, vae, losses, opt_g, opt_d, step: int, lr: float, channels
             term = seg(xrec, lab)
             loss = loss + cfg.segmentation_weight * term
             parts["segmentation"] = float(term.detach())
+        if sampled is not None:  # the model's own latents for training masks: the checker's term alone
+            pick = arrays.indices(step, cfg.sampled_batch, cfg.seed + 1)
+            z = sampled[0][pick].to(dev)
+            z = z.contiguous(memory_format=torch.channels_last) if channels_last else z
+            term = seg(vae.decode(z).sample.float(), sampled[1][pick])
+            loss = loss + cfg.segmentation_weight * term
+            parts["segmentation_sampled"] = float(term.detach())
     _update(loss, opt_g, scalers[0])
     parts["loss"] = float(loss.detach())
     if opt_d is not None and loss_fn.disc_active(step):

@@ -75,3 +75,30 @@ def load_arrays(ds: Dataset, size: int, split: str = "train", need_labels: bool 
                                    f"{tuple(x.shape[-2:])}")
             labs[i] = resize_label(lab[None], size)[0].to(torch.uint8)
     return TrainingArrays(ids, imgs, labs)
+
+
+def crops(arrays: TrainingArrays, step: int, batch_size: int, side: int, seed: int) -> torch.Tensor:
+    """Batch ``step``: random ``side`` x ``side`` crops (and horizontal flips) of the images, ``(B, 1, side, side)``
+    in ``[-1, 1]``; a pure function of ``(seed, step)``."""
+    return crop_pairs(arrays, step, batch_size, side, seed)[0]
+
+
+def crop_pairs(arrays: TrainingArrays, step: int, batch_size: int, side: int,
+               seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`crops` and the same crops of the label maps (int64 ``(B, side, side)``; ``None`` without labels)."""
+    idx = arrays.indices(step, batch_size, seed)
+    x = arrays.pixels(idx)
+    g = torch.Generator().manual_seed(seed * 7_654_321 + step)
+    size = x.shape[-1]
+    out = torch.empty(x.shape[0], 1, side, side)
+    lab = None if arrays.labels is None else torch.empty(x.shape[0], side, side, dtype=torch.int64)
+    for i in range(x.shape[0]):
+        r, c = (torch.randint(0, size - side + 1, (2,), generator=g).tolist())
+        out[i] = x[i, :, r:r + side, c:c + side]
+        if lab is not None:
+            lab[i] = arrays.labels[idx[i], r:r + side, c:c + side].long()
+    flip = torch.rand(x.shape[0], generator=g) < 0.5
+    out = torch.where(flip.view(-1, 1, 1, 1), out.flip(-1), out)
+    if lab is not None:
+        lab = torch.where(flip.view(-1, 1, 1), lab.flip(-1), lab)
+    return out, lab
