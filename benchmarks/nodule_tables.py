@@ -23,6 +23,11 @@ def sources(results: Path = RESULTS) -> str:
     return sources_table(read_results(results, "nodule_sources_phantom"))
 
 
+def decoder(results: Path = RESULTS) -> str:
+    """docs/nodules.md's lesion-aware decoder rows, from results/decoder_phantom.json (the same columns)."""
+    return sources_table(read_results(results, "decoder_phantom"))
+
+
 def utility_sets(results: Path = RESULTS) -> dict[str, dict]:
     """Each synthetic set's utility study, its fractions gathered from every results/nodule_utility_*.json that
     holds the set (a later run may add fractions to a set, as nodule_utility_checked_mid.json does)."""

@@ -52,6 +52,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "precision": speed_tables.precision_table,
     # docs/nodules.md
     "nodule_sources": nodule_tables.sources,
+    "nodule_decoder": nodule_tables.decoder,
     "nodule_utility": nodule_tables.utility,
     "cxr_utility": nodule_tables.cxr_utility,
     **doc_tables.TABLES,
