@@ -24,22 +24,8 @@ import time
 from pathlib import Path
 
 import torch
-from bench_nodule_sources import generate, load_set, maskray, score
+from bench_nodule_sources import generate, load_set, maskray, open_judge, print_table, reconstructions, score
 from results_file import write_results
-
-
-def reconstructions(work: Path, codec_folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    from maskray.data.dataset import Dataset
-    from maskray.diffusion.autoencoder import LatentCodec
-    from maskray.training.checker import load_pairs
-
-    ds = Dataset(work / "data")
-    x, y = load_pairs(ds, ds.case_ids("test", labelled=True), 256)
-    codec = LatentCodec.load(codec_folder)
-    codec.vae.eval()
-    with torch.no_grad():
-        rec = torch.cat([codec.decode(codec.encode(x[i:i + 8])) for i in range(0, len(x), 8)])
-    return rec, y
 
 
 def main() -> None:
@@ -53,24 +39,9 @@ def main() -> None:
     a = p.parse_args()
     work = Path(a.work)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    from maskray.data.dataset import Dataset
-    from maskray.measures.features import FeatureNet, train_feature_net
-    from maskray.measures.mask_check import Checker
-    from maskray.training.checker import load_pairs
-
-    if not (work / "judge" / "checker.json").is_file():
-        maskray("train", "checker", "--data", str(work / "data"), "--out", str(work / "judge"), "--image-size", "256",
-                "--steps", "400", "--seed", "1", "--overwrite")
-    judge = Checker.load(work / "judge")
-    ds = Dataset(work / "data")
-    xtr, _ = load_pairs(ds, ds.case_ids("train", labelled=True), 256)
-    xte, yte = load_pairs(ds, ds.case_ids("test", labelled=True), 256)
-    if (work / "feature_net" / "feature_net.json").is_file():
-        fnet = FeatureNet.load(work / "feature_net")
-    else:
-        fnet = train_feature_net(xtr, steps=400, seed=0)
-        fnet.save(work / "feature_net")
-    rows, times = {}, {}
+    times = {}
+    judge, fnet, xtr, xte, yte = open_judge(work, 400, times)
+    rows = {}
     variants = {"original decoder": (work / "cn" / "model", work / "gen_g15")}
     checked = set(filter(None, a.check.split(",")))
     for v in a.variants.split(","):
@@ -108,16 +79,13 @@ def main() -> None:
     rows["real test images"] = score(judge, xte, yte, fnet.embed, xtr, xte)
     res = {"work": str(work), "judge": "segmenter of maskray train checker, seed 1, on the real training split; the "
                                         "decoder's term uses the checker of seed 0",
-           "decoder_training": {"steps": a.steps, "sampled_latents": "one per training mask, drawn by WORK/cn", "lr": a.lr, "batch_size": 4, "crop_size": "whole 256 px images",
+           "decoder_training": {"steps": a.steps, "sampled_latents": "one per training mask, drawn by WORK/cn",
+                                "lr": a.lr, "batch_size": 4, "crop_size": "whole 256 px images",
                                 "terms": "L1 + perceptual (+ segmentation); no adversarial or feature matching"},
            "threads": torch.get_num_threads(), "wall_s": times, "sets": rows,
            "command": "python benchmarks/bench_decoder.py " + " ".join(sys.argv[1:])}
     write_results(a.name, res)
-    print(f"{'set':<70} {'FP/img':>7} {'sens':>6} {'CPM':>6} {'lung':>6} {'FID':>6} {'prec':>6}")
-    for k, r in rows.items():
-        print(f"{k:<70} {r['false_nodules_per_image']:7.2f} {r['sensitivity']:6.2f} {r['cpm']:6.2f} "
-              f"{r['dice'].get('lung', float('nan')):6.3f} {r['fid']:6.3f} {r['precision']:6.2f}")
-
+    print_table(rows, 70)
 
 if __name__ == "__main__":
     main()

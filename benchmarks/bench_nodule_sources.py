@@ -52,14 +52,15 @@ def generate(work: Path, model: Path, out: Path, *extra: str) -> float | None:
                    "--samples-per-mask", str(SPM), "--out", str(out), "--overwrite", *extra)
 
 
-def reconstructions(work: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def reconstructions(work: Path, codec_folder: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real test images through an autoencoder (WORK/ae's unless ``codec_folder``), and their masks."""
     from maskray.data.dataset import Dataset
     from maskray.diffusion.autoencoder import LatentCodec
     from maskray.training.checker import load_pairs
 
     ds = Dataset(work / "data")
     x, y = load_pairs(ds, ds.case_ids("test", labelled=True), 256)
-    codec = LatentCodec.load(work / "ae" / "autoencoder")
+    codec = LatentCodec.load(codec_folder or work / "ae" / "autoencoder")
     codec.vae.eval()
     with torch.no_grad():
         rec = torch.cat([codec.decode(codec.encode(x[i:i + 8])) for i in range(0, len(x), 8)])
@@ -98,24 +99,17 @@ def score(judge, x: torch.Tensor, y: torch.Tensor, embed, xtr, xte) -> dict:
                       "spectrum_distance": real["power_spectrum"]["floor_real_test"]}}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--work", required=True)
-    p.add_argument("--ablation", action="append", default=[], metavar="NAME=RUN")
-    p.add_argument("--name", default="nodule_sources_phantom")
-    p.add_argument("--judge-steps", type=int, default=400)
-    a = p.parse_args()
-    work = Path(a.work)
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+def open_judge(work: Path, judge_steps: int, times: dict) -> tuple:
+    """``(judge, feature net, real train images, real test images, test masks)`` of WORK; the judge (a checker of
+    seed 1) and the feature net are trained once and kept in WORK."""
     from maskray.data.dataset import Dataset
     from maskray.measures.features import FeatureNet, train_feature_net
     from maskray.measures.mask_check import Checker
     from maskray.training.checker import load_pairs
 
-    times = {}
     if not (work / "judge" / "checker.json").is_file():
         times["judge"] = maskray("train", "checker", "--data", str(work / "data"), "--out", str(work / "judge"),
-                                 "--image-size", "256", "--steps", str(a.judge_steps), "--seed", "1", "--overwrite")
+                                 "--image-size", "256", "--steps", str(judge_steps), "--seed", "1", "--overwrite")
     judge = Checker.load(work / "judge")
     ds = Dataset(work / "data")
     xtr, _ = load_pairs(ds, ds.case_ids("train", labelled=True), 256)
@@ -125,6 +119,27 @@ def main() -> None:
     else:
         fnet = train_feature_net(xtr, steps=400, seed=0)
         fnet.save(work / "feature_net")
+    return judge, fnet, xtr, xte, yte
+
+
+def print_table(rows: dict, width: int = 40) -> None:
+    print(f"{'set':<{width}} {'FP/img':>7} {'sens':>6} {'CPM':>6} {'pass':>6} {'lung':>6} {'FID':>6} {'prec':>6}")
+    for k, r in rows.items():
+        print(f"{k:<{width}} {r['false_nodules_per_image']:7.2f} {r['sensitivity']:6.2f} {r['cpm']:6.2f} "
+              f"{r['pass_rate']:6.2f} {r['dice'].get('lung', float('nan')):6.3f} {r['fid']:6.3f} {r['precision']:6.2f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--work", required=True)
+    p.add_argument("--ablation", action="append", default=[], metavar="NAME=RUN")
+    p.add_argument("--name", default="nodule_sources_phantom")
+    p.add_argument("--judge-steps", type=int, default=400)
+    a = p.parse_args()
+    work = Path(a.work)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    times = {}
+    judge, fnet, xtr, xte, yte = open_judge(work, a.judge_steps, times)
     cn = work / "cn"
     sets = {"generated, guidance 1": (work / "gen_g1", cn, ["--guidance-scale", "1"]),
             "generated, guidance 1.5 (card)": (work / "gen_g15", cn, []),
@@ -153,11 +168,7 @@ def main() -> None:
            "samples_per_mask": SPM, "threads": torch.get_num_threads(), "generate_wall_s": times, "sets": rows,
            "command": "python benchmarks/bench_nodule_sources.py " + " ".join(sys.argv[1:])}
     write_results(a.name, res)
-    print(f"{'set':<40} {'FP/img':>7} {'sens':>6} {'CPM':>6} {'pass':>6} {'lung':>6} {'FID':>6} {'prec':>6}")
-    for k, r in rows.items():
-        print(f"{k:<40} {r['false_nodules_per_image']:7.2f} {r['sensitivity']:6.2f} {r['cpm']:6.2f} "
-              f"{r['pass_rate']:6.2f} {r['dice'].get('lung', float('nan')):6.3f} {r['fid']:6.3f} {r['precision']:6.2f}")
-
+    print_table(rows)
 
 if __name__ == "__main__":
     main()
