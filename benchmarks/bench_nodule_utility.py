@@ -1,7 +1,8 @@
 """The nodule-utility study at 256 px: does adding maskray's pairs make a segmenter better on real test images?
 
     python benchmarks/bench_nodule_utility.py --work bench_out/lat256 [--n 320] [--steps 300] [--seeds 3]
-        [--fractions 0.1,0.25,0.5,1] [--sets checked,plain,inserted] [--name nodule_utility_phantom]
+        [--fractions 0.1,0.25,0.5,1] [--sets checked,plain,inserted] [--model RUN --tag T] [--baseline DIR]
+        [--name nodule_utility_phantom]
 
 WORK as for bench_nodule_sources.py (data/, cn/, checker/). Synthetic sets, each from the training split's masks
 only (no test mask is ever drawn for):
@@ -12,7 +13,9 @@ only (no test mask is ever drawn for):
   guidance 2, with the check). Each is a real image with its real mask plus a nodule, so beside a real fraction
   only the inserted images of that fraction's cases are used (downstream --synthetic-sources fraction).
 Each set goes through `maskray downstream` (real-only against real + synthetic at each fraction, the seeds given,
-the real test split; bootstrapped 95% intervals and the paired test against real-only). Writes
+the real test split; bootstrapped 95% intervals and the paired test against real-only); the real-only segmenters
+are trained once, by the first set's downstream (or taken from ``--baseline``), and reused by the others
+(downstream --baseline: they depend on the real pairs and settings only). Writes
 results/NAME.json with every downstream's summary and intervals, and the wall and CPU seconds of each step.
 """
 
@@ -38,8 +41,8 @@ def maskray(times: dict, name: str, *argv: str) -> None:
                    "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)}
 
 
-def make_sets(work: Path, sets: list[str], n: int, times: dict) -> dict[str, Path]:
-    data, cn, ck = str(work / "data"), str(work / "cn"), str(work / "checker")
+def make_sets(work: Path, sets: list[str], n: int, times: dict, model: Path, tag: str) -> dict[str, Path]:
+    data, cn, ck = str(work / "data"), str(model), str(work / "checker")
     out = {}
     if {"checked", "plain"} & set(sets) and not (work / "util_masks" / "masks.json").is_file():
         maskray(times, "masks", "masks", "--from", data, "--out", str(work / "util_masks"), "--n", str(n),
@@ -52,7 +55,7 @@ def make_sets(work: Path, sets: list[str], n: int, times: dict) -> dict[str, Pat
                "inserted": ["--masks", str(work / "util_insert_masks"), "--inpaint-from", data, "--guidance-scale",
                             "2", "--check", ck]}
     for name in sets:
-        folder = work / f"util_{name}"
+        folder = work / f"util_{name}{tag}"
         if not (folder / "manifest.json").is_file():
             maskray(times, f"generate_{name}", "generate", "--model", cn, "--out", str(folder), "--overwrite",
                     *recipes[name])
@@ -68,21 +71,28 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--fractions", default="0.1,0.25,0.5,1")
     p.add_argument("--sets", default="checked,plain,inserted")
+    p.add_argument("--model", default="", help="the generating model (default WORK/cn)")
+    p.add_argument("--tag", default="", help="suffix of this model's synthetic and downstream folders in WORK")
+    p.add_argument("--baseline", default="", help="a downstream folder whose real-only runs are reused (default: "
+                                                  "the first set's, for every later set)")
     p.add_argument("--name", default="nodule_utility_phantom")
     a = p.parse_args()
     work, times = Path(a.work), {}
-    sets = make_sets(work, a.sets.split(","), a.n, times)
-    res = {"sets": {}, "times": times, "command": "python benchmarks/bench_nodule_utility.py " + " ".join(sys.argv[1:])}
+    sets = make_sets(work, a.sets.split(","), a.n, times, Path(a.model or work / "cn"), a.tag)
+    baseline = a.baseline
+    res = {"model": str(a.model or work / "cn"), "sets": {}, "times": times, "command": "python benchmarks/bench_nodule_utility.py " + " ".join(sys.argv[1:])}
     for name, folder in sets.items():
-        out = work / f"downstream_{name}_{a.steps}"
+        out = work / f"downstream_{name}{a.tag}_{a.steps}"
         if not (out / "metrics.json").is_file():
             same_budget = ["--synthetic-sources", "fraction"] if name == "inserted" else []
             maskray(times, f"downstream_{name}", "downstream", *same_budget, "--real", str(work / "data"), "--synthetic",
                     str(folder), "--out", str(out), "--fractions", a.fractions, "--seeds", str(a.seeds), "--steps",
-                    str(a.steps), "--threads", "1", "--overwrite")
+                    str(a.steps), "--threads", "1", "--overwrite", *(["--baseline", baseline] if baseline else []))
+        baseline = baseline or str(out)
         m = json.loads((out / "metrics.json").read_text())
         check = json.loads((folder / "check.json").read_text()) if (folder / "check.json").is_file() else None
-        res["sets"][name] = {"n_synthetic_used": m["n_synthetic_used"], "summary": m["summary"],
+        res["sets"][name] = {"n_synthetic_used": m["n_synthetic_used"],
+                             "baseline_runs_reused": m.get("baseline_runs_reused", 0), "summary": m["summary"],
                              "intervals": m["intervals"], "check": check, "fractions": m["fractions"],
                              "seeds": m["seeds"], "steps": m["steps"], "n_real_test": m["n_real_test"],
                              # synthetic pairs beside each real fraction (fewer than n_synthetic_used for inserted)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from conftest import make_toy_dataset
@@ -135,3 +136,32 @@ def test_downstream_failure_keeps_old_results_whole(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["metrics.json"]
     assert (tmp_path / "out" / "metrics.json").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "real", "syn"]  # no staging folder left
+
+
+def test_baseline_runs_are_reused_only_for_the_same_real_pairs_and_settings(tmp_path, capsys):
+    real = make_real(tmp_path / "real")
+    syn_a = make_synthetic(real, tmp_path / "a", samples=1, seed=1)
+    syn_b = make_synthetic(real, tmp_path / "b", samples=1, noise=0.2, seed=2)
+    cfg = DownstreamConfig(seeds=1, fractions=(0.5,), steps=3, batch_size=4, threads=1)
+    first = run_downstream(real, syn_a, tmp_path / "da", cfg)
+    fresh = run_downstream(real, syn_b, tmp_path / "db", cfg)
+
+    def real_dice(m):
+        return {(r["fraction"], r["seed"]): r["dice"] for r in m["runs"] if r["condition"] == "real"}
+
+    # the premise: a real-only run does not depend on the synthetic set beside it
+    assert real_dice(first) == real_dice(fresh)
+    reused = run_downstream(real, syn_b, tmp_path / "dr", dataclasses.replace(cfg, baseline=str(tmp_path / "da")))
+    assert reused["baseline_runs_reused"] == 2 and first["baseline_runs_reused"] == 0
+    assert real_dice(reused) == real_dice(first)
+    others = [(r["condition"], r["fraction"], r["dice"]) for r in reused["runs"] if r["condition"] != "real"]
+    assert others == [(r["condition"], r["fraction"], r["dice"]) for r in fresh["runs"] if r["condition"] != "real"]
+    # other settings: the baseline is refused before any training, naming its metrics file
+    rc = main(["downstream", "--real", str(real), "--synthetic", str(syn_b), "--out", str(tmp_path / "bad"),
+               "--steps", "4", "--seeds", "1", "--fractions", "0.5", "--batch-size", "4", "--threads", "1",
+               "--baseline", str(tmp_path / "da")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "da/metrics.json" in err and "cannot be reused" in err and not (tmp_path / "bad").exists()
+    rc = main(["downstream", "--real", str(real), "--synthetic", str(syn_b), "--out", str(tmp_path / "bad"),
+               "--steps", "3", "--seeds", "1", "--baseline", str(tmp_path / "nothing")])
+    assert rc == 2 and "nothing/metrics.json" in capsys.readouterr().err

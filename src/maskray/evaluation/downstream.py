@@ -42,6 +42,7 @@ from maskray.config import option, overwrite_option, threads_option
 from maskray.data.layout import Dataset
 from maskray.errors import MaskrayError
 from maskray.evaluation import figures
+from maskray.evaluation.baseline import reusable_runs, signature
 from maskray.evaluation.metrics import summarize
 from maskray.files import atomic_write, staged_output
 from maskray.export.nnunet import NnunetCase, write_nnunet_dataset, write_splits_final
@@ -71,6 +72,9 @@ class DownstreamConfig:
     synthetic_sources: Literal["all", "fraction"] = option(
         "all", help="synthetic cases used beside a real fraction: all (except test-derived) or only those made "
                     "from that fraction's masks")
+    baseline: str | None = option(None, help="an earlier downstream output folder of the same real pairs and settings: "
+                                             "its real-only runs are reused instead of trained again "
+                                             "(evaluation/baseline.py)")
     export_nnunet: bool = option(False, help="also write the datasets in nnU-Net v2 raw format with splits_final.json")
     nnunet_id: int = option(900, help="first nnU-Net dataset id of the export (real, real+synthetic, synthetic)")
     allow_unknown_sources: bool = option(
@@ -161,14 +165,19 @@ def _train_and_write(cfg: DownstreamConfig, real_ds: Dataset, syn_ds: Dataset, o
     xs, ys = load_images(syn_ds, syn_ids, size), load_labels(syn_ds, syn_ids, size)
     xte, yte = load_images(real_ds, test_ids, size), load_labels(real_ds, test_ids, size)
     data = {"real": (xr, yr), "synthetic": (xs, ys), "test": (xte, yte)}
-    runs = _train_and_score(cfg, data, train_ids, syn_ids, cases, fractions, fg, values)
+    sig = signature(data, {"steps": cfg.steps, "batch_size": cfg.batch_size, "labels": real_ds.labels,
+                           "lesion": cfg.lesion_label, "train_ids": train_ids})
+    reused = reusable_runs(Path(cfg.baseline), sig) if cfg.baseline else {}
+    runs = _train_and_score(cfg, data, train_ids, syn_ids, cases, fractions, fg, values, reused)
 
     summary = summarize_runs(runs)
     intervals = study_intervals(runs, cfg.seed)
     metrics = {"working_size": list(size), "n_real_train": len(train_ids), "n_real_test": len(test_ids),
                "n_synthetic_used": len(syn_ids), "labels": real_ds.labels, "fractions": list(fractions),
                "seeds": list(range(cfg.seed, cfg.seed + cfg.seeds)),
-               "steps": cfg.steps, "summary": summary, "intervals": intervals, "runs": runs}
+               "steps": cfg.steps, "baseline_signature": sig,
+               "baseline_runs_reused": sum(bool(r.get("reused_from")) for r in runs), "summary": summary,
+               "intervals": intervals, "runs": runs}
     _write_rows(out / "metrics.csv", summary, ["condition", "fraction", "metric", "mean", "std", "n"])
     flat_runs = [_flat(r) for r in runs]
     _write_rows(out / "runs.csv", flat_runs, list(flat_runs[0]))
@@ -188,8 +197,10 @@ def _write_results(out: Path, cfg: DownstreamConfig, metrics: dict, provenance: 
 
 
 def _train_and_score(cfg: DownstreamConfig, data: dict, train_ids: list[str], syn_ids: list[str], cases: dict,
-                     fractions: tuple[float, ...], fg: dict[str, int], values: list[int]) -> list[dict]:
-    """Train one segmenter per (condition, fraction, seed) and score it on the real test images."""
+                     fractions: tuple[float, ...], fg: dict[str, int], values: list[int],
+                     reused: dict[tuple[float, int], dict]) -> list[dict]:
+    """Train one segmenter per (condition, fraction, seed) and score it on the real test images; a real-only run
+    found in ``reused`` (the baseline's, by fraction and seed) is taken as it is."""
     (xr, yr), (xs, ys), (xte, yte) = data["real"], data["synthetic"], data["test"]
     r_index = {c: i for i, c in enumerate(train_ids)}
     jobs = []
@@ -200,6 +211,9 @@ def _train_and_score(cfg: DownstreamConfig, data: dict, train_ids: list[str], sy
         jobs.append(("synthetic", 0.0, s, []))
     runs = []
     for cond, f, s, subset in tqdm(jobs, desc="downstream", disable=None):
+        if cond == "real" and (f, s) in reused:
+            runs.append({**reused[(f, s)], "reused_from": str(cfg.baseline)})
+            continue
         ri = torch.tensor([r_index[c] for c in subset], dtype=torch.long)
         if cond == "real":
             si = torch.empty(0, dtype=torch.long)
