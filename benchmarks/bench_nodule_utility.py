@@ -1,7 +1,7 @@
 """The nodule-utility study at 256 px: does adding maskray's pairs make a segmenter better on real test images?
 
     python benchmarks/bench_nodule_utility.py --work bench_out/lat256 [--n 320] [--steps 300] [--seeds 3]
-        [--fractions 0.1,0.25,0.5,1] [--sets checked,plain,inserted] [--model RUN --tag T] [--baseline DIR]
+        [--fractions 0.1,0.25,0.5,1] [--sets checked,plain,inserted] [--model RUN --tag T] [--baseline DIR] [--no-synthetic-alone]
         [--name nodule_utility_phantom]
 
 WORK as for bench_nodule_sources.py (data/, cn/, checker/). Synthetic sets, each from the training split's masks
@@ -75,6 +75,8 @@ def main() -> None:
     p.add_argument("--tag", default="", help="suffix of this model's synthetic and downstream folders in WORK")
     p.add_argument("--baseline", default="", help="a downstream folder whose real-only runs are reused (default: "
                                                   "the first set's, for every later set)")
+    p.add_argument("--synthetic-alone", action=argparse.BooleanOptionalAction, default=True,
+                   help="also train on each synthetic set alone (downstream's synthetic condition)")
     p.add_argument("--name", default="nodule_utility_phantom")
     a = p.parse_args()
     work, times = Path(a.work), {}
@@ -87,7 +89,8 @@ def main() -> None:
             same_budget = ["--synthetic-sources", "fraction"] if name == "inserted" else []
             maskray(times, f"downstream_{name}", "downstream", *same_budget, "--real", str(work / "data"), "--synthetic",
                     str(folder), "--out", str(out), "--fractions", a.fractions, "--seeds", str(a.seeds), "--steps",
-                    str(a.steps), "--threads", "1", "--overwrite", *(["--baseline", baseline] if baseline else []))
+                    str(a.steps), "--threads", "1", "--overwrite", *(["--baseline", baseline] if baseline else []),
+                    *([] if a.synthetic_alone else ["--no-synthetic-alone"]))
         baseline = baseline or str(out)
         m = json.loads((out / "metrics.json").read_text())
         check = json.loads((folder / "check.json").read_text()) if (folder / "check.json").is_file() else None

@@ -154,6 +154,9 @@ def test_baseline_runs_are_reused_only_for_the_same_real_pairs_and_settings(tmp_
     reused = run_downstream(real, syn_b, tmp_path / "dr", dataclasses.replace(cfg, baseline=str(tmp_path / "da")))
     assert reused["baseline_runs_reused"] == 2 and first["baseline_runs_reused"] == 0
     assert real_dice(reused) == real_dice(first)
+    alone = run_downstream(real, syn_b, tmp_path / "dn", dataclasses.replace(cfg, baseline=str(tmp_path / "da"),
+                                                                           synthetic_alone=False))
+    assert {r["condition"] for r in alone["runs"]} == {"real", "real+synthetic"}
     others = [(r["condition"], r["fraction"], r["dice"]) for r in reused["runs"] if r["condition"] != "real"]
     assert others == [(r["condition"], r["fraction"], r["dice"]) for r in fresh["runs"] if r["condition"] != "real"]
     # other settings: the baseline is refused before any training, naming its metrics file

@@ -72,6 +72,7 @@ class DownstreamConfig:
     synthetic_sources: Literal["all", "fraction"] = option(
         "all", help="synthetic cases used beside a real fraction: all (except test-derived) or only those made "
                     "from that fraction's masks")
+    synthetic_alone: bool = option(True, help="also train on the synthetic pairs alone, once per seed")
     baseline: str | None = option(None, help="an earlier downstream output folder of the same real pairs and settings: "
                                              "its real-only runs are reused instead of trained again "
                                              "(evaluation/baseline.py)")
@@ -208,7 +209,8 @@ def _train_and_score(cfg: DownstreamConfig, data: dict, train_ids: list[str], sy
         subsets = _fraction_subsets(train_ids, fractions, s)
         for f in fractions:
             jobs += [("real", f, s, subsets[f]), ("real+synthetic", f, s, subsets[f])]
-        jobs.append(("synthetic", 0.0, s, []))
+        if cfg.synthetic_alone:
+            jobs.append(("synthetic", 0.0, s, []))
     runs = []
     for cond, f, s, subset in tqdm(jobs, desc="downstream", disable=None):
         if cond == "real" and (f, s) in reused:
