@@ -83,3 +83,10 @@ def test_an_unknown_name_is_listed_and_a_missing_results_file_is_one_line(site, 
     assert _check(root, results) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "speed_levers.json: not found" in err
+
+
+def test_every_benchmark_script_is_in_the_benchmarks_readme():
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    readme = (bench / "README.md").read_text()
+    missing = [p.name for p in sorted(bench.glob("*.py")) + sorted(bench.glob("*.sh")) if p.name not in readme]
+    assert not missing, f"benchmarks/README.md does not name {missing}"
