@@ -19,7 +19,7 @@ from maskray.measures.mask_check import Checker
 from maskray.measures.segmenter import Segmenter, SegmenterConfig
 from maskray.pipelines.generate import GenerateConfig, generate
 from maskray.training.autoencoder import AutoencoderTrainConfig, train_autoencoder
-from maskray.training.autoencoder_start import encoder_hash
+from maskray.training.autoencoder_start import encoder_hash, open_start
 from maskray.training.checker import load_pairs
 from maskray.training.config import TrainConfig
 from maskray.training.mask_terms import CheckerLoss
@@ -54,11 +54,11 @@ def latent_model(tmp_path_factory):
     return root, data
 
 
-def _tune(root, data, out, weight: float, steps: int = 2, sampled: int = 0) -> AutoencoderTrainConfig:
+def _tune(root, data, out, weight: float, steps: int = 2, sampled: int = 0, start=None) -> AutoencoderTrainConfig:
     cfg = AutoencoderTrainConfig(data=str(data), out=str(out), image_size=32, crop_size=0, steps=steps,
                                  batch_size=2, warmup_steps=1, eval_cases=2, scale_cases=2, perceptual_weight=0,
                                  adversarial_weight=0, feature_matching_weight=0, precision="no",
-                                 fused_kernels=False, init_from=str(root / "cn"), decoder_only=True,
+                                 fused_kernels=False, init_from=str(start or root / "cn"), decoder_only=True,
                                  segmenter=str(root / "ck") if weight > 0 else None, segmentation_weight=weight, sampled_batch=sampled)
     train_autoencoder(cfg, progress=False)
     return cfg
@@ -90,6 +90,18 @@ def test_decoder_only_keeps_the_latents_and_writes_a_model_that_generates(latent
         pics.append(Dataset(out).image("case000"))
     # the same seed gives the same latents; only the decoder differs, so the pictures do
     assert pics[0].shape == pics[1].shape and (pics[0] != pics[1]).any()
+
+
+def test_a_tuned_model_starts_another_tuning_as_a_model(latent_model, tmp_path):
+    root, data = latent_model
+    _tune(root, data, tmp_path / "dec", 1.0)
+    tuned = LatentCodec.load(tmp_path / "dec" / "model" / "autoencoder").weights_hash()
+    for start in (tmp_path / "dec", tmp_path / "dec" / "model"):  # both hold autoencoder/ beside the model
+        codec, folder = open_start(str(start))
+        assert folder == tmp_path / "dec" / "model" and codec.weights_hash() == tuned
+    assert open_start(str(root / "ae"))[1] is None  # an autoencoder alone draws no latents
+    _tune(root, data, tmp_path / "again", 1.0, steps=1, sampled=1, start=tmp_path / "dec" / "model")
+    assert read_card(tmp_path / "again").training["decoder"]["from_autoencoder_sha256"] == tuned
 
 
 def test_the_checker_term_reaches_the_decoder_and_not_the_checker(latent_model, tmp_path):

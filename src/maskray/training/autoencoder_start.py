@@ -14,6 +14,7 @@ import torch
 
 from maskray.diffusion.autoencoder import CARD_FILE as CODEC_CARD
 from maskray.diffusion.autoencoder import LatentCodec, state_hash
+from maskray.diffusion.card import CARD_FILE as MODEL_CARD
 from maskray.diffusion.store import load_codec, model_folder, read_card
 from maskray.errors import MaskrayError
 
@@ -22,7 +23,8 @@ def open_start(path: str) -> tuple[LatentCodec, Path | None]:
     """The codec at ``path`` (an autoencoder run, its ``autoencoder/`` folder, or a latent model: a run, model
     folder or checkpoint) and the model folder it belongs to (``None`` for an autoencoder)."""
     p = Path(path)
-    for cand in (p / "autoencoder", p):
+    is_model = (p / MODEL_CARD).is_file() or (p / "model" / MODEL_CARD).is_file()  # a model holds autoencoder/ too
+    for cand in (p, *(() if is_model else (p / "autoencoder",))):
         if (cand / CODEC_CARD).is_file():
             return LatentCodec.load(cand), None
     folder = model_folder(p)
