@@ -77,6 +77,7 @@ def main() -> None:
                                                   "the first set's, for every later set)")
     p.add_argument("--synthetic-alone", action=argparse.BooleanOptionalAction, default=True,
                    help="also train on each synthetic set alone (downstream's synthetic condition)")
+    p.add_argument("--workers", type=int, default=1, help="segmenters trained at once (downstream --workers)")
     p.add_argument("--name", default="nodule_utility_phantom")
     a = p.parse_args()
     work, times = Path(a.work), {}
@@ -89,7 +90,7 @@ def main() -> None:
             same_budget = ["--synthetic-sources", "fraction"] if name == "inserted" else []
             maskray(times, f"downstream_{name}", "downstream", *same_budget, "--real", str(work / "data"), "--synthetic",
                     str(folder), "--out", str(out), "--fractions", a.fractions, "--seeds", str(a.seeds), "--steps",
-                    str(a.steps), "--threads", "1", "--overwrite", *(["--baseline", baseline] if baseline else []),
+                    str(a.steps), "--threads", "1", "--workers", str(a.workers), "--overwrite", *(["--baseline", baseline] if baseline else []),
                     *([] if a.synthetic_alone else ["--no-synthetic-alone"]))
         baseline = baseline or str(out)
         m = json.loads((out / "metrics.json").read_text())

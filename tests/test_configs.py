@@ -11,7 +11,7 @@ from maskray.training.checker import CheckerConfig
 from maskray.training.trainer import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-BY_NAME = {"autoencoder": AutoencoderTrainConfig, "base": TrainConfig, "controlnet": TrainConfig,
+BY_NAME = {"autoencoder": AutoencoderTrainConfig, "decoder": AutoencoderTrainConfig, "base": TrainConfig, "controlnet": TrainConfig,
            "checker": CheckerConfig, "generate": GenerateConfig}
 FILES = sorted(CONFIGS.rglob("*.yaml"))
 

@@ -168,3 +168,16 @@ def test_baseline_runs_are_reused_only_for_the_same_real_pairs_and_settings(tmp_
     rc = main(["downstream", "--real", str(real), "--synthetic", str(syn_b), "--out", str(tmp_path / "bad"),
                "--steps", "3", "--seeds", "1", "--baseline", str(tmp_path / "nothing")])
     assert rc == 2 and "nothing/metrics.json" in capsys.readouterr().err
+
+
+def test_workers_give_the_runs_of_one_process(tmp_path):
+    real = make_real(tmp_path / "real")
+    syn = make_synthetic(real, tmp_path / "syn", samples=1)
+    cfg = DownstreamConfig(seeds=1, fractions=(0.5,), steps=3, batch_size=4, threads=1)
+    one = run_downstream(real, syn, tmp_path / "one", cfg)
+    two = run_downstream(real, syn, tmp_path / "two", dataclasses.replace(cfg, workers=2))
+
+    def key(m):
+        return [(r["condition"], r["fraction"], r["seed"], r["dice"], r["per_image"]) for r in m["runs"]]
+
+    assert key(one) == key(two) and len(one["runs"]) == 5

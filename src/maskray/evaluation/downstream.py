@@ -36,7 +36,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from maskray.config import option, overwrite_option, threads_option
 from maskray.data.layout import Dataset
@@ -50,6 +49,7 @@ from maskray.evaluation.pairs import (load_images, open_pair, load_labels, read_
                                       test_split, working_size)
 from maskray.evaluation.scores import segmentation_scores
 from maskray.evaluation.intervals import study_intervals
+from maskray.evaluation.jobs import run_jobs
 from maskray.measures.detection import image_candidates
 from maskray.measures.mask_check import dice
 from maskray.measures.segmenter import Segmenter, SegmenterConfig, torch_threads
@@ -82,6 +82,8 @@ class DownstreamConfig:
         False, help="also train on synthetic cases whose source case is unknown (no manifest.json entry); any made "
                     "from real test masks would then leak test labels")
     threads: int = threads_option()
+    workers: int = option(1, help="segmenters trained at once, each in its own process of --threads threads "
+                                  "(evaluation/jobs.py; Linux)")
     overwrite: bool = overwrite_option()
 
 
@@ -211,11 +213,10 @@ def _train_and_score(cfg: DownstreamConfig, data: dict, train_ids: list[str], sy
             jobs += [("real", f, s, subsets[f]), ("real+synthetic", f, s, subsets[f])]
         if cfg.synthetic_alone:
             jobs.append(("synthetic", 0.0, s, []))
-    runs = []
-    for cond, f, s, subset in tqdm(jobs, desc="downstream", disable=None):
+    def one(job: tuple) -> dict | None:
+        cond, f, s, subset = job
         if cond == "real" and (f, s) in reused:
-            runs.append({**reused[(f, s)], "reused_from": str(cfg.baseline)})
-            continue
+            return {**reused[(f, s)], "reused_from": str(cfg.baseline)}
         ri = torch.tensor([r_index[c] for c in subset], dtype=torch.long)
         if cond == "real":
             si = torch.empty(0, dtype=torch.long)
@@ -225,15 +226,19 @@ def _train_and_score(cfg: DownstreamConfig, data: dict, train_ids: list[str], sy
                                or cases[c].source_case is None or cases[c].source_case in keep], dtype=torch.long)
         x, y = torch.cat([xr[ri], xs[si]]), torch.cat([yr[ri], ys[si]])
         if x.shape[0] == 0:
-            continue
+            return None
         t = time.perf_counter()
         seg = Segmenter.train(x, y, values, SegmenterConfig(steps=cfg.steps, batch_size=cfg.batch_size, seed=s),
                               desc=f"{cond} f={f:g} seed={s}")
         t_train, t = time.perf_counter() - t, time.perf_counter()
         scores = score(seg, xte, yte, fg, cfg.lesion_label)
-        runs.append({"condition": cond, "fraction": f, "seed": s, "n_real": int(len(ri)), "n_synthetic": int(len(si)),
-                     **scores, "final_loss": seg.losses[-1], "train_s": t_train, "score_s": time.perf_counter() - t})
-    return runs
+        return {"condition": cond, "fraction": f, "seed": s, "n_real": int(len(ri)), "n_synthetic": int(len(si)),
+                **scores, "final_loss": seg.losses[-1], "train_s": t_train, "score_s": time.perf_counter() - t}
+
+    fresh = [k for k, (cond, f, s, _) in enumerate(jobs) if not (cond == "real" and (f, s) in reused)]
+    trained = dict(zip(fresh, run_jobs(one, [jobs[k] for k in fresh], cfg.workers, max(cfg.threads, 1), "downstream")))
+    runs = [trained[k] if k in trained else one(job) for k, job in enumerate(jobs)]  # reused runs need no worker
+    return [r for r in runs if r is not None]
 
 
 def summarize_runs(runs: list[dict]) -> list[dict]:
