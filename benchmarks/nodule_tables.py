@@ -49,6 +49,22 @@ def utility(results: Path = RESULTS) -> str:
     return utility_table(utility_sets(results))
 
 
+STUDY = ("nodule_study_phantom", "nodule_study_phantom_plain")  # bench_nodule_utility.py --name, with the new decoder
+
+
+def study_sets(results: Path = RESULTS) -> dict[str, dict]:
+    """The utility study of the lesion-aware decoder: its sets from each file of ``STUDY`` (one baseline)."""
+    sets: dict[str, dict] = {}
+    for name in STUDY:
+        sets.update(read_results(results, name)["sets"])
+    return sets
+
+
+def study(results: Path = RESULTS) -> str:
+    """docs/nodules.md's utility table of the lesion-aware decoder, from results/nodule_study_phantom*.json."""
+    return utility_table(study_sets(results))
+
+
 def cxr_utility(results: Path = RESULTS) -> str:
     """docs/nodules.md's lung-Dice study on real radiographs, from results/cxr_utility.json."""
     res = read_results(results, "cxr_utility")
