@@ -8,8 +8,12 @@ draws images goes through it: ``generate``, ``serve``, the training validation s
 A model's life::
 
     card (maskray.json) --load--> MaskModel --sample--> images
-                 ^                     |
-                 +-------save----------+   (the folder written by training: diffusion/store.py)
+                 ^                     |  \
+                 +-------save----------+   training_loss (a stage's objective, or the denoising loss)
+
+Training builds the object from a stage's networks and card (training/stage_setup.py) and calls
+:meth:`MaskModel.training_loss`; a stage with its own loss (stage 2's mask terms, distillation) hands it in as
+``objective``.
 
 The improved-diffusion ``GaussianDiffusion`` and diffusers' ``DiffusionPipeline`` are the shapes learned from:
 the networks and the schedule behind one object, the sampling loop (diffusion/sampling.py) one call away.
@@ -17,7 +21,9 @@ the networks and the schedule behind one object, the sampling loop (diffusion/sa
 
 from __future__ import annotations
 
+import contextlib
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +34,7 @@ from torch.nn.functional import max_pool2d
 from maskray.diffusion.card import ModelCard
 from maskray.diffusion.fused import prepare_for_sampling
 from maskray.diffusion.networks import ControlledUNet
+from maskray.diffusion.objective import DiffusionConfig, diffusion_loss, train_scheduler
 from maskray.diffusion.sampling import composite_region, make_scheduler, sample
 from maskray.diffusion.store import load_codec, load_model, model_folder, save_model
 from maskray.memory import keep_freed_memory
@@ -48,12 +55,42 @@ class _Counted(nn.Module):
         return out
 
 
-class MaskModel:
-    """A trained maskray model: ``net`` (a :class:`ControlledUNet`), ``card`` (its :class:`ModelCard`), ``codec``
-    (``None`` for a pixel model) and, when loaded from disk, ``folder``."""
+Objective = Callable[..., torch.Tensor]  # (model_fn, x0, cond, noise_schedule, generator, labels) -> loss
 
-    def __init__(self, net: ControlledUNet, card: ModelCard, codec=None, folder: Path | None = None):
-        self.net, self.card, self.codec, self.folder = net, card, codec, folder
+
+class MaskModel:
+    """A maskray model: ``net`` (a :class:`ControlledUNet`), ``card`` (its :class:`ModelCard`), ``codec``
+    (``None`` for a pixel model), when loaded from disk ``folder``, and in training the stage's ``objective``
+    (``None``: the denoising loss of the card's diffusion config)."""
+
+    def __init__(self, net: ControlledUNet, card: ModelCard, codec=None, folder: Path | None = None,
+                 objective: Objective | None = None):
+        self.net, self.card, self.codec, self.folder, self.objective = net, card, codec, folder, objective
+
+    # ---------------------------------------------------------------------------------------------- training
+    @cached_property
+    def diffusion(self) -> DiffusionConfig:
+        """The target and loss weighting the card records (a stage-2 card: its own weighting on its base's
+        schedule)."""
+        return DiffusionConfig(**self.card.diffusion)
+
+    @cached_property
+    def noise_schedule(self):
+        """The training noise schedule of the card (the samplers' schedule too)."""
+        return train_scheduler(self.card.scheduler_config)
+
+    def training_loss(self, x0: torch.Tensor, cond, generator: torch.Generator, labels: torch.Tensor | None = None,
+                      *, conditioning_scale: float = 1.0, autocast=contextlib.nullcontext) -> torch.Tensor:
+        """The loss of one batch of clean images (or latents) ``x0`` under condition ``cond`` (and their label
+        maps, for stage 2's mask terms), noised with ``generator``: the stage's objective, else the denoising
+        loss. ``autocast``: the context the networks run in (the trainer's mixed precision)."""
+        def model_fn(noisy, t):
+            with autocast():
+                return self.net(noisy, t.to(x0.device), cond, conditioning_scale)
+
+        if self.objective is not None:
+            return self.objective(model_fn, x0, cond, self.noise_schedule, generator, labels)
+        return diffusion_loss(model_fn, x0, self.noise_schedule, self.diffusion, generator)
 
     # ---------------------------------------------------------------------------------------------- storage
     @classmethod

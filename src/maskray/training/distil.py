@@ -51,7 +51,7 @@ def setup_distil(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     substeps = cfg.teacher_steps // cfg.student_steps
     dtype = autocast_dtype(cfg.precision)
 
-    def objective(model_fn, x0, cond, noise_scheduler, generator):
+    def objective(model_fn, x0, cond, noise_scheduler, generator, labels):
         def teacher_fn(z, t):
             with torch.autocast(z.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 return teacher.net(z, t, cond)
@@ -68,7 +68,7 @@ def setup_distil(cfg: TrainConfig, ds: Dataset) -> StageSetup:
               cond_embedding_channels=tcard.cond_embedding_channels, latent=tcard.latent),
         scheduler_config=sched_cfg, sampling={"scheduler": "ddim", "steps": cfg.student_steps},
         distilled_from=tcard.controlnet_sha256)
-    return StageSetup(stage="distil", trainable=student, frozen=teacher.net, diffusion=diff, labels=dict(tcard.labels),
+    return StageSetup(stage="distil", trainable=student, frozen=teacher.net, labels=dict(tcard.labels),
                       joined=lambda trained: trained, maker=ConditionMaker(("mask",), values, None, {}, {}),
                       cond_drop=cfg.cond_drop, card=card, codec=codec,
                       objective=objective, saver=saver)

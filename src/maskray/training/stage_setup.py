@@ -18,12 +18,12 @@ from maskray.diffusion import pretrained as sd
 from maskray.diffusion.autoencoder import LatentCodec
 from maskray.diffusion.card import ModelCard
 from maskray.diffusion.networks import ControlledUNet
-from maskray.diffusion.objective import DiffusionConfig, diffusion_loss, make_train_scheduler
+from maskray.diffusion.model import MaskModel, Objective
+from maskray.diffusion.objective import DiffusionConfig, make_train_scheduler
 from maskray.diffusion.store import save_model
 from maskray.provenance import to_jsonable
 from maskray.training.conditions import ConditionMaker
 from maskray.training.config import PATH_FIELDS, Stage, TrainConfig
-from maskray.training.mask_terms import MaskTerms
 
 
 @dataclass
@@ -33,27 +33,26 @@ class StageSetup:
     ``joined(trainable)`` puts the (possibly accelerate-wrapped) trainable network into the ``ControlledUNet``
     that is called as ``model(noisy, t, cond)``; ``condition(labels, generator, images, case_ids)`` turns a batch
     (int64 label maps ``(B, S, S)``, images ``(B, 1, S, S)``, its case ids) into the condition with dropout (or
-    ``None``), ``maker.make`` into the whole condition (validation); ``save(folder, trainable)`` writes a
-    loadable model folder.
+    ``None``), ``maker.make`` into the whole condition (validation); ``model(net)`` is the
+    :class:`MaskModel` whose ``training_loss`` the loop calls; ``save(folder, trainable)`` writes a loadable model
+    folder.
     """
 
     stage: Stage
     trainable: nn.Module
     frozen: nn.Module | None
-    diffusion: DiffusionConfig
     labels: dict[str, int]
     joined: Callable[[nn.Module], ControlledUNet]
     maker: ConditionMaker
     cond_drop: float
     card: ModelCard  # hashes and step are filled in at each save
     codec: LatentCodec | sd.RGBLatentCodec | None = None  # latent models: the frozen autoencoder
-    # writes the model folder instead of save_model (a ControlNet on a Stable Diffusion folder; a distilled student)
+    # writes the model folder (the base; a ControlNet on a Stable Diffusion folder; a distilled student); None: the
+    # frozen base and the trained ControlNet
     saver: Callable[[Path, nn.Module, ModelCard], Path] | None = None
-    # a stage's own loss, ``objective(model_fn, x0, cond, noise_scheduler, generator)`` (distillation); None: the
-    # denoising loss
-    objective: Callable | None = None
-    # stage 2's region weighting and mask consistency (training/mask_terms.py); None: the plain denoising loss
-    mask_terms: MaskTerms | None = None
+    # a stage's own loss, ``objective(model_fn, x0, cond, noise_schedule, generator, labels)`` (stage 2's mask terms,
+    # distillation); None: the denoising loss of the card's diffusion config (MaskModel.training_loss)
+    objective: Objective | None = None
 
     @property
     def needs_labels(self) -> bool:
@@ -68,22 +67,16 @@ class StageSetup:
                   case_ids: list[str] | None = None):
         return self.maker.drop(self.maker.make(labels, images, case_ids), self.cond_drop, generator)
 
-    def loss(self, model_fn, x0: torch.Tensor, cond: torch.Tensor | None, noise_scheduler,
-             generator: torch.Generator, labels: torch.Tensor | None = None) -> torch.Tensor:
-        if self.objective is not None:
-            return self.objective(model_fn, x0, cond, noise_scheduler, generator)
-        if self.mask_terms is not None:
-            mask = cond.maps.get("mask") if hasattr(cond, "maps") else cond
-            return self.mask_terms.loss(model_fn, x0, mask, labels, noise_scheduler, self.diffusion, generator)
-        return diffusion_loss(model_fn, x0, noise_scheduler, self.diffusion, generator)
+    def model(self, net: nn.Module) -> MaskModel:
+        """The model being trained, around ``net`` (the trainable network, accelerate-wrapped for the loss or
+        not for validation images)."""
+        return MaskModel(self.joined(net), self.card, self.codec, objective=self.objective)
 
     def save(self, folder: Path, trainable: nn.Module, step: int) -> Path:
         card = dataclasses.replace(self.card, step=step)
         if self.saver is not None:
             return self.saver(folder, trainable, card)
-        if self.stage == "base":
-            return save_model(folder, trainable, card, codec=self.codec)
-        return save_model(folder, self.frozen, card, controlnet=trainable, codec=self.codec)
+        return save_model(folder, self.frozen, card, controlnet=trainable, codec=self.codec)  # a ControlNet stage
 
 
 

@@ -32,8 +32,8 @@ from maskray.diffusion.card import ModelCard
 from maskray.diffusion.attributes import vector_size, vocabulary_of
 from maskray.diffusion.networks import ControlledUNet, ControlNetSet, build_controlnet, build_unet, mask_fold
 from maskray.diffusion.objective import DiffusionConfig
-from maskray.diffusion.model import MaskModel
-from maskray.diffusion.store import save_pretrained_model
+from maskray.diffusion.model import MaskModel, Objective
+from maskray.diffusion.store import save_model, save_pretrained_model
 from maskray.errors import MaskrayError
 from maskray.provenance import to_jsonable
 from maskray.training.conditions import ConditionMaker, check_condition_names
@@ -43,11 +43,8 @@ from maskray.training.mask_terms import MaskTerms, MaskTermsConfig
 from maskray.training.stage_setup import StageSetup, make_card
 
 def setup_stage(cfg: TrainConfig, stage: Stage, ds: Dataset) -> StageSetup:
-    if stage == "distil":
-        return setup_distil(cfg, ds)
-    if stage == "controlnet" and cfg.pretrained:
-        return _setup_pretrained_controlnet(cfg, ds)
-    return _setup_base(cfg, ds) if stage == "base" else _setup_controlnet(cfg, ds)
+    """The setup of ``stage`` (stage 2 on a Stable Diffusion folder when ``--pretrained`` is given): ``STAGES``."""
+    return STAGES["pretrained controlnet" if stage == "controlnet" and cfg.pretrained else stage](cfg, ds)
 
 
 # A latent ControlNet on the mask alone samples with mask guidance 1.5 unless asked otherwise: on cxr-lungs it raised
@@ -88,8 +85,9 @@ def _setup_base(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     case_attrs, vocab = _attribute_vocabulary(cfg, ds)
     unet = build_unet(unet_cfg, cfg.image_size // (codec.factor if codec else 1), attribute_dim=vector_size(vocab))
     maker = ConditionMaker((), [], None, vocab, case_attrs)
-    return StageSetup(stage="base", trainable=unet, frozen=None, diffusion=diff, labels={},
+    return StageSetup(stage="base", trainable=unet, frozen=None, labels={},
                       joined=lambda trained: ControlledUNet(trained, None), maker=maker, cond_drop=cfg.cond_drop,
+                      saver=lambda folder, trained, card: save_model(folder, trained, card, codec=codec),
                       codec=codec, card=make_card(cfg, "base", diff, {}, to_jsonable(unet_cfg), latent=_latent_card(codec),
                                               attributes={k: list(v) for k, v in vocab.items()}))
 
@@ -156,13 +154,14 @@ def _setup_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
     card = make_card(cfg, "controlnet", diff, labels, base_card.unet_config, base_unet_sha256=base_card.unet_sha256,
                  cond_embedding_channels=emb, latent=base_card.latent, conditions=maker.card_conditions(),
                  attributes=dict(base_card.attributes), sampling=_own_sampling(cfg, base_card))
-    return StageSetup(stage="controlnet", trainable=controlnet, frozen=unet, diffusion=diff, labels=labels,
+    return StageSetup(stage="controlnet", trainable=controlnet, frozen=unet, labels=labels,
                       joined=lambda trained: ControlledUNet(unet, trained), maker=maker, cond_drop=cfg.cond_drop,
-                      card=card, codec=codec, mask_terms=_mask_terms(cfg, labels, codec, base_card.factor, diff))
+                      card=card, codec=codec, objective=_mask_terms(cfg, labels, codec, base_card.factor, diff))
 
 
 def _mask_terms(cfg: TrainConfig, labels: dict[str, int], codec, factor: int, diff: DiffusionConfig
-                ) -> MaskTerms | None:
+                ) -> Objective | None:
+    """Stage 2's region weighting and mask consistency as the stage's objective (None: the denoising loss)."""
     terms = MaskTermsConfig(region_weight=cfg.region_weight, region_ring=cfg.region_ring,
                             consistency_weight=cfg.consistency_weight, consistency_max_t=cfg.consistency_max_t,
                             consistency_batch=cfg.consistency_batch, consistency_checker=cfg.consistency_checker,
@@ -173,7 +172,13 @@ def _mask_terms(cfg: TrainConfig, labels: dict[str, int], codec, factor: int, di
         raise MaskrayError("--region-weight and --consistency-weight need the mask condition")
     if codec is not None:
         codec.vae.requires_grad_(False).eval()
-    return MaskTerms(terms, labels, codec, factor, diff.prediction_type)
+    mask_terms = MaskTerms(terms, labels, codec, factor, diff.prediction_type)
+
+    def objective(model_fn, x0, cond, noise_schedule, generator, lab):
+        mask = cond.maps.get("mask") if hasattr(cond, "maps") else cond
+        return mask_terms.loss(model_fn, x0, mask, lab, noise_schedule, diff, generator)
+
+    return objective
 
 
 def _setup_pretrained_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
@@ -207,7 +212,14 @@ def _setup_pretrained_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
                   latent=codec.latent_card(), pretrained={"prompt": prompt, "parts_sha256": hashes},
                   attributes={k: list(v) for k, v in vocab.items()}),
         unet_sha256=hashes["unet"], scheduler_config=scheduler_config)
-    return StageSetup(stage="controlnet", trainable=controlnet, frozen=unet, diffusion=diff, labels=labels,
+    return StageSetup(stage="controlnet", trainable=controlnet, frozen=unet, labels=labels,
                       joined=lambda trained: ControlledUNet(unet, trained, prompts=prompts), card=card, codec=codec,
                       maker=ConditionMaker(("mask",), values, None, vocab, case_attrs), cond_drop=cfg.cond_drop,
                       saver=lambda folder, trained, c: save_pretrained_model(folder, trained, c, root))
+
+
+# Every stage `maskray train` knows, registered here: each builds a StageSetup that says what trains (``trainable``),
+# what stays frozen (``frozen``), its objective and what it saves (``saver``; none: the frozen base beside the
+# trained ControlNet). The loop (trainer.py) never asks which stage it runs.
+STAGES = {"base": _setup_base, "controlnet": _setup_controlnet, "pretrained controlnet": _setup_pretrained_controlnet,
+          "distil": setup_distil}

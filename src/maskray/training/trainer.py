@@ -25,10 +25,8 @@ from tqdm import tqdm
 
 from maskray.data.layout import Dataset, prepare_output_dir
 from maskray.diffusion.fused import FUSED_KERNELS, PYTORCH_KERNELS, fuse_norm_silu, training_kernels
-from maskray.diffusion.model import MaskModel
 from maskray.diffusion.networks import count_parameters
 from maskray.distributed import device, on_main, resolve_precision
-from maskray.diffusion.objective import train_scheduler
 from maskray.errors import MaskrayError
 from maskray.memory import keep_freed_memory
 from maskray.provenance import to_jsonable, write_run_info
@@ -139,9 +137,8 @@ class _Loop:
         self.wrapped, self.trainable, self.optimizer, self.lr_sched, self.ema = wrapped, trainable, optimizer, \
             lr_sched, ema
         self.arrays, self.out, self.progress = arrays, out, progress
-        self.noise_sched = train_scheduler(setup.card.scheduler_config)  # the card's: samplers share it
-        self.model = setup.joined(wrapped)  # called for the loss
-        self.sampling_model = setup.joined(trainable)  # called for validation images
+        self.model = setup.model(wrapped)  # its training_loss: the stage's objective on the card's noise schedule
+        self.sampling_model = setup.model(trainable)  # validation images
         self.strip = ValidationStrip(out / "validation", arrays, list(setup.labels.values()), cfg.validation_cases,
                                      cfg.seed, cfg.validation_sampler_steps, cfg.precision,
                                      condition=setup.maker.make, channels_last=cfg.channels_last)
@@ -155,7 +152,7 @@ class _Loop:
                                     [self.arrays.case_ids[i] for i in idx.tolist()])
         dev = self.acc.device
         with self.acc.autocast():
-            flops = train_flops_per_image(self.sampling_model, x0.to(dev), None if cond is None else cond.to(dev))
+            flops = train_flops_per_image(self.sampling_model.net, x0.to(dev), None if cond is None else cond.to(dev))
         return Mfu(flops, matmul_peak_flops(self.cfg.precision, dev), self.acc.num_processes)
 
     def run(self, start: int) -> None:
@@ -209,12 +206,9 @@ class _Loop:
             cond = cond.to(acc.device, memory_format=torch.channels_last if cfg.channels_last
                            else torch.contiguous_format)
 
-        def model_fn(noisy, t):
-            with acc.autocast():
-                return self.model(noisy, t.to(acc.device), cond, cfg.conditioning_scale)
-
         with acc.accumulate(self.wrapped):
-            loss = self.setup.loss(model_fn, x0, cond, self.noise_sched, gen, lab)
+            loss = self.model.training_loss(x0, cond, gen, lab, conditioning_scale=cfg.conditioning_scale,
+                                            autocast=acc.autocast)
             acc.backward(loss)
             if acc.sync_gradients:
                 acc.clip_grad_norm_(self.wrapped.parameters(), 1.0)
@@ -241,7 +235,7 @@ class _Loop:
             return
         with self.ema_weights():
             self.trainable.eval()
-            self.strip.add(MaskModel(self.sampling_model, self.setup.card, self.setup.codec), step,
+            self.strip.add(self.sampling_model, step,
                            conditional=self.setup.conditional, device=self.acc.device)
             self.trainable.train()
 
