@@ -82,15 +82,17 @@ def score(judge, x: torch.Tensor, y: torch.Tensor, embed, xtr, xte) -> dict:
 
     recs = judge.check(x, y)
     s = summarize_checks(recs)
-    lesion = judge.labels[judge.rule.lesion]
-    det = detection(judge.segmenter.probabilities(x)[:, judge.segmenter.values.index(lesion)], y, lesion)
     dice = {n: sum(r["dice"][n] for r in recs) / len(recs) for n in recs[0]["dice"]}
+    nod = {}
+    if judge.rule.lesion in judge.labels:  # a data set with nodules (cxr-lungs has lung masks only)
+        lesion = judge.labels[judge.rule.lesion]
+        det = detection(judge.segmenter.probabilities(x)[:, judge.segmenter.values.index(lesion)], y, lesion)
+        nod = {"nodules": s["lesions"], "found": s["found"], "sensitivity": s["sensitivity"],
+               "false_nodules_per_image": s["false_lesions_per_image"], "cpm": det["cpm"],
+               "nodule_spots_per_image": (s["found"] + s["false_lesions_per_image"] * len(recs)) / len(recs)}
     real = realism(xtr, xte, x, embed, "feature net of the real training images")
     f = real["features"]["synthetic"]
-    return {"images": len(recs), "dice": dice, "nodules": s["lesions"], "found": s["found"],
-            "sensitivity": s["sensitivity"], "false_nodules_per_image": s["false_lesions_per_image"],
-            "cpm": det["cpm"], "pass_rate": s["pass_rate"],
-            "nodule_spots_per_image": (s["found"] + s["false_lesions_per_image"] * len(recs)) / len(recs),
+    return {"images": len(recs), "dice": dice, **nod, "pass_rate": s["pass_rate"],
             "fid": f["fid"], "precision": f["precision"], "recall": f["recall"],
             "spectrum_distance": real["power_spectrum"]["synthetic"],
             "floor": {"fid": real["features"]["floor_real_test"]["fid"],
@@ -125,6 +127,7 @@ def open_judge(work: Path, judge_steps: int, times: dict) -> tuple:
 def print_table(rows: dict, width: int = 40) -> None:
     print(f"{'set':<{width}} {'FP/img':>7} {'sens':>6} {'CPM':>6} {'pass':>6} {'lung':>6} {'FID':>6} {'prec':>6}")
     for k, r in rows.items():
+        r = {"false_nodules_per_image": float("nan"), "sensitivity": float("nan"), "cpm": float("nan"), **r}
         print(f"{k:<{width}} {r['false_nodules_per_image']:7.2f} {r['sensitivity']:6.2f} {r['cpm']:6.2f} "
               f"{r['pass_rate']:6.2f} {r['dice'].get('lung', float('nan')):6.3f} {r['fid']:6.3f} {r['precision']:6.2f}")
 
@@ -161,8 +164,8 @@ def main() -> None:
         rows[label] = score(judge, x, y, fnet.embed, xtr, xte)
         if (out / "check.json").is_file():
             rows[label]["check"] = json.loads((out / "check.json").read_text())
-        print(label, {k: rows[label][k] for k in ("false_nodules_per_image", "sensitivity", "cpm", "pass_rate")},
-              flush=True)
+        print(label, {k: rows[label].get(k) for k in ("false_nodules_per_image", "sensitivity", "cpm", "pass_rate")},
+              rows[label]["dice"], flush=True)
     res = {"work": str(work), "judge": "segmenter of maskray train checker, seed 1, trained on the real training "
                                         "split (the check's own checker is seed 0)",
            "samples_per_mask": SPM, "threads": torch.get_num_threads(), "generate_wall_s": times, "sets": rows,

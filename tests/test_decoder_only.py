@@ -75,6 +75,7 @@ def test_decoder_only_keeps_the_latents_and_writes_a_model_that_generates(latent
     assert new_card.unet_sha256 == old_card.unet_sha256 and new_card.controlnet_sha256 == old_card.controlnet_sha256
     note = new_card.training["decoder"]
     assert note["from_autoencoder_sha256"] == old.weights_hash() and note["segmentation_weight"] == 1.0
+    assert note["sampled_batch"] == 0
     load_model(tmp_path / "dec", need_controlnet=True)
     rows = (tmp_path / "dec" / "log.csv").read_text().splitlines()
     header = rows[0].split(",")

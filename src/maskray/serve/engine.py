@@ -59,10 +59,10 @@ class Engine:
     def __init__(self, run: str | Path, dataset: Dataset):
         self.run = Path(run)
         self.model = MaskModel.load(self.run, need_controlnet=True)
-        self.card = self.model.card
-        self.image_size = int(self.card.image_size)
-        self.labels = dict(self.card.labels)
-        self.mapping = condition_mapping(self.card, dataset, str(self.run))
+        card = self.model.card
+        self.image_size = int(card.image_size)
+        self.labels = dict(card.labels)
+        self.mapping = condition_mapping(card, dataset, str(self.run))
         self.device = distributed.device()
         self.defaults = replace(DEFAULTS, precision=distributed.resolve_precision(DEFAULTS.precision, self.device))
         self.kernels = self.model.prepare(self.device, self.defaults.precision, self.defaults.channels_last,

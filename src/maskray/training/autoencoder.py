@@ -174,7 +174,8 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> Pat
         raise MaskrayError(f"{cfg.init_from}: --sampled-batch needs a model to draw latents (this is an autoencoder)")
     sampled = sampled_latents(source_model, arrays, ds.labels, out, cfg.seed, progress=progress) \
         if cfg.sampled_batch else None
-    start_state = {"autoencoder_sha256": codec.weights_hash(), "encoder_sha256": encoder_hash(codec.vae)}
+    start_state = ({"autoencoder_sha256": codec.weights_hash(), "encoder_sha256": encoder_hash(codec.vae)}
+                   if cfg.init_from else None)
     loss_fn = AutoencoderLoss(weights, _feature_net(cfg, arrays, out, progress)).to(dev)
     vae = codec.vae.to(dev).train()
     if cfg.decoder_only:
@@ -194,7 +195,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> Pat
                           "parameters": sum(p.numel() for p in vae.parameters()),
                           "trained_parameters": sum(p.numel() for p in vae.parameters() if p.requires_grad),
                           "kernels": kernels, "allocator": allocator,
-                          "init_from": start_state if cfg.init_from else None})
+                          "init_from": start_state})
     end = cfg.steps if cfg.stop_after is None else min(cfg.steps, start + cfg.stop_after)
     seconds = _loop(cfg, arrays, vae, (loss_fn, seg, sampled), opt_g, opt_d, out, start, end, progress,
                     channels_last=kernels == FUSED_KERNELS)
@@ -207,7 +208,8 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> Pat
         if source_model is not None:
             save_with_codec(source_model, codec, out / "model",
                             {"from_autoencoder_sha256": start_state["autoencoder_sha256"], "steps": cfg.steps,
-                             "segmentation_weight": cfg.segmentation_weight, "l1_weight": cfg.l1_weight,
+                             "segmentation_weight": cfg.segmentation_weight, "sampled_batch": cfg.sampled_batch,
+                             "l1_weight": cfg.l1_weight,
                              "perceptual_weight": cfg.perceptual_weight, "adversarial_weight": cfg.adversarial_weight})
     return out
 
