@@ -56,6 +56,29 @@ def fused_kernels_option(measured: str) -> Any:
                              f"first use; {measured}); off elsewhere")
 
 
+def option_like(cls: type, name: str) -> Any:
+    """Option ``name`` of the config class ``cls`` (its default, help and flags), for a config that offers another
+    config's option as a flag of its own: the option keeps one declaration, in ``cls``."""
+    f = cls.__dataclass_fields__[name]
+    return dataclasses.field(default=f.default, default_factory=f.default_factory, metadata=f.metadata)
+
+
+def data_option() -> Any:
+    return option("", help="dataset folder in the native layout")
+
+
+def run_folder_option() -> Any:
+    return option("", help="run folder to write")
+
+
+def train_split_option() -> Any:
+    return option("train", help="split to train on")
+
+
+def stop_after_option() -> Any:
+    return option(None, help="stop (with a checkpoint) after this many steps in this invocation")
+
+
 def load_config_file(path: str | os.PathLike | None) -> dict:
     """Read a YAML (.yaml/.yml), TOML (.toml) or JSON config file to a dict."""
     if path is None:

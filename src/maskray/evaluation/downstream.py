@@ -37,7 +37,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from maskray.config import option, overwrite_option, threads_option
+from maskray.config import option, option_like, overwrite_option, threads_option
 from maskray.data.layout import Dataset
 from maskray.errors import MaskrayError
 from maskray.evaluation import figures
@@ -66,7 +66,7 @@ class DownstreamConfig:
     seed: int = option(0, help="first seed; seeds are seed, seed+1, ...")
     fractions: tuple[float, ...] = option((0.1, 0.25, 0.5, 1.0), help="fractions of the real labelled training cases")
     steps: int = option(300, help="training steps of every segmenter (fixed budget)")
-    batch_size: int = option(16, help="images per step")
+    batch_size: int = option_like(SegmenterConfig, "batch_size")
     image_size: int = option(0, help="working resolution (multiple of 16); 0 = the synthetic images' size")
     lesion_label: str = option("nodule", help="label name scored by component-level detection")
     synthetic_sources: Literal["all", "fraction"] = option(

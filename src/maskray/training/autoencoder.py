@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from maskray.config import (Precision, fused_kernels_option, option, overwrite_option, precision_option,
-                            resume_option)
+from maskray.config import (Precision, data_option, fused_kernels_option, option, overwrite_option, precision_option,
+                            resume_option, run_folder_option, stop_after_option, train_split_option)
 from maskray.data.layout import Dataset, prepare_output_dir
 from maskray.diffusion.autoencoder import AutoencoderConfig, LatentCodec
 from maskray.diffusion.autoencoder_losses import AutoencoderLoss, LossWeights
@@ -57,14 +57,14 @@ LOG_FIELDS = ("step", "loss", "l1", "kl", "perceptual", "feature_matching", "adv
 class AutoencoderTrainConfig:
     """One autoencoder run. The loss-weight defaults are :class:`LossWeights`' (docs/latent.md says why)."""
 
-    data: str = option("", help="dataset folder in the native layout")
-    out: str = option("", help="run folder to write")
+    data: str = data_option()
+    out: str = run_folder_option()
     image_size: int = option(256, help="resolution the images are resized to")
     crop_size: int = option(128, help="training crop side (0: whole images)")
     factor: int = option(4, help="spatial downsampling, 4 or 8 (4: 256 px -> 64 x 64 latent)")
     latent_channels: int = option(4, help="latent channels")
     block_out_channels: tuple[int, ...] = option((32, 64, 64), help="channels per level, finest first")
-    split: str = option("train", help="split to train on")
+    split: str = train_split_option()
     eval_split: str = option("val", help="held-out split for the report (falls back to test)")
     eval_cases: int = option(16, help="held-out images scored in the report")
     steps: int = option(1000, help="optimizer steps")
@@ -101,7 +101,7 @@ class AutoencoderTrainConfig:
     seed: int = option(0, help="seed for weights, batches, crops, noise")
     resume: bool = resume_option()
     overwrite: bool = overwrite_option()
-    stop_after: int | None = option(None, help="stop (with a checkpoint) after this many steps in this invocation")
+    stop_after: int | None = stop_after_option()
 
     def autoencoder_config(self) -> AutoencoderConfig:
         return AutoencoderConfig(factor=self.factor, latent_channels=self.latent_channels,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from maskray.config import option, overwrite_option, threads_option
+from maskray.config import option, option_like, overwrite_option, threads_option
 from maskray.data.dataset import Dataset
 from maskray.data.resize import resize_image, resize_label
 from maskray.errors import MaskrayError
@@ -30,8 +30,8 @@ class CheckerConfig:
     out: str = option("", help="checker folder to write")
     image_size: int = option(256, help="working resolution (the generated images' size; multiple of 16)")
     steps: int = option(600, help="segmenter training steps")
-    batch_size: int = option(16, help="images per step")
-    seed: int = option(0, help="seed for weights and batch order")
+    batch_size: int = option_like(SegmenterConfig, "batch_size")
+    seed: int = option_like(SegmenterConfig, "seed")
     flip: bool = option(True, help="random left-right flips while training")
     eval_split: str = option("val", help="held-out split scored in report.json (falls back to test)")
     min_dice: float = option(0.8, help="the check: least Dice of every label but the lesion")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from maskray.config import (Precision, fused_kernels_option, option, overwrite_option, precision_option,
-                            resume_option)
+from maskray.config import (Precision, data_option, fused_kernels_option, option, option_like, overwrite_option,
+                            precision_option, resume_option, run_folder_option, stop_after_option, train_split_option)
 from maskray.diffusion.edges import EdgeConfig
 from maskray.diffusion.networks import UNetConfig
 from maskray.diffusion.objective import LATENT_SNR_SHIFT, DiffusionConfig
@@ -21,8 +21,8 @@ PATH_FIELDS = ("data", "out", "base", "autoencoder", "pretrained", "model", "con
 class TrainConfig:
     """Everything one training run needs. Defaults are the CPU-tuned ones (benchmarks/bench_learning.py)."""
 
-    data: str = option("", help="dataset folder in the native layout")
-    out: str = option("", help="run folder to write")
+    data: str = data_option()
+    out: str = run_folder_option()
     base: str | None = option(None, help="stage-1 run folder (stage 2 only)")
     model: str | None = option(None, help="trained base + ControlNet run to distil (distil only)")
     student_steps: int = option(4, help="sampler steps of the distilled student (distil only)")
@@ -35,7 +35,7 @@ class TrainConfig:
     prompt: str | None = option(None, help="Stable Diffusion mode: the prompt the base is conditioned on "
                                 "(default 'a chest radiograph')")
     image_size: int = option(64, help="training resolution (64..512, divisible by 2**(levels-1))")
-    split: str = option("train", help="split to train on")
+    split: str = train_split_option()
     steps: int = option(800, help="optimizer steps")
     batch_size: int = option(32, help="images per step (per process)")
     grad_accum: int = option(1, help="micro-batches per optimizer step")
@@ -66,7 +66,7 @@ class TrainConfig:
     log: Literal["csv", "tensorboard"] = option("csv", help="log format (always CSV; tensorboard adds events)")
     resume: bool = resume_option()
     overwrite: bool = overwrite_option()
-    stop_after: int | None = option(None, help="stop (with a checkpoint) after this many steps in this invocation")
+    stop_after: int | None = stop_after_option()
     # stage 2: terms that make the ControlNet follow the mask where it says "no nodule" (training/mask_terms.py)
     region_weight: float = option(0.0, help="stage 2: extra weight of the denoising loss on lesion pixels and their "
                                             "ring (0: off)")
@@ -82,16 +82,16 @@ class TrainConfig:
     block_out_channels: tuple[int, ...] = option((32, 64, 128), help="UNet channels per level")
     layers_per_block: int = option(1, help="ResNet blocks per UNet level")
     attention_levels: tuple[int, ...] = option((), help="UNet levels with self-attention (0 = full res)")
-    norm_num_groups: int = option(8, help="GroupNorm groups")
+    norm_num_groups: int = option_like(UNetConfig, "norm_num_groups")
     cond_embedding_channels: tuple[int, ...] = option((16,), help="ControlNet mask encoder channels; it "
                                                       "downsamples by 2**(len-1) with strided convolutions; on a "
                                                       "latent base the rest of the factor is folded into channels "
                                                       "(a Stable Diffusion base widens a len-1 value to its "
                                                       "factor instead)")
     # diffusion (stage 1; stage 2 inherits target and schedule from its base)
-    prediction_type: Literal["epsilon", "v_prediction"] = option("v_prediction", help="network target")
-    beta_schedule: Literal["squaredcos_cap_v2", "linear", "scaled_linear"] = option("squaredcos_cap_v2",
-                                                                                      help="noise schedule")
+    prediction_type: Literal["epsilon", "v_prediction"] = option_like(DiffusionConfig, "prediction_type")
+    beta_schedule: Literal["squaredcos_cap_v2", "linear", "scaled_linear"] = option_like(DiffusionConfig,
+                                                                                         "beta_schedule")
     min_snr_gamma: float = option(5.0, help="min-SNR-gamma loss weighting (0 disables)")
     timestep_bias: float = option(0.0, help="draw t with density ~ t**bias")
     snr_shift: float | None = option(None, help="divide each noise level's signal-to-noise ratio by this squared: "
