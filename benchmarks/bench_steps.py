@@ -39,7 +39,7 @@ from maskray.data.resize import resize_image, resize_label
 from maskray.diffusion.conditioning import mask_condition
 from maskray.diffusion.sampling import SCHEDULERS, make_scheduler, sample
 from maskray.diffusion.store import load_model
-from maskray.evaluation.metrics import dice
+from maskray.measures.mask_check import dice
 from maskray.evaluation.adherence import nodule_contrast
 from maskray.measures.detection import lesion_detection
 from maskray.measures.segmenter import Regressor, Segmenter, SegmenterConfig

@@ -151,7 +151,8 @@ def test_torch_threads_restores():
 
 
 def test_dice_counts_false_positives_on_empty_truth():
-    from maskray.evaluation.metrics import dice, dice_summary
+    from maskray.evaluation.metrics import dice_summary
+    from maskray.measures.mask_check import dice
 
     truth = torch.zeros(3, 8, 8, dtype=torch.long)
     truth[0, 2:4, 2:4] = 2  # image 0 has a nodule; images 1 and 2 have none

@@ -107,7 +107,7 @@ def test_nodule_contrast_is_inside_minus_the_lung_ring_for_each_nodule():
 
 @pytest.mark.parametrize("size", [64, 80, 96, 112, 128, 256])
 def test_ms_ssim_scales_follow_monais_own_check(size):
-    from maskray.evaluation.metrics import ms_ssim, ms_ssim_scales
+    from maskray.measures.image import ms_ssim, ms_ssim_scales
 
     x = textured(1, size)
     y = (x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(-1, 1)

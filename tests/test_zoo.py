@@ -6,7 +6,6 @@ staging folder or temporary file is left. ``test_zoo_count`` prints the count (`
 """
 
 import json
-import os
 
 import nibabel as nib
 import numpy as np

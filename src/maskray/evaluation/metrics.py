@@ -2,7 +2,8 @@
 Segmentation Decathlon report it, and an honest summary.
 
 Per-image values come first (shape ``(N,)``); aggregate afterwards with :func:`summarize`. PSNR and SSIM
-are the ones of :mod:`maskray.measures.image` (images in ``[-1, 1]``); MS-SSIM is MONAI's.
+and MS-SSIM are the ones of :mod:`maskray.measures.image` (images in ``[-1, 1]``), Dice
+:mod:`maskray.measures.mask_check`'s: the measures live there, their aggregation for a report here.
 """
 
 from __future__ import annotations
@@ -10,43 +11,13 @@ from __future__ import annotations
 import math
 
 import torch
-from monai.metrics import MultiScaleSSIMMetric
 
-from maskray.measures.image import SSIM_DESCRIPTION, psnr, ssim
+from maskray.measures.image import ms_ssim, psnr, ssim
 from maskray.measures.mask_check import dice
-
-__all__ = ["SSIM_DESCRIPTION", "PSNR_CAP_DB", "psnr", "ssim", "ms_ssim", "ms_ssim_scales", "paired_scores", "dice",
-           "dice_summary", "summarize"]
 
 # An exact copy has an infinite PSNR. 60 dB is an RMS error of 0.1% of the range, far below one 8-bit level
 # (48.1 dB): such a pair is a copy. Capped values stay in the mean and are counted (``n_capped``).
 PSNR_CAP_DB = 60.0
-
-
-def ms_ssim_scales(side: int, kernel_size: int = 11) -> int:
-    """The most scales (1 to 5) MS-SSIM can use on images whose shorter side is ``side``: MONAI's own check
-    (``side // max(1, scales - 1) ** 2 > kernel_size - 1``, in ``monai.metrics.regression.compute_ms_ssim``)
-    and a window that still fits the coarsest scale (``side // 2 ** (scales - 1) >= kernel_size``)."""
-    fits = [s for s in range(1, 6) if side // max(1, s - 1) ** 2 > kernel_size - 1
-            and side // 2 ** (s - 1) >= kernel_size]
-    if not fits:
-        raise ValueError(f"MS-SSIM needs images of at least {kernel_size} px a side, got {side}")
-    return max(fits)
-
-
-def ms_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-image multi-scale SSIM (Wang et al. 2003), Gaussian window 11, sigma 1.5, of ``(N, 1, H, W)`` images
-    in ``[-1, 1]`` (computed on ``[0, 1]``). Uses the standard five scales where the image allows (side >= 176)
-    and otherwise the largest number that fits (:func:`ms_ssim_scales`: 4 from 99 px, 3 from 44 px), with the
-    standard weights renormalised. Returns ``(N,)``."""
-    if x.shape != y.shape or x.ndim != 4:
-        raise ValueError(f"expected two (N, C, H, W) tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-    weights = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-    scales = ms_ssim_scales(min(x.shape[-2:]))
-    w = tuple(v / sum(weights[:scales]) for v in weights[:scales])
-    m = MultiScaleSSIMMetric(spatial_dims=2, data_range=1.0, kernel_type="gaussian", kernel_size=11,
-                             kernel_sigma=1.5, weights=w, reduction="none")
-    return m((x.float() + 1) / 2, (y.float() + 1) / 2).view(-1)
 
 
 def paired_scores(x: torch.Tensor, y: torch.Tensor) -> dict[str, dict]:

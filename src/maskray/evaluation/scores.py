@@ -16,7 +16,8 @@ import torch
 from maskray.evaluation import features as feat
 from maskray.evaluation.adherence import lung_darker, nodule_contrast
 from maskray.measures.detection import detection
-from maskray.evaluation.metrics import SSIM_DESCRIPTION, dice_summary, ms_ssim, paired_scores, ssim, summarize
+from maskray.evaluation.metrics import dice_summary, paired_scores, summarize
+from maskray.measures.image import SSIM_DESCRIPTION, ms_ssim, ssim
 
 PERFECT_SAMPLER_GAP_DB = 10 * math.log10(2.0)
 

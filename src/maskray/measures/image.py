@@ -1,4 +1,4 @@
-"""Pure image measures over tensors: paired fidelity (PSNR, SSIM) and texture (radial power spectrum).
+"""Pure image measures over tensors: paired fidelity (PSNR, SSIM, MS-SSIM) and texture (radial power spectrum).
 
 Images are float ``(N, 1, H, W)`` in ``[-1, 1]``, so the default ``data_range`` is 2. Values are per image
 (shape ``(N,)``); aggregation is the caller's.
@@ -17,7 +17,7 @@ Images are float ``(N, 1, H, W)`` in ``[-1, 1]``, so the default ``data_range`` 
 from __future__ import annotations
 
 import torch
-from monai.metrics import PSNRMetric, SSIMMetric
+from monai.metrics import MultiScaleSSIMMetric, PSNRMetric, SSIMMetric
 
 SSIM_DESCRIPTION = ("SSIM (Wang et al. 2004): Gaussian window 11, sigma 1.5, K1=0.01, K2=0.03, "
                     "images mapped to [0, 1]")
@@ -76,3 +76,29 @@ def spectrum_distance(real: torch.Tensor, fake: torch.Tensor, eps: float = 1e-12
     a = torch.log10(radial_power_spectrum(real) + eps).mean(0)
     b = torch.log10(radial_power_spectrum(fake) + eps).mean(0)
     return float(torch.sqrt(((a - b) ** 2).mean()))
+
+
+def ms_ssim_scales(side: int, kernel_size: int = 11) -> int:
+    """The most scales (1 to 5) MS-SSIM can use on images whose shorter side is ``side``: MONAI's own check
+    (``side // max(1, scales - 1) ** 2 > kernel_size - 1``, in ``monai.metrics.regression.compute_ms_ssim``)
+    and a window that still fits the coarsest scale (``side // 2 ** (scales - 1) >= kernel_size``)."""
+    fits = [s for s in range(1, 6) if side // max(1, s - 1) ** 2 > kernel_size - 1
+            and side // 2 ** (s - 1) >= kernel_size]
+    if not fits:
+        raise ValueError(f"MS-SSIM needs images of at least {kernel_size} px a side, got {side}")
+    return max(fits)
+
+
+def ms_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image multi-scale SSIM (Wang et al. 2003), Gaussian window 11, sigma 1.5, of ``(N, 1, H, W)`` images
+    in ``[-1, 1]`` (computed on ``[0, 1]``). Uses the standard five scales where the image allows (side >= 176)
+    and otherwise the largest number that fits (:func:`ms_ssim_scales`: 4 from 99 px, 3 from 44 px), with the
+    standard weights renormalised. Returns ``(N,)``."""
+    if x.shape != y.shape or x.ndim != 4:
+        raise ValueError(f"expected two (N, C, H, W) tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    weights = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+    scales = ms_ssim_scales(min(x.shape[-2:]))
+    w = tuple(v / sum(weights[:scales]) for v in weights[:scales])
+    m = MultiScaleSSIMMetric(spatial_dims=2, data_range=1.0, kernel_type="gaussian", kernel_size=11,
+                             kernel_sigma=1.5, weights=w, reduction="none")
+    return m((x.float() + 1) / 2, (y.float() + 1) / 2).view(-1)
