@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from maskray.config import build
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.data.phantom import PhantomConfig, make_phantom
 from maskray.measures.features import train_feature_net
 from maskray.provenance import versions

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from maskray.data.attributes import read_case_attributes
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.data.phantom import PhantomConfig, make_phantom
 from maskray.diffusion.attributes import encode
 from maskray.diffusion.card import ModelCard

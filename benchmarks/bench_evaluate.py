@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from maskray.data.layout import Dataset, write_case, write_dataset_info
+from maskray.data.dataset import Dataset, write_case
+from maskray.data.schema import write_dataset_info
 from maskray.evaluation.downstream import DownstreamConfig, run_downstream
 from maskray.evaluation.evaluate import EvaluateConfig, evaluate
 from maskray.hardware import measure_peaks
@@ -40,7 +41,7 @@ def make_real(root: Path, n: int, size: int) -> str:
         sys.path.insert(0, str(HERE.parent / "tests"))
         from conftest import make_toy_dataset
 
-        from maskray.data.layout import write_splits
+        from maskray.data.schema import write_splits
 
         make_toy_dataset(root, n=n, size=size)
         ids = sorted(Dataset(root).cases)

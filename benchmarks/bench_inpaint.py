@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.data.masks import MaskSynthConfig, synthesize_masks
 from maskray.evaluation.adherence import nodule_contrast
 from maskray.diffusion.card import CARD_FILE

@@ -65,7 +65,7 @@ def make_data(a, work: Path, times: dict, env: dict) -> Path:
 def sampling_seconds(model: Path, data: Path, n: int = 16, steps: int = 20, guidance_scale: str = "1") -> float:
     """Seconds per image to sample and decode ``n`` images in ``steps`` steps of generate's default sampler (bf16),
     at mask guidance ``guidance_scale`` (above 1 each step costs a second network pass)."""
-    from maskray.data.layout import Dataset
+    from maskray.data.dataset import Dataset
     from maskray.pipelines.generate import GenerateConfig, generate
 
     ds = Dataset(data)
@@ -172,7 +172,7 @@ def main() -> None:
         "pixel64_eval": None if a.skip_pixel else without_case_ids(json.loads((pix / "eval" / "metrics.json").read_text())),
     }
     text = json.dumps(result, indent=2, default=float)
-    from maskray.data.layout import Dataset
+    from maskray.data.dataset import Dataset
 
     leaked = [c for c in Dataset(data).case_ids() if f'"{c}"' in text or f"{c}." in text]
     if leaked:  # the results file is committed: no case id (or file name) of the data may be in it

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.data.phantom import PhantomConfig, make_phantom
 from maskray.evaluation.adherence import lung_darker
 from maskray.evaluation.scores import mean_image_baseline

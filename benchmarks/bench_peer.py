@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from bench_steps import draw, load_split, references, score  # same directory
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.diffusion.conditioning import one_hot
 from maskray.diffusion.networks import count_parameters
 from maskray.diffusion.store import load_model

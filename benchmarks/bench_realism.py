@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.evaluation.features import distances
 from maskray.evaluation.pairs import load_images
 from maskray.evaluation.realism import blur

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from results_file import write_results  # same directory
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.diffusion.sampling import make_scheduler, sample
 from maskray.diffusion.store import load_codec, load_model
 from maskray.evaluation.pairs import load_images

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.data.resize import resize_image, resize_label
 from maskray.diffusion.conditioning import mask_condition
 from maskray.diffusion.sampling import SCHEDULERS, make_scheduler, sample

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.training.validation import to_uint8
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from maskray.data.layout import DatasetInfo, write_case, write_dataset_info
+from maskray.data.dataset import write_case
+from maskray.data.schema import DatasetInfo, write_dataset_info
 
 TOY_LABELS = {"background": 0, "lung": 1, "nodule": 2}
 
@@ -52,7 +53,7 @@ def assert_only_region_changed(real_root, out_root, edited_root, margin: int = 2
     from PIL import Image
     from scipy import ndimage
 
-    from maskray.data.layout import Dataset
+    from maskray.data.dataset import Dataset
 
     real, new, masks = Dataset(real_root), Dataset(out_root), Dataset(edited_root)
     manifest = json.loads((edited_root / "masks.json").read_text())["cases"]

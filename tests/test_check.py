@@ -9,7 +9,8 @@ import numpy as np
 
 from maskray.cli import main
 from maskray.data.check import check_dataset
-from maskray.data.layout import write_label_file, write_splits
+from maskray.data.io import write_label_file
+from maskray.data.schema import write_splits
 
 
 def test_clean_dataset_passes_with_summary(toy_dataset):
@@ -29,7 +30,7 @@ def test_every_problem_listed(toy_dataset, capsys):
     (img / "case002_0000.png").write_bytes(b"not a png")  # unreadable
     write_label_file(root / "labelsTr" / "case003.png", np.full((32, 32), 7, np.uint8))  # unknown value
     write_label_file(root / "labelsTr" / "case004.png", np.zeros((16, 32), np.uint8))  # size mismatch
-    from maskray.data.layout import write_image_file
+    from maskray.data.io import write_image_file
 
     write_image_file(img / "case005_0000.png", np.full((32, 32), 0.5))  # constant
     write_label_file(root / "labelsTr" / "orphan.png", np.zeros((32, 32), np.uint8))

@@ -260,7 +260,7 @@ def test_two_conditions_and_attributes_end_to_end(tmp_path):
     from maskray.evaluation.attributes import attribute_scores
     from maskray.evaluation.edges import edge_scores
     from maskray.evaluation.pairs import load_images
-    from maskray.data.layout import Dataset
+    from maskray.data.dataset import Dataset
 
     data = make_phantom(PhantomConfig(out=tmp_path / "ph", n=12, image_size=32, seed=0, workers=1, test_fraction=0.25),
                         progress=False)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from maskray.cli import main
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.diffusion.store import load_model
 from maskray.diffusion.networks import ControlledUNet, UNetConfig, build_controlnet, build_unet
 from maskray.pipelines.generate import GenerateConfig, case_seed, generate
@@ -215,7 +215,8 @@ def test_region_preserving_generation_keeps_every_pixel_outside_the_region(toy_d
 
 def test_scaled_spacing_scales_each_axis_by_its_own_ratio(tmp_path):
     from conftest import TOY_LABELS
-    from maskray.data.layout import DatasetInfo, write_case, write_dataset_info
+    from maskray.data.dataset import write_case
+    from maskray.data.schema import DatasetInfo, write_dataset_info
     from maskray.pipelines.generate import _scaled_spacing
 
     write_case(tmp_path, "case000", np.full((40, 20), 0.5), np.zeros((40, 20), np.uint8))  # H=40, W=20

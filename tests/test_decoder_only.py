@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from maskray.cli import main
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.data.schema import write_splits
 from maskray.diffusion.autoencoder import AutoencoderConfig, LatentCodec
 from maskray.diffusion.store import load_codec, load_model, read_card

@@ -9,7 +9,8 @@ import pytest
 
 import maskray.demo as demo
 from maskray.cli import main
-from maskray.data.layout import Dataset, write_case, write_dataset_info
+from maskray.data.dataset import Dataset, write_case
+from maskray.data.schema import write_dataset_info
 
 TINY = ["--image-size", "32", "--cases", "30", "--base-steps", "3", "--controlnet-steps", "3", "--batch-size", "4",
         "--sampler-steps", "2", "--eval-steps", "3", "--feature-steps", "3"]

@@ -10,7 +10,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from conftest import make_toy_dataset
 from maskray.cli import main
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.errors import MaskrayError
 from maskray.export import export_dataset
 from maskray.export.common import Anonymiser

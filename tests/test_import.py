@@ -14,7 +14,8 @@ from PIL import Image
 
 from maskray.cli import main
 from maskray.data.importers import ImportConfig, import_folder
-from maskray.data.layout import Dataset, read_image_file, read_label_file
+from maskray.data.dataset import Dataset
+from maskray.data.io import read_image_file, read_label_file
 from maskray.errors import MaskrayError
 
 

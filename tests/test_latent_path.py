@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.diffusion.autoencoder import AutoencoderConfig, LatentCodec
 from maskray.diffusion.store import load_codec, load_model
 from maskray.errors import MaskrayError

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from maskray.data.layout import Dataset, one_hot, read_image_file, write_image_file, write_splits
+from maskray.data.dataset import Dataset
+from maskray.data.io import read_image_file, write_image_file
+from maskray.data.layout import one_hot
+from maskray.data.schema import write_splits
 from maskray.errors import MaskrayError
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from maskray.cli import main
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.errors import MaskrayError
 from maskray.measures.detection import detection
 from maskray.measures.mask_check import Checker, CheckRule, dice, summarize_checks

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.diffusion.objective import DiffusionConfig, diffusion_loss, make_train_scheduler
 from maskray.errors import MaskrayError
 from maskray.measures.mask_check import Checker

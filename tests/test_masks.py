@@ -6,7 +6,7 @@ from scipy import ndimage
 
 from conftest import make_toy_dataset
 from maskray.cli import main
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.data.masks import MaskSynthConfig, NoduleShape, rasterize, synthesize_masks
 from maskray.errors import MaskrayError
 

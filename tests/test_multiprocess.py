@@ -97,7 +97,7 @@ def test_two_process_latent_training_encodes_one_cache(toy_dataset, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from maskray.data.layout import Dataset
+    from maskray.data.dataset import Dataset
     from maskray.diffusion.autoencoder import AutoencoderConfig, LatentCodec
     from maskray.training.data import load_arrays
     from maskray.training.latent_cache import images_hash

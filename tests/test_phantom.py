@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from maskray.cli import main
-from maskray.data.layout import Dataset, read_image_file, read_label_file
+from maskray.data.dataset import Dataset
+from maskray.data.io import read_image_file, read_label_file
 from maskray.data.phantom import PhantomConfig, Grid, make_phantom, project, render_case, sample_anatomy, case_rng
 
 

@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from conftest import TOY_LABELS, make_toy_dataset
-from maskray.data.layout import Dataset, DatasetInfo, write_dataset_info
+from maskray.data.dataset import Dataset
+from maskray.data.schema import DatasetInfo, write_dataset_info
 from maskray.errors import MaskrayError
 
 fastapi = pytest.importorskip("fastapi")

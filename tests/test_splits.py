@@ -7,7 +7,7 @@ import json
 import pytest
 
 from maskray.cli import main
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.data.splits import make_splits, split_dataset
 from maskray.errors import MaskrayError
 

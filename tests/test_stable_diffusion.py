@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import random_sd  # noqa: E402  (benchmarks/random_sd.py: the random SD folder, shared with gpu_smoke.py)
 
 from maskray.cli import main  # noqa: E402
-from maskray.data.layout import Dataset  # noqa: E402
+from maskray.data.dataset import Dataset  # noqa: E402
 from maskray.diffusion import pretrained as sd  # noqa: E402
 from maskray.diffusion.store import load_codec, load_model, read_card, save_pretrained_model  # noqa: E402
 from maskray.errors import MaskrayError  # noqa: E402

@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 from maskray.config import option, overwrite_option
-from maskray.data.layout import prepare_output_dir
+from maskray.files import prepare_output_dir
 from maskray.data.phantom import PhantomConfig, make_phantom
 from maskray.evaluation.evaluate import EvaluateConfig, evaluate
 from maskray.evaluation.report import HtmlReport

@@ -21,7 +21,9 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from maskray.data import layout
+from maskray.data.dataset import Dataset
+from maskray.data.io import read_image_file, read_label_file
+from maskray.data.schema import CHANNEL_SUFFIX, SPLIT_NAMES, SPLITS_FILE
 from maskray.data.schema import read_cases_file, read_splits_file
 from maskray.errors import MaskrayError
 
@@ -74,7 +76,7 @@ def _case_spacings(root: Path, default: tuple[float, float] | None,
     return out if out else {"*": default}
 
 
-def _stray_files(root: Path, ds: layout.Dataset) -> list[str]:
+def _stray_files(root: Path, ds: Dataset) -> list[str]:
     problems = []
     ending = ds.info.file_ending
     for subset in ("Tr", "Ts"):
@@ -86,18 +88,18 @@ def _stray_files(root: Path, ds: layout.Dataset) -> list[str]:
                 if p.name.startswith("."):
                     continue
                 if kind == "images":
-                    if not p.name.endswith(layout.CHANNEL_SUFFIX + ending):
-                        problems.append(f"{p}: not named CASE{layout.CHANNEL_SUFFIX}{ending}; ignored by every command")
+                    if not p.name.endswith(CHANNEL_SUFFIX + ending):
+                        problems.append(f"{p}: not named CASE{CHANNEL_SUFFIX}{ending}; ignored by every command")
                 else:
                     cid = p.name[: -len(ending)] if p.name.endswith(ending) else None
                     if cid is None or cid not in ds.cases:
                         problems.append(f"{p}: label map without an image (expected "
-                                        f"images{subset}/{cid or p.stem}{layout.CHANNEL_SUFFIX}{ending})")
+                                        f"images{subset}/{cid or p.stem}{CHANNEL_SUFFIX}{ending})")
     return problems
 
 
-def _check_splits(root: Path, ds: layout.Dataset, problems: list[str]) -> tuple[dict, str]:
-    path = root / layout.SPLITS_FILE
+def _check_splits(root: Path, ds: Dataset, problems: list[str]) -> tuple[dict, str]:
+    path = root / SPLITS_FILE
     if not path.is_file():
         return {k: len(v) for k, v in ds.splits.items()}, "imagesTr/imagesTs (no splits.json)"
     try:
@@ -106,7 +108,7 @@ def _check_splits(root: Path, ds: layout.Dataset, problems: list[str]) -> tuple[
         problems.append(str(e))
         return {}, str(path)
     where: dict[str, list[str]] = {}
-    for k in layout.SPLIT_NAMES:
+    for k in SPLIT_NAMES:
         for c in raw[k]:
             where.setdefault(c, []).append(k)
     for c, ks in sorted(where.items()):
@@ -124,7 +126,7 @@ def _check_splits(root: Path, ds: layout.Dataset, problems: list[str]) -> tuple[
     for pid, ks in sorted(by_patient.items()):
         if len(ks) > 1:
             problems.append(f"{path}: patient {pid} has cases in several splits ({', '.join(sorted(ks))})")
-    return {k: len(raw[k]) for k in layout.SPLIT_NAMES}, str(path.name)
+    return {k: len(raw[k]) for k in SPLIT_NAMES}, str(path.name)
 
 
 @dataclass
@@ -208,7 +210,7 @@ def check_dataset(path: str | os.PathLike, progress: bool = True, max_pixels: in
     root = Path(path)
     report = CheckReport(summary={"root": str(root)})
     try:
-        ds = layout.Dataset(root, max_pixels=max_pixels)
+        ds = Dataset(root, max_pixels=max_pixels)
     except MaskrayError as e:
         report.problems.append(str(e))
         return report
@@ -218,11 +220,11 @@ def check_dataset(path: str | os.PathLike, progress: bool = True, max_pixels: in
     for cid, case in tqdm(sorted(ds.cases.items()), desc="check", unit="case", disable=not progress):
         img = None
         if case.image_path is not None:  # None only in a mask-only dataset (``maskray masks`` output)
-            img = _read(layout.read_image_file, case.image_path, max_pixels, problems)
+            img = _read(read_image_file, case.image_path, max_pixels, problems)
             if img is not None:
                 tally.image(cid, case.image_path, img)
         if case.label_path is not None:
-            lab = _read(layout.read_label_file, case.label_path, max_pixels, problems)
+            lab = _read(read_label_file, case.label_path, max_pixels, problems)
             if lab is not None:
                 tally.label(cid, case.label_path, lab, img)
     split_counts, split_source = _check_splits(root, ds, problems)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from maskray.data import dataset as layout
+from maskray.data.dataset import write_case
 from maskray.data.io import read_source_image, read_source_mask
 from maskray.errors import MaskrayError
 
@@ -151,7 +151,7 @@ def _import_case(job: ImportJob, plan: ImportPlan) -> dict:
             label[disc] = plan.nodule_value
             nodules.append({"x": round(cx, 2), "y": round(cy, 2), "diameter_px": round(2 * r, 3),
                             "diameter_mm": None if d_mm is None else round(d_mm, 3)})
-    layout.write_case(plan.root, job.case_id, img, label, job.subset, cfg.bit_depth)
+    write_case(plan.root, job.case_id, img, label, job.subset, cfg.bit_depth)
     out_spacing = None if spacing is None else [spacing[0] * H / h, spacing[1] * W / w]
     return {
         "source_image": str(job.image), "source_mask": None if job.mask is None else str(job.mask),

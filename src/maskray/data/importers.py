@@ -32,7 +32,8 @@ import numpy as np
 from tqdm import tqdm
 
 from maskray.config import option, overwrite_option
-from maskray.data import layout
+from maskray.data.dataset import label_path
+from maskray.data.schema import CHANNEL_SUFFIX, DatasetInfo, read_dataset_info, write_dataset_info, write_splits
 from maskray.data.attributes import attributes_from_csv, parse_bins
 from maskray.data.import_case import ImportJob, ImportPlan, die_with_parent, run_job
 from maskray.data.io import DEFAULT_MAX_PIXELS, is_supported, stem_of
@@ -215,7 +216,7 @@ def _plan_nnunet(cfg: ImportConfig, root: Path, problems: list[str]) -> _Planned
     if cfg.masks or cfg.nodules or cfg.labels or cfg.threshold is not None:
         raise MaskrayError("--nnunet takes labels from its dataset.json; drop --masks/--nodules/--labels/--threshold")
     src_root = Path(cfg.nnunet)
-    info = layout.read_dataset_info(src_root)
+    info = read_dataset_info(src_root)
     labels = dict(info.labels)
     ending = info.file_ending
     jobs: list[ImportJob] = []
@@ -225,11 +226,11 @@ def _plan_nnunet(cfg: ImportConfig, root: Path, problems: list[str]) -> _Planned
             if p.name.startswith(".") or not p.name.endswith(ending):
                 continue
             base = p.name[: -len(ending)]
-            if not base.endswith(layout.CHANNEL_SUFFIX):
+            if not base.endswith(CHANNEL_SUFFIX):
                 problems.append(f"{p}: only single-channel datasets are supported (expected CASE_0000{ending})")
                 continue
-            cid = base[: -len(layout.CHANNEL_SUFFIX)]
-            lab = layout.label_path(src_root, cid, subset, ending)
+            cid = base[: -len(CHANNEL_SUFFIX)]
+            lab = label_path(src_root, cid, subset, ending)
             jobs.append(ImportJob(cid, p, lab if lab.is_file() else None, subset))
     if not jobs and not problems:
         raise MaskrayError(f"{src_root}: no images found (expected imagesTr/CASE_0000{ending})")
@@ -337,13 +338,13 @@ def import_folder(cfg: ImportConfig, progress: bool = True) -> ImportResult:
                  "maskray_import": {"size": cfg.image_size, "resize": cfg.resize, "normalise": plan.normalise,
                                     "nodule_label": cfg.nodule_label if cfg.nodules else None}}
         n_tr = sum(1 for r in records.values() if r["subset"] == "Tr")
-        layout.write_dataset_info(tmp, layout.DatasetInfo(labels=labels, spacing=common, extra=extra), n_tr)
+        write_dataset_info(tmp, DatasetInfo(labels=labels, spacing=common, extra=extra), n_tr)
         write_json(tmp / CASES_FILE, records)
         if cfg.val_fraction > 0 or cfg.test_fraction > 0:
             tr = [c for c, r in records.items() if r["subset"] == "Tr"]
             splits = make_splits(tr, patients, cfg.val_fraction, cfg.test_fraction, cfg.seed)
             splits["test"] = sorted(splits["test"] + [c for c, r in records.items() if r["subset"] == "Ts"])
-            layout.write_splits(tmp, splits, {c: r["patient"] for c, r in records.items()}, seed=cfg.seed)
+            write_splits(tmp, splits, {c: r["patient"] for c, r in records.items()}, seed=cfg.seed)
         write_run_info(tmp, "data import", cfg, seed=cfg.seed,
                        extra={"cases": len(records), "warnings": len(warnings)})
     for w in warnings:

@@ -10,25 +10,15 @@
       imagesTs/, labelsTs/     optional held-out cases
       splits.json         {"train": [...], "val": [...], "test": [...], "patients": {case: patient}}
 
-Each concern has its own module; this one gathers their names for the commands that use several:
-the JSON files and their schemas in :mod:`maskray.data.schema`, image and label I/O in
-:mod:`maskray.data.io`, the :class:`Dataset` in :mod:`maskray.data.dataset`, output folders in
-:mod:`maskray.files`.
+This page is the data contract; each part of it has one module, imported from there: the JSON files and their
+schemas in :mod:`maskray.data.schema`, image and label I/O in :mod:`maskray.data.io`, the :class:`Dataset` in
+:mod:`maskray.data.dataset`, output folders in :mod:`maskray.files`. Label maps become network channels here
+(:func:`one_hot`).
 """
 
 from __future__ import annotations
 
 import torch
-
-from maskray.data.dataset import Case, Dataset, image_path, label_path, write_case
-from maskray.data.io import read_image_file, read_label_file, write_image_file, write_label_file
-from maskray.data.schema import (CHANNEL_SUFFIX, SPLIT_NAMES, SPLITS_FILE, DatasetInfo, read_dataset_info,
-                                 write_dataset_info, write_splits)
-from maskray.files import prepare_output_dir
-
-__all__ = ["CHANNEL_SUFFIX", "SPLITS_FILE", "SPLIT_NAMES", "Case", "Dataset", "DatasetInfo", "image_path",
-           "label_path", "one_hot", "prepare_output_dir", "read_dataset_info", "read_image_file", "read_label_file",
-           "write_case", "write_dataset_info", "write_image_file", "write_label_file", "write_splits"]
 
 
 def one_hot(label: torch.Tensor, values: list[int]) -> torch.Tensor:

@@ -26,7 +26,9 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from maskray.config import option, overwrite_option
-from maskray.data.layout import Dataset, DatasetInfo, label_path, write_dataset_info, write_label_file
+from maskray.data.dataset import Dataset, label_path
+from maskray.data.io import write_label_file
+from maskray.data.schema import DatasetInfo, write_dataset_info
 from maskray.data.rng import case_rng
 from maskray.errors import MaskrayError
 from maskray.files import staged_output, write_json

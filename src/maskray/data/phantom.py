@@ -270,7 +270,7 @@ def case_id(index: int, n: int) -> str:
 
 
 def _work(job: tuple[PhantomConfig, str, int]) -> tuple[str, dict]:
-    from maskray.data.layout import write_case
+    from maskray.data.dataset import write_case
 
     cfg, root, index = job
     case = render_case(cfg, index)
@@ -289,7 +289,8 @@ def make_phantom(cfg: PhantomConfig, progress: bool = True) -> Path:
     """
     from tqdm import tqdm
 
-    from maskray.data.layout import DatasetInfo, prepare_output_dir, write_dataset_info, write_splits
+    from maskray.data.schema import DatasetInfo, write_dataset_info, write_splits
+    from maskray.files import prepare_output_dir
     from maskray.provenance import write_run_info
     from maskray.files import atomic_write
 

@@ -27,7 +27,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from maskray.data.attributes import read_case_attributes
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.files import read_json
 
 FEATURE_SIDE = 32

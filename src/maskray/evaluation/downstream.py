@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from maskray.config import option, option_like, overwrite_option, threads_option
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.errors import MaskrayError
 from maskray.evaluation import figures
 from maskray.evaluation.baseline import reusable_runs, signature

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.data.resize import resize_image
 from maskray.diffusion.edges import EdgeConfig, edge_map
 from maskray.evaluation.attributes import MANIFEST

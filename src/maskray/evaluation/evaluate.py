@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from maskray.config import option, overwrite_option, threads_option
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.errors import MaskrayError
 from maskray.files import atomic_write, check_output_folder, staged_output
 from maskray.evaluation import features as feat

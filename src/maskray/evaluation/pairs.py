@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.data.resize import resize_image, resize_label
 from maskray.errors import MaskrayError
 from maskray.files import read_json

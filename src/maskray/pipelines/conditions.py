@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.data.resize import resize_image
 from maskray.diffusion.attributes import encode, parse_request
 from maskray.diffusion.card import ModelCard

@@ -20,8 +20,10 @@ from tqdm import tqdm
 
 from maskray.config import (Precision, fused_kernels_option, option, overwrite_option, precision_option,
                             resume_option)
-from maskray.data.layout import (Dataset, DatasetInfo, image_path, label_path, prepare_output_dir, read_label_file,
-                                 write_dataset_info, write_image_file, write_label_file)
+from maskray.data.dataset import Dataset, image_path, label_path
+from maskray.data.io import read_label_file, write_image_file, write_label_file
+from maskray.data.schema import DatasetInfo, write_dataset_info
+from maskray.files import prepare_output_dir
 from maskray.data.resize import resize_label
 from maskray.data.schema import read_manifest
 from maskray.diffusion.card import ModelCard

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, TypeVar
 
-from maskray.data.layout import image_path, label_path
+from maskray.data.dataset import image_path, label_path
 from maskray.distributed import barrier, world
 from maskray.errors import MaskrayError
 

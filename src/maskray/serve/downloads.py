@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from maskray import __version__
-from maskray.data.layout import (DatasetInfo, image_path, label_path, prepare_output_dir, write_dataset_info,
-                                 write_image_file, write_label_file)
+from maskray.data.dataset import image_path, label_path
+from maskray.data.io import write_image_file, write_label_file
+from maskray.data.schema import DatasetInfo, write_dataset_info
+from maskray.files import prepare_output_dir
 from maskray.errors import MaskrayError
 from maskray.files import atomic_write, read_json
 from maskray.export.common import png_text

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.diffusion.conditioning import mask_condition
 from maskray.diffusion.model import DEFAULT_SAMPLER, MaskModel
 from maskray.diffusion.sampling import SCHEDULERS

@@ -65,7 +65,7 @@ def open_service(cfg: ServeConfig) -> Service:
     output = None
     if cfg.out:
         first = workspace.dataset.cases[workspace.ids[0]].label_path
-        from maskray.data.layout import read_label_file
+        from maskray.data.io import read_label_file
 
         height = read_label_file(first).shape[0]
         output = OutputDataset(cfg.out, workspace.dataset.info.labels,

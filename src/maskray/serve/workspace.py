@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.data.masks import (MaskSynthConfig, NoduleShape, MaskCase, distance_mm, resolve_labels, pixel_spacing,
                                 rasterize)
 from maskray.data.resize import resize_image, resize_label

@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from maskray.config import (Precision, data_option, fused_kernels_option, option, overwrite_option, precision_option,
                             resume_option, run_folder_option, stop_after_option, train_split_option)
-from maskray.data.layout import Dataset, prepare_output_dir
+from maskray.data.dataset import Dataset
+from maskray.files import prepare_output_dir
 from maskray.diffusion.autoencoder import AutoencoderConfig, LatentCodec
 from maskray.diffusion.autoencoder_losses import AutoencoderLoss, LossWeights
 from maskray.diffusion.fused import FUSED_KERNELS, fuse_norm_silu, training_kernels

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from maskray.data.layout import Dataset, read_image_file
+from maskray.data.dataset import Dataset
+from maskray.data.io import read_image_file
 from maskray.data.resize import resize_image, resize_label
 from maskray.errors import MaskrayError
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.diffusion.card import ModelCard
 from maskray.diffusion.distillation import STUDENT_SPACING, distillation_loss, student_grid
 from maskray.diffusion.networks import ControlledUNet

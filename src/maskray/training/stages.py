@@ -25,7 +25,7 @@ import dataclasses
 from pathlib import Path
 
 from maskray.data.attributes import read_case_attributes
-from maskray.data.layout import Dataset
+from maskray.data.dataset import Dataset
 from maskray.diffusion import pretrained as sd
 from maskray.diffusion.autoencoder import LatentCodec
 from maskray.diffusion.card import ModelCard

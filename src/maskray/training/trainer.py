@@ -23,7 +23,8 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
-from maskray.data.layout import Dataset, prepare_output_dir
+from maskray.data.dataset import Dataset
+from maskray.files import prepare_output_dir
 from maskray.diffusion.fused import FUSED_KERNELS, PYTORCH_KERNELS, fuse_norm_silu, training_kernels
 from maskray.diffusion.networks import count_parameters
 from maskray.distributed import device, on_main, resolve_precision
