@@ -1,6 +1,6 @@
 """The nodule tables of docs/nodules.md and the README, and the utility plot, from the results files.
 
-    python benchmarks/nodule_tables.py [--plot docs/img/nodule_utility.png]   # print the tables (and plot)
+    python benchmarks/nodule_tables.py [--plot docs/img/nodule_utility.png] [--study-plot docs/img/nodule_study.png]
     python benchmarks/tables.py --write                                        # the tables into docs/nodules.md
 
 Reads results/nodule_sources_phantom.json (bench_nodule_sources.py) and results/nodule_utility_*.json
@@ -152,7 +152,7 @@ def utility_table(sets: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
-def plot(sets: dict[str, dict], out: Path) -> None:
+def plot(sets: dict[str, dict], out: Path, title: str = "256 px phantom") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,7 +174,7 @@ def plot(sets: dict[str, dict], out: Path) -> None:
         ax.set_xlabel("fraction of real labelled training cases")
         ax.set_title(title, fontsize=10)
     axes[0].legend(fontsize=8)
-    fig.suptitle("256 px phantom: segmenters on real test images (mean over 3 seeds, bootstrap 95% CI)", fontsize=10)
+    fig.suptitle(f"{title}: segmenters on real test images (mean over 3 seeds, bootstrap 95% CI)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     print(f"wrote {out}")
@@ -182,13 +182,17 @@ def plot(sets: dict[str, dict], out: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--plot", default=None)
+    p.add_argument("--plot", default=None, help="the first study's plot (original decoder)")
+    p.add_argument("--study-plot", default=None, help="the study with the lesion-aware decoder")
     a = p.parse_args()
     print(sources(), "\n")
     sets = utility_sets()
     print(utility_table(sets))
     if a.plot:
         plot(sets, Path(a.plot))
+    if a.study_plot:
+        print(study())
+        plot(study_sets(), Path(a.study_plot), "256 px phantom, lesion-aware decoder")
 
 
 if __name__ == "__main__":
