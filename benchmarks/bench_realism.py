@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from maskray.data.dataset import Dataset
-from maskray.evaluation.features import distances
+from maskray.measures.distributions import distances
 from maskray.evaluation.pairs import load_images
 from maskray.evaluation.realism import blur
 from maskray.hardware import measure_peaks

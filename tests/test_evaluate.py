@@ -11,7 +11,7 @@ from conftest import make_toy_dataset
 from maskray.cli import main
 from maskray.data.dataset import Dataset, write_case
 from maskray.data.schema import write_dataset_info, write_splits
-from maskray.evaluation import features as feat
+from maskray.measures import distributions as feat
 from maskray.evaluation.evaluate import EvaluateConfig, evaluate, label_mean_baseline, mean_image_baseline
 from maskray.evaluation.pairs import groups_by_mask, read_manifest
 

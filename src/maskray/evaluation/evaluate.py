@@ -48,7 +48,7 @@ from maskray.config import option, overwrite_option, threads_option
 from maskray.data.dataset import Dataset
 from maskray.errors import MaskrayError
 from maskray.files import atomic_write, check_output_folder, staged_output
-from maskray.evaluation import features as feat
+from maskray.measures import distributions as feat
 from maskray.evaluation import figures, scores
 from maskray.evaluation.attributes import attribute_scores
 from maskray.evaluation.edges import edge_scores

@@ -5,7 +5,7 @@ Two measures:
 
 - **Power spectrum**: :func:`maskray.measures.image.spectrum_distance`, the RMS difference of the mean log10
   radial power spectra, in decades. Smooth images lack high-frequency power, so it rises.
-- **Feature space**: FID, KID and k-NN precision/recall (:mod:`maskray.evaluation.features`) in the embedding
+- **Feature space**: FID, KID and k-NN precision/recall (:mod:`maskray.measures.distributions`) in the embedding
   of the self-supervised :class:`maskray.measures.features.FeatureNet` trained on the real training split
   (or loaded with ``--feature-net``), or of a local TorchScript extractor (``--feature-weights``).
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from monai.networks.layers import GaussianFilter
 
-from maskray.evaluation import features as feat
+from maskray.measures import distributions as feat
 from maskray.measures.image import spectrum_distance
 
 BLUR_SIGMA = 1.0  # pixels: enough to erase single-pixel texture, little enough to keep the anatomy

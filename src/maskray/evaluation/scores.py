@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from maskray.evaluation import features as feat
+from maskray.measures import distributions as feat
 from maskray.evaluation.adherence import lung_darker, nodule_contrast
 from maskray.measures.detection import detection
 from maskray.evaluation.metrics import dice_summary, paired_scores, summarize
