@@ -18,9 +18,9 @@ from maskray.diffusion.sampling import guidance_terms, make_scheduler, sample
 from maskray.diffusion.store import load_model
 from maskray.errors import MaskrayError
 from maskray.evaluation.edges import edge_f1
-from maskray.pipelines.conditions import parse_scales
+from maskray.pipelines.generation_conditions import parse_scales
 from maskray.pipelines.generate import GenerateConfig, generate
-from maskray.training.conditions import ConditionMaker
+from maskray.training.batch_conditions import ConditionMaker
 from maskray.training.config import TrainConfig
 from maskray.training.trainer import train
 
@@ -295,7 +295,7 @@ def test_two_conditions_and_attributes_end_to_end(tmp_path):
 
 
 def test_generate_refuses_guidance_on_what_it_does_not_give(tmp_path):
-    from maskray.pipelines.conditions import GenerationConditions
+    from maskray.pipelines.generation_conditions import GenerationConditions
 
     card = ModelCard(stage="controlnet", image_size=32, labels={"lung": 1}, unet_config={}, diffusion={},
                      scheduler_config={}, step=0, unet_sha256="x", controlnet_sha256="y",

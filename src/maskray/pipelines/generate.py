@@ -35,7 +35,7 @@ from maskray.distributed import on_main, resolve_precision
 from maskray.errors import MaskrayError
 from maskray.files import atomic_write, read_json
 from maskray.pipelines.checked import CheckedBatches, collect, given_up, label_lut, open_checker
-from maskray.pipelines.conditions import GenerationConditions, parse_scales
+from maskray.pipelines.generation_conditions import GenerationConditions, parse_scales
 from maskray.pipelines.sharding import Shard
 from maskray.provenance import to_jsonable, write_run_info
 
@@ -221,7 +221,7 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
 
 def sampling_scales(cfg: GenerateConfig, card: ModelCard) -> dict:
     """The sampler's ``guidance_scale``, ``conditioning_scale`` (each a number or per condition) and
-    ``attribute_guidance`` from the options (pipelines/conditions.py parses them)."""
+    ``attribute_guidance`` from the options (pipelines/generation_conditions.py parses them)."""
     names = card.condition_names
     return {"guidance_scale": parse_scales(cfg.guidance_scale, names, "--guidance-scale"),
             "conditioning_scale": parse_scales(cfg.conditioning_scale, names, "--conditioning-scale"),

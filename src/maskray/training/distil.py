@@ -24,7 +24,7 @@ from maskray.diffusion.objective import DiffusionConfig
 from maskray.diffusion.model import MaskModel
 from maskray.distributed import autocast_dtype
 from maskray.errors import MaskrayError
-from maskray.training.conditions import ConditionMaker
+from maskray.training.batch_conditions import ConditionMaker
 from maskray.training.config import TrainConfig
 from maskray.training.stage_setup import StageSetup, make_card
 

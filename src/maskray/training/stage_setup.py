@@ -22,7 +22,7 @@ from maskray.diffusion.model import MaskModel, Objective
 from maskray.diffusion.objective import DiffusionConfig, make_train_scheduler
 from maskray.diffusion.store import save_model
 from maskray.provenance import to_jsonable
-from maskray.training.conditions import ConditionMaker
+from maskray.training.batch_conditions import ConditionMaker
 from maskray.training.config import PATH_FIELDS, Stage, TrainConfig
 
 

@@ -5,7 +5,7 @@ model card of the result. The training loop (trainer.py) is the same for every s
 - ``controlnet`` (stage 2): the base is loaded and frozen; a ControlNet copied from it (zero-initialised joins)
   learns to follow the one-hot mask, which is dropped for ``cond_drop`` of the samples (guidance).
   ``--conditions mask,edges``: one ControlNet per condition, trained jointly (their residuals add, as at
-  generation), each condition dropped independently (training/conditions.py).
+  generation), each condition dropped independently (training/batch_conditions.py).
 - ``--attributes sex,age`` (stage 1; stage 2 inherits the base's): the patient attributes enter the UNet (and the
   ControlNets copied from it) as an embedding added to the time embedding, dropped like the conditions.
 
@@ -36,7 +36,7 @@ from maskray.diffusion.model import MaskModel, Objective
 from maskray.diffusion.store import save_model, save_pretrained_model
 from maskray.errors import MaskrayError
 from maskray.provenance import to_jsonable
-from maskray.training.conditions import ConditionMaker, check_condition_names
+from maskray.training.batch_conditions import ConditionMaker, check_condition_names
 from maskray.training.config import Stage, TrainConfig
 from maskray.training.distil import setup_distil
 from maskray.training.mask_terms import MaskTerms, MaskTermsConfig
