@@ -1,7 +1,7 @@
 """The nodule-utility study at 256 px: does adding maskray's pairs make a segmenter better on real test images?
 
     python benchmarks/bench_nodule_utility.py --work bench_out/lat256 [--n 320] [--steps 300] [--seeds 3]
-        [--fractions 0.1,0.25,0.5,1] [--sets checked,plain,inserted] [--model RUN --tag T] [--baseline DIR] [--no-synthetic-alone]
+        [--fractions 0.1,0.25,0.5,1] [--sets checked,plain,inserted] [--model RUN --tag T] [--baseline DIR] [--no-synthetic-alone] [--synthetic-per-real R]
         [--name nodule_utility_phantom]
 
 WORK as for bench_nodule_sources.py (data/, cn/, checker/). Synthetic sets, each from the training split's masks
@@ -77,6 +77,8 @@ def main() -> None:
                                                   "the first set's, for every later set)")
     p.add_argument("--synthetic-alone", action=argparse.BooleanOptionalAction, default=True,
                    help="also train on each synthetic set alone (downstream's synthetic condition)")
+    p.add_argument("--synthetic-per-real", type=float, default=0.0,
+                   help="at most this many synthetic pairs per real case (downstream --synthetic-per-real; 0: all)")
     p.add_argument("--workers", type=int, default=1, help="segmenters trained at once (downstream --workers)")
     p.add_argument("--name", default="nodule_utility_phantom")
     a = p.parse_args()
@@ -85,17 +87,20 @@ def main() -> None:
     baseline = a.baseline
     res = {"model": str(a.model or work / "cn"), "sets": {}, "times": times, "command": "python benchmarks/bench_nodule_utility.py " + " ".join(sys.argv[1:])}
     for name, folder in sets.items():
-        out = work / f"downstream_{name}{a.tag}_{a.steps}"
+        cap = f"_per_real{a.synthetic_per_real:g}" if a.synthetic_per_real else ""
+        out = work / f"downstream_{name}{a.tag}{cap}_{a.steps}"
         if not (out / "metrics.json").is_file():
             same_budget = ["--synthetic-sources", "fraction"] if name == "inserted" else []
             maskray(times, f"downstream_{name}", "downstream", *same_budget, "--real", str(work / "data"), "--synthetic",
                     str(folder), "--out", str(out), "--fractions", a.fractions, "--seeds", str(a.seeds), "--steps",
                     str(a.steps), "--threads", "1", "--workers", str(a.workers), "--overwrite", *(["--baseline", baseline] if baseline else []),
-                    *([] if a.synthetic_alone else ["--no-synthetic-alone"]))
+                    *([] if a.synthetic_alone else ["--no-synthetic-alone"]),
+                    *(["--synthetic-per-real", f"{a.synthetic_per_real:g}"] if a.synthetic_per_real else []))
         baseline = baseline or str(out)
         m = json.loads((out / "metrics.json").read_text())
         check = json.loads((folder / "check.json").read_text()) if (folder / "check.json").is_file() else None
-        res["sets"][name] = {"n_synthetic_used": m["n_synthetic_used"],
+        key = name + (f" (at most {a.synthetic_per_real:g} per real case)" if cap else "")
+        res["sets"][key] = {"n_synthetic_used": m["n_synthetic_used"],
                              "baseline_runs_reused": m.get("baseline_runs_reused", 0), "summary": m["summary"],
                              "intervals": m["intervals"], "check": check, "fractions": m["fractions"],
                              "seeds": m["seeds"], "steps": m["steps"], "n_real_test": m["n_real_test"],

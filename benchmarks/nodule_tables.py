@@ -49,7 +49,7 @@ def utility(results: Path = RESULTS) -> str:
     return utility_table(utility_sets(results))
 
 
-STUDY = ("nodule_study_phantom", "nodule_study_phantom_plain")  # bench_nodule_utility.py --name, with the new decoder
+STUDY = ("nodule_study_phantom", "nodule_study_phantom_capped")  # bench_nodule_utility.py --name: the new decoder
 
 
 def study_sets(results: Path = RESULTS) -> dict[str, dict]:

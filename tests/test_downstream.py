@@ -181,3 +181,13 @@ def test_workers_give_the_runs_of_one_process(tmp_path):
         return [(r["condition"], r["fraction"], r["seed"], r["dice"], r["per_image"]) for r in m["runs"]]
 
     assert key(one) == key(two) and len(one["runs"]) == 5
+
+
+def test_synthetic_per_real_caps_the_pairs_beside_each_fraction(tmp_path):
+    real = make_real(tmp_path / "real")
+    syn = make_synthetic(real, tmp_path / "syn", samples=2)
+    cfg = DownstreamConfig(seeds=1, fractions=(0.5,), steps=2, batch_size=4, threads=1, synthetic_per_real=0.5)
+    m = run_downstream(real, syn, tmp_path / "out", cfg)
+    n = {(r["condition"], r["fraction"]): (r["n_real"], r["n_synthetic"]) for r in m["runs"]}
+    assert n[("real+synthetic", 0.5)] == (4, 2) and n[("real+synthetic", 1.0)] == (8, 4)
+    assert n[("synthetic", 0.0)][1] == 16  # the synthetic-only run keeps every pair

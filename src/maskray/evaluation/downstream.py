@@ -72,6 +72,8 @@ class DownstreamConfig:
     synthetic_sources: Literal["all", "fraction"] = option(
         "all", help="synthetic cases used beside a real fraction: all (except test-derived) or only those made "
                     "from that fraction's masks")
+    synthetic_per_real: float = option(0.0, help="at most this many synthetic pairs per real case beside a fraction "
+                                                 "(a seeded subset; 0: all of them)")
     synthetic_alone: bool = option(True, help="also train on the synthetic pairs alone, once per seed")
     baseline: str | None = option(None, help="an earlier downstream output folder of the same real pairs and settings: "
                                              "its real-only runs are reused instead of trained again "
@@ -224,6 +226,9 @@ def _train_and_score(cfg: DownstreamConfig, data: dict, train_ids: list[str], sy
             keep = set(subset)
             si = torch.tensor([i for i, c in enumerate(syn_ids) if cfg.synthetic_sources == "all" or cond == "synthetic"
                                or cases[c].source_case is None or cases[c].source_case in keep], dtype=torch.long)
+            cap = round(cfg.synthetic_per_real * len(ri)) if cfg.synthetic_per_real and cond != "synthetic" else None
+            if cap is not None and len(si) > cap:  # a seeded subset, the same for every run of this seed
+                si = si[torch.randperm(len(si), generator=torch.Generator().manual_seed(s))[:cap]].sort().values
         x, y = torch.cat([xr[ri], xs[si]]), torch.cat([yr[ri], ys[si]])
         if x.shape[0] == 0:
             return None
