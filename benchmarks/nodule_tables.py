@@ -159,7 +159,7 @@ def plot(sets: dict[str, dict], out: Path, title: str = "256 px phantom") -> Non
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for ax, metric, title in ((axes[0], "dice_nodule", "nodule Dice, all real test images"),
+    for ax, metric, panel in ((axes[0], "dice_nodule", "nodule Dice, all real test images"),
                               (axes[1], "cpm", "nodule CPM (FROC)")):
         curves = {"real only": [row for row, _ in _real_only(sets).values()]}
         for name, res in sets.items():
@@ -172,7 +172,7 @@ def plot(sets: dict[str, dict], out: Path, title: str = "256 px phantom") -> Non
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
         ax.set_xscale("log")
         ax.set_xlabel("fraction of real labelled training cases")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(panel, fontsize=10)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{title}: segmenters on real test images (mean over 3 seeds, bootstrap 95% CI)", fontsize=10)
     fig.tight_layout()

@@ -54,6 +54,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "nodule_sources": nodule_tables.sources,
     "nodule_decoder": nodule_tables.decoder,
     "nodule_utility": nodule_tables.utility,
+    "nodule_study": nodule_tables.study,
     "cxr_utility": nodule_tables.cxr_utility,
     **doc_tables.TABLES,
     **latent_tables.TABLES,
