@@ -23,6 +23,19 @@ def sources(results: Path = RESULTS) -> str:
     return sources_table(read_results(results, "nodule_sources_phantom"))
 
 
+def cxr_sources(results: Path = RESULTS) -> str:
+    """docs/nodules.md's split on cxr-lungs (lung masks only: no nodule columns), from results/nodule_sources_cxr.json."""
+    res = read_results(results, "nodule_sources_cxr")
+    rows = ["| image set (test masks) | lung Dice | pass the check (lung Dice >= 0.8) "
+            "| FID / precision / recall (floor) | spectrum distance (floor) |", "|---|---|---|---|---|"]
+    for name, r in res["sets"].items():
+        fl = r["floor"]
+        rows.append(f"| {name} | {r['dice'].get('lung', 0):.3f} | {r['pass_rate']:.0%} | {r['fid']:.3f} / "
+                    f"{r['precision']:.2f} / {r['recall']:.2f} ({fl['fid']:.3f} / {fl['precision']:.2f} / "
+                    f"{fl['recall']:.2f}) | {r['spectrum_distance']:.3f} ({fl['spectrum_distance']:.3f}) |")
+    return "\n".join(rows)
+
+
 def decoder(results: Path = RESULTS) -> str:
     """docs/nodules.md's lesion-aware decoder rows, from results/decoder_phantom.json (the same columns)."""
     return sources_table(read_results(results, "decoder_phantom"))
