@@ -128,6 +128,8 @@ def _run_downstream(real: Path, synthetic: Path, out: Path, cfg: DownstreamConfi
         raise MaskrayError(f"--fractions {cfg.fractions}: each fraction must lie in (0, 1]")
     if cfg.steps < 1:
         raise MaskrayError(f"--steps {cfg.steps}: must be at least 1")
+    if cfg.workers < 1:
+        raise MaskrayError(f"--workers {cfg.workers}: must be at least 1")
     test_ids = test_split(real_ds)
     train_ids = real_ds.case_ids("train", labelled=True)
     if not train_ids:
@@ -217,8 +219,6 @@ def _train_and_score(cfg: DownstreamConfig, data: dict, train_ids: list[str], sy
             jobs.append(("synthetic", 0.0, s, []))
     def one(job: tuple) -> dict | None:
         cond, f, s, subset = job
-        if cond == "real" and (f, s) in reused:
-            return {**reused[(f, s)], "reused_from": str(cfg.baseline)}
         ri = torch.tensor([r_index[c] for c in subset], dtype=torch.long)
         if cond == "real":
             si = torch.empty(0, dtype=torch.long)
@@ -240,9 +240,13 @@ def _train_and_score(cfg: DownstreamConfig, data: dict, train_ids: list[str], sy
         return {"condition": cond, "fraction": f, "seed": s, "n_real": int(len(ri)), "n_synthetic": int(len(si)),
                 **scores, "final_loss": seg.losses[-1], "train_s": t_train, "score_s": time.perf_counter() - t}
 
-    fresh = [k for k, (cond, f, s, _) in enumerate(jobs) if not (cond == "real" and (f, s) in reused)]
-    trained = dict(zip(fresh, run_jobs(one, [jobs[k] for k in fresh], cfg.workers, max(cfg.threads, 1), "downstream")))
-    runs = [trained[k] if k in trained else one(job) for k, job in enumerate(jobs)]  # reused runs need no worker
+    def baseline_run(job: tuple) -> dict | None:
+        cond, f, s, _ = job
+        return {**reused[(f, s)], "reused_from": str(cfg.baseline)} if cond == "real" and (f, s) in reused else None
+
+    trained = iter(run_jobs(one, [j for j in jobs if baseline_run(j) is None], cfg.workers, max(cfg.threads, 1),
+                            "downstream"))
+    runs = [baseline_run(j) or next(trained) for j in jobs]  # in the jobs' order
     return [r for r in runs if r is not None]
 
 
