@@ -11,14 +11,14 @@ from PIL import Image
 from maskray.data.importers import ImportConfig, import_folder
 from maskray.diffusion.attributes import drop_attributes, encode, parse_request
 from maskray.diffusion.card import ModelCard
-from maskray.diffusion.conditioning import Conditions
+from maskray.diffusion.conditioning import Conditions, parse_scales
 from maskray.diffusion.edges import EdgeConfig, edge_map
+from maskray.diffusion.model import MaskModel
 from maskray.diffusion.networks import ControlledUNet, ControlNetSet, UNetConfig, build_controlnet, build_unet
 from maskray.diffusion.sampling import guidance_terms, make_scheduler, sample
 from maskray.diffusion.store import load_model
 from maskray.errors import MaskrayError
 from maskray.evaluation.edges import edge_f1
-from maskray.pipelines.generation_conditions import parse_scales
 from maskray.pipelines.generate import GenerateConfig, generate
 from maskray.training.batch_conditions import ConditionMaker
 from maskray.training.config import TrainConfig
@@ -301,12 +301,16 @@ def test_generate_refuses_guidance_on_what_it_does_not_give(tmp_path):
                      scheduler_config={}, step=0, unet_sha256="x", controlnet_sha256="y",
                      conditions={"mask": {"channels": 1}, "edges": EdgeConfig().to_card()},
                      attributes={k: list(v) for k, v in VOCAB.items()})
-    conds = GenerationConditions(card, [1], None, None, {})
+    model = MaskModel(None, card)
     with pytest.raises(MaskrayError, match="edges need --edges-from"):
-        conds.check_guidance({"edges": 2.0}, 1.0)
+        model.sampler_settings("ddim", 2, "edges=2")
     with pytest.raises(MaskrayError, match="--attribute-guidance needs --attributes"):
-        conds.check_guidance(1.0, 2.0)
-    conds.check_guidance({"mask": 2.0}, 1.0)  # the mask is given: no error
+        model.sampler_settings("ddim", 2, "1", attribute_guidance=2.0)
+    got = model.sampler_settings("ddim", 2, "mask=2", attribute_guidance=2.0, attributes_given=True)
+    assert got.guidance_scale == {"mask": 2.0} and got.attribute_guidance == 2.0  # given: no error
+    assert model.sampler_settings("ddim", 2, "edges=2", edges_given=True).guidance_scale == {"edges": 2.0}
+    with pytest.raises(MaskrayError, match="unknown scheduler"):
+        model.sampler_settings("nope", 2, "1")
     edges_only = ModelCard(**{**card.__dict__, "conditions": {"edges": EdgeConfig().to_card()}, "labels": {}})
     with pytest.raises(MaskrayError, match="give --edges-from REAL"):
         GenerationConditions(edges_only, [], None, None, {})

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from maskray.data.resize import resize_label
+from maskray.errors import MaskrayError
 
 
 def one_hot(label: torch.Tensor, values: list[int]) -> torch.Tensor:
@@ -89,3 +90,27 @@ def as_conditions(cond: "torch.Tensor | Conditions | None") -> Conditions:
     if isinstance(cond, Conditions):
         return cond
     return Conditions({"mask": cond})
+
+
+def parse_scales(value, names: list[str], flag: str) -> float | dict[str, float]:
+    """``2`` / ``"2"`` -> 2.0 (every condition); ``"mask=1,edges=0.5"`` -> ``{"mask": 1.0, "edges": 0.5}``
+    (a condition not named keeps 1). Unknown names are a one-line error naming the model's conditions."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    out = {}
+    for part in [p.strip() for p in text.split(",") if p.strip()]:
+        name, eq, num = part.partition("=")
+        name = name.strip()
+        if not eq or name not in names:
+            raise MaskrayError(f"{flag} {text}: '{part}' is not CONDITION=NUMBER with a condition of this model "
+                               f"(allowed: {', '.join(names)})")
+        try:
+            out[name] = float(num)
+        except ValueError:
+            raise MaskrayError(f"{flag} {text}: '{num}' is not a number") from None
+    return out

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Callable
@@ -32,11 +33,13 @@ from torch import nn
 from torch.nn.functional import max_pool2d
 
 from maskray.diffusion.card import ModelCard
+from maskray.diffusion.conditioning import parse_scales
 from maskray.diffusion.fused import prepare_for_sampling
 from maskray.diffusion.networks import ControlledUNet
 from maskray.diffusion.objective import DiffusionConfig, diffusion_loss, train_scheduler
 from maskray.diffusion.sampling import composite_region, make_scheduler, sample
 from maskray.diffusion.store import load_codec, load_model, model_folder, save_model
+from maskray.errors import MaskrayError
 from maskray.memory import keep_freed_memory
 
 DEFAULT_SAMPLER = ("ddpm", 25)  # benchmarks/results/steps.json: best lung Dice on real radiographs, at the PSNR bound
@@ -53,6 +56,19 @@ class _Counted(nn.Module):
         out = self.net(*args, **kwargs)
         self.tick()
         return out
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How one run samples, resolved and checked by :meth:`MaskModel.sampler_settings`: the sampler's name and
+    steps, the guidance and conditioning scales (a number for every condition, or ``{condition: scale}``) and the
+    attribute guidance."""
+
+    scheduler: str
+    steps: int
+    guidance_scale: float | dict[str, float] = 1.0
+    conditioning_scale: float | dict[str, float] = 1.0
+    attribute_guidance: float = 1.0
 
 
 Objective = Callable[..., torch.Tensor]  # (model_fn, x0, cond, noise_schedule, generator, labels) -> loss
@@ -122,6 +138,26 @@ class MaskModel:
                 steps if steps is not None else own.get("steps") or DEFAULT_SAMPLER[1],
                 guidance_scale if guidance_scale is not None else str(own.get("guidance_scale", "1")))
 
+    def sampler_settings(self, scheduler: str | None = None, steps: int | None = None, guidance_scale=None,
+                         conditioning_scale=1.0, attribute_guidance: float = 1.0, *, attributes_given: bool = False,
+                         edges_given: bool = False) -> SamplerSettings:
+        """The options of a run (as the CLI takes them: ``"mask=2,edges=1"`` or a number) resolved against the
+        card (:meth:`sampler_defaults`) and checked before any output: an unknown sampler or condition, and
+        guidance on what the run does not give (attributes without ``attributes_given``, edges without
+        ``edges_given``), are one-line errors."""
+        name, steps, guidance = self.sampler_defaults(scheduler, steps, guidance_scale)
+        self.scheduler(name)  # an unknown name fails here
+        names = self.card.condition_names
+        out = SamplerSettings(name, int(steps), parse_scales(guidance, names, "--guidance-scale"),
+                              parse_scales(conditioning_scale, names, "--conditioning-scale"),
+                              float(attribute_guidance))
+        if out.attribute_guidance != 1.0 and not attributes_given:
+            raise MaskrayError("--attribute-guidance needs --attributes NAME=VALUE,... (what to guide towards)")
+        if isinstance(out.guidance_scale, dict) and out.guidance_scale.get("edges", 1.0) != 1.0 and not edges_given:
+            raise MaskrayError("--guidance-scale names edges, which this run does not give (edges need "
+                               "--edges-from REAL)")
+        return out
+
     @property
     def default_guidance(self) -> float:
         """The mask guidance the card asks for (a latent mask model: 1.5), else 1."""
@@ -141,12 +177,12 @@ class MaskModel:
         return kernels
 
     @torch.no_grad()
-    def sample(self, generators: list[torch.Generator], cond, scheduler, *, steps: int, precision: str,
-               device: torch.device, channels_last: bool = False, guidance_scale=1.0, conditioning_scale=1.0,
-               attribute_guidance: float = 1.0, known: torch.Tensor | None = None, keep: torch.Tensor | None = None,
-               blend: torch.Tensor | None = None, on_step: Callable[[], None] | None = None,
-               decode: bool = True) -> torch.Tensor:
-        """Images float32 ``(N, 1, H, W)`` in ``[-1, 1]``, one per generator: sampled in pixel space, or in latent
+    def sample(self, generators: list[torch.Generator], cond, settings: SamplerSettings, *, precision: str,
+               device: torch.device, channels_last: bool = False, known: torch.Tensor | None = None,
+               keep: torch.Tensor | None = None, blend: torch.Tensor | None = None,
+               on_step: Callable[[], None] | None = None, decode: bool = True) -> torch.Tensor:
+        """Images float32 ``(N, 1, H, W)`` in ``[-1, 1]``, one per generator, drawn with ``settings`` (from
+        :meth:`sampler_settings`; a fresh sampler of the schedule each call): sampled in pixel space, or in latent
         space then decoded.
 
         Region-preserving mode (``known``: the real images, ``keep`` 1 where they are kept, ``blend`` the
@@ -155,9 +191,10 @@ class MaskModel:
         space after decoding, so every pixel outside the region keeps its value exactly. ``on_step`` is called
         after every network evaluation (progress). ``decode=False``: a latent model's scaled latents instead."""
         net = self.net if on_step is None else _Counted(self.net, on_step)
-        kw = dict(num_steps=steps, precision=precision, device=device, channels_last=channels_last,
-                  guidance_scale=guidance_scale, conditioning_scale=conditioning_scale,
-                  attribute_guidance=attribute_guidance)
+        scheduler = self.scheduler(settings.scheduler)
+        kw = dict(num_steps=settings.steps, precision=precision, device=device, channels_last=channels_last,
+                  guidance_scale=settings.guidance_scale, conditioning_scale=settings.conditioning_scale,
+                  attribute_guidance=settings.attribute_guidance)
         shape = (len(generators), *self.card.sample_shape)
         if self.codec is None:
             return sample(net, scheduler, shape, generators, cond=cond, known=known, keep=keep, blend=blend, **kw)

@@ -35,7 +35,7 @@ from maskray.distributed import on_main, resolve_precision
 from maskray.errors import MaskrayError
 from maskray.files import atomic_write, read_json
 from maskray.pipelines.checked import CheckedBatches, collect, given_up, label_lut, open_checker
-from maskray.pipelines.generation_conditions import GenerationConditions, parse_scales
+from maskray.pipelines.generation_conditions import GenerationConditions
 from maskray.pipelines.sharding import Shard
 from maskray.provenance import to_jsonable, write_run_info
 
@@ -172,7 +172,9 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     scheduler, steps, guidance = model.sampler_defaults(cfg.scheduler, cfg.steps, cfg.guidance_scale)
     cfg = dataclasses.replace(cfg, scheduler=scheduler, steps=steps, guidance_scale=guidance,
                               precision=resolve_precision(cfg.precision, distributed.device()))  # recorded resolved
-    model.scheduler(cfg.scheduler)  # fail early on a bad name
+    settings = model.sampler_settings(cfg.scheduler, cfg.steps, cfg.guidance_scale, cfg.conditioning_scale,
+                                      cfg.attribute_guidance, attributes_given=bool((cfg.attributes or "").strip()),
+                                      edges_given=cfg.edges_from is not None)
     masks = Dataset(cfg.masks)
     job = _Job(cfg, card, masks, condition_mapping(card, masks, cfg.model),
                Dataset(cfg.inpaint_from) if cfg.inpaint_from else None)
@@ -185,14 +187,15 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
             if not (image_path(out, p[0]).is_file() and label_path(out, p[0]).is_file()) and not given_up(out, p[0])]
     device = distributed.device()
     kernels = model.prepare(device, cfg.precision, cfg.channels_last, cfg.fused_kernels)
-    draw = Drawer(cfg, model, device, job.scales)
     mine = len(shard.take(job.plan))
     bar = tqdm(total=mine, initial=mine - len(todo), desc="generate", unit="img",
                disable=not progress or not shard.is_main, dynamic_ncols=True)
 
     def draw_batch(batch):
         labs, kw = job.inputs([item for item, _ in batch], [attempt for _, attempt in batch])
-        return labs, draw(**kw)[:len(labs)]  # the padding is dropped
+        gens = kw.pop("gens")
+        return labs, model.sample(gens, settings=settings, precision=cfg.precision, device=device,
+                                  channels_last=cfg.channels_last, **kw)[:len(labs)]  # the padding is dropped
 
     def write(item, img, lab):  # label first: a case counts as done only once its image (written last) exists
         write_label_file(label_path(out, item[0]), lab.numpy())
@@ -219,32 +222,6 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     return out
 
 
-def sampling_scales(cfg: GenerateConfig, card: ModelCard) -> dict:
-    """The sampler's ``guidance_scale``, ``conditioning_scale`` (each a number or per condition) and
-    ``attribute_guidance`` from the options (pipelines/generation_conditions.py parses them)."""
-    names = card.condition_names
-    return {"guidance_scale": parse_scales(cfg.guidance_scale, names, "--guidance-scale"),
-            "conditioning_scale": parse_scales(cfg.conditioning_scale, names, "--conditioning-scale"),
-            "attribute_guidance": float(cfg.attribute_guidance)}
-
-
-class Drawer:
-    """One padded batch of images for the options of ``cfg`` (its precision already resolved): the model's
-    :meth:`MaskModel.sample` with ``cfg``'s sampler, steps and scales, and a fresh sampler of its schedule."""
-
-    def __init__(self, cfg: GenerateConfig, model: MaskModel, device, scales: dict | None = None,
-                 on_step=None):
-        self.cfg, self.model, self.device, self.on_step = cfg, model, device, on_step
-        self.scheduler = model.scheduler(cfg.scheduler)
-        self.scales = scales if scales is not None else sampling_scales(cfg, model.card)
-
-    def __call__(self, gens, cond, known=None, keep=None, blend=None) -> torch.Tensor:
-        cfg = self.cfg
-        return self.model.sample(gens, cond, self.scheduler, steps=cfg.steps, precision=cfg.precision,
-                                 device=self.device, channels_last=cfg.channels_last, known=known, keep=keep,
-                                 blend=blend, on_step=self.on_step, **self.scales)
-
-
 class _Job:
     """One generate run's plan and the inputs of each batch (padded to the batch size)."""
 
@@ -256,8 +233,6 @@ class _Job:
         self.origin = _mask_origins(masks)
         self.conds = GenerationConditions(card, mapping, Dataset(cfg.edges_from) if cfg.edges_from else None,
                                           cfg.attributes, self.origin)
-        self.scales = sampling_scales(cfg, card)
-        self.conds.check_guidance(self.scales["guidance_scale"], self.scales["attribute_guidance"])
 
     def inputs(self, chunk: list[tuple[str, str, int]], attempts: list[int] | None = None
                ) -> tuple[list[torch.Tensor], dict]:

@@ -1,6 +1,7 @@
-"""What ``generate`` conditions each image on, beyond the mask: edge maps of real images (``--edges-from``), the
-patient attributes asked for (``--attributes``), and the per-condition scales and guidance
-(``--conditioning-scale mask=1,edges=0.5``, ``--guidance-scale mask=2``, ``--attribute-guidance 2``).
+"""What ``generate`` conditions each image on, beyond the mask: edge maps of real images (``--edges-from``) and the
+patient attributes asked for (``--attributes``). The per-condition scales and guidance
+(``--conditioning-scale mask=1,edges=0.5``, ``--guidance-scale mask=2``, ``--attribute-guidance 2``) are the
+model's sampler settings (diffusion/model.py, ``MaskModel.sampler_settings``).
 
 A model trained on the mask alone without attributes gets the bare one-hot tensor, exactly as before several
 conditions existed.
@@ -19,30 +20,6 @@ from maskray.diffusion.edges import EdgeConfig, edge_map
 from maskray.errors import MaskrayError
 
 
-def parse_scales(value, names: list[str], flag: str) -> float | dict[str, float]:
-    """``2`` / ``"2"`` -> 2.0 (every condition); ``"mask=1,edges=0.5"`` -> ``{"mask": 1.0, "edges": 0.5}``
-    (a condition not named keeps 1). Unknown names are a one-line error naming the model's conditions."""
-    if isinstance(value, (int, float)):
-        return float(value)
-    text = str(value).strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    out = {}
-    for part in [p.strip() for p in text.split(",") if p.strip()]:
-        name, eq, num = part.partition("=")
-        name = name.strip()
-        if not eq or name not in names:
-            raise MaskrayError(f"{flag} {text}: '{part}' is not CONDITION=NUMBER with a condition of this model "
-                               f"(allowed: {', '.join(names)})")
-        try:
-            out[name] = float(num)
-        except ValueError:
-            raise MaskrayError(f"{flag} {text}: '{num}' is not a number") from None
-    return out
-
-
 class GenerationConditions:
     """The condition of every batch of one ``generate`` run, built from the model card and the options."""
 
@@ -58,16 +35,6 @@ class GenerationConditions:
         self.single_mask = self.names == ["mask"] and not card.vocabulary
         if "mask" not in self.names and edges_from is None:
             raise MaskrayError(f"this model follows {', '.join(self.names)} and not the mask; give --edges-from REAL")
-
-    def check_guidance(self, guidance: float | dict[str, float], attribute_guidance: float) -> None:
-        """Guidance on a condition or attributes this run does not give is a one-line error (before any output)."""
-        if attribute_guidance != 1.0 and not self.request:
-            raise MaskrayError("--attribute-guidance needs --attributes NAME=VALUE,... (what to guide towards)")
-        if isinstance(guidance, dict):
-            absent = sorted(k for k, g in guidance.items() if g != 1.0 and k == "edges" and self.edges_from is None)
-            if absent:
-                raise MaskrayError(f"--guidance-scale names {', '.join(absent)}, which this run does not give "
-                                   f"(edges need --edges-from REAL)")
 
     def build(self, labels: torch.Tensor, source_ids: list[str]) -> torch.Tensor | Conditions:
         """int ``(N, H, W)`` label maps and the mask cases they come from -> the model's condition."""

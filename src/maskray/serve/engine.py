@@ -25,7 +25,7 @@ from maskray.diffusion.model import DEFAULT_SAMPLER, MaskModel
 from maskray.diffusion.sampling import SCHEDULERS
 from maskray import distributed
 from maskray.errors import MaskrayError
-from maskray.pipelines.generate import SYNTHETIC_TEXT, GenerateConfig, condition_mapping, Drawer, edit_region
+from maskray.pipelines.generate import SYNTHETIC_TEXT, GenerateConfig, condition_mapping, edit_region
 
 SCHEDULER_NAMES = tuple(SCHEDULERS)
 SYNTHETIC_PNG_TEXT = dict(SYNTHETIC_TEXT)  # how generated PNGs are marked synthetic
@@ -99,10 +99,13 @@ class Engine:
         if req.known is not None:
             keep, blend = edit_region(req.label.numpy(), req.old_label.numpy(), req.margin)
             kw.update(known=req.known[None], keep=_image(keep), blend=_image(blend))
-        cfg = replace(self.defaults, scheduler=req.scheduler, steps=req.steps, guidance_scale=req.guidance_scale)
+        settings = self.model.sampler_settings(req.scheduler, req.steps, req.guidance_scale,
+                                               self.defaults.conditioning_scale, self.defaults.attribute_guidance)
+        run = dict(precision=self.defaults.precision, device=self.device, channels_last=self.defaults.channels_last,
+                   on_step=tick, **kw)
         with self._lock:
-            draw = Drawer(cfg, self.model, self.device, on_step=tick)
-            return torch.cat([draw(gens=[torch.Generator().manual_seed(int(s))], **kw) for s in req.seeds])
+            return torch.cat([self.model.sample([torch.Generator().manual_seed(int(s))], settings=settings, **run)
+                              for s in req.seeds])
 
 
 def _image(x: np.ndarray) -> torch.Tensor:

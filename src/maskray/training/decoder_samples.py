@@ -45,19 +45,17 @@ def sampled_latents(model_path: Path, arrays: TrainingArrays, labels: dict[str, 
         raise MaskrayError(f"{model_path}: --sampled-batch needs a model that follows the mask alone")
     if card.image_size != lab.shape[-1]:
         raise MaskrayError(f"{model_path}: works at {card.image_size} px, the run at {lab.shape[-1]} px")
-    name, steps, guidance = model.sampler_defaults()
+    settings = model.sampler_settings()
     dev = device()
     precision = resolve_precision("auto", dev)
     model.prepare(dev, precision, channels_last=True)
     mapping = [labels.get(n) for n in card.labels]
-    scheduler = model.scheduler(name)
     zs = []
     for i in tqdm(range(0, len(lab), batch_size), desc="sampling latents", unit="batch", disable=not progress):
         chunk = lab[i:i + batch_size]
         gens = [torch.Generator().manual_seed(seed * 1_000_003 + 7_919 + i + k) for k in range(len(chunk))]
-        z = model.sample(gens, mask_condition(chunk, mapping, card.image_size), scheduler, steps=steps,
-                         precision=precision, device=dev, channels_last=True, guidance_scale=float(guidance),
-                         decode=False)
+        z = model.sample(gens, mask_condition(chunk, mapping, card.image_size), settings, precision=precision,
+                         device=dev, channels_last=True, decode=False)
         zs.append(z.float() / model.codec.scaling_factor)
     latents = torch.cat(zs).contiguous()
     out.mkdir(parents=True, exist_ok=True)

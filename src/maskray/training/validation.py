@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from maskray.diffusion.conditioning import one_hot
-from maskray.diffusion.model import MaskModel
+from maskray.diffusion.model import MaskModel, SamplerSettings
 from maskray.files import atomic_path
 
 PALETTE = np.array([[0, 0, 0], [70, 130, 255], [255, 80, 80], [80, 220, 120], [255, 200, 40], [200, 90, 255],
@@ -68,9 +68,8 @@ class ValidationStrip:
     def add(self, model: MaskModel, step: int, conditional: bool, device) -> None:
         """One column: the model in training (its networks as they are now) drawn with DDIM for the fixed seeds."""
         gens = [torch.Generator().manual_seed(s) for s in self.seeds]
-        imgs = model.sample(gens, self.cond if conditional else None, model.scheduler("ddim"),
-                            steps=self.sampler_steps, precision=self.precision, device=device,
-                            channels_last=self.channels_last)
+        imgs = model.sample(gens, self.cond if conditional else None, SamplerSettings("ddim", self.sampler_steps),
+                            precision=self.precision, device=device, channels_last=self.channels_last)
         self.columns.append((step, imgs))
         self.save()
 
