@@ -68,3 +68,13 @@ def assert_only_region_changed(real_root, out_root, edited_root, margin: int = 2
         assert np.array_equal(a[~region], b[~region]), cid  # bit-exact outside the region
         changed |= bool((a[region] != b[region]).any())
     assert changed
+
+
+def assert_stage_saves(stage: str, out) -> None:
+    """Every path that ``training/stages.STAGES[stage]`` says the stage writes is under its run folder ``out``."""
+    from pathlib import Path
+
+    from maskray.training.stages import STAGES
+
+    missing = [p for p in STAGES[stage].saves if not (Path(out) / p).exists()]
+    assert not missing, f"{stage}: {out} lacks {missing}"

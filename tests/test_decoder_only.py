@@ -67,6 +67,8 @@ def _tune(root, data, out, weight: float, steps: int = 2, sampled: int = 0, star
 def test_decoder_only_keeps_the_latents_and_writes_a_model_that_generates(latent_model, tmp_path):
     root, data = latent_model
     _tune(root, data, tmp_path / "dec", 1.0)
+    from conftest import assert_stage_saves
+    assert_stage_saves("autoencoder", tmp_path / "dec")
     old_card, new_card = read_card(root / "cn"), read_card(tmp_path / "dec")
     old, new = load_codec(root / "cn", old_card), load_codec(tmp_path / "dec", new_card)
     assert encoder_hash(new.vae) == encoder_hash(old.vae)  # the latents the networks learned on

@@ -61,6 +61,9 @@ def test_distil_stage_trains_and_generate_uses_its_steps(toy_dataset, tmp_path):
                  *tiny]) == 0
     assert main(["train", "distil", *data, "--out", str(tmp_path / "st"), "--model", str(tmp_path / "cn"),
                  "--student-steps", "2", "--teacher-steps", "4", "--lr", "1e-3", *tiny]) == 0
+    from conftest import assert_stage_saves
+    for stage, run in (("base", "base"), ("controlnet", "cn"), ("distil", "st")):
+        assert_stage_saves(stage, tmp_path / run)
     card = ModelCard.load(model_folder(tmp_path / "st"))
     teacher = ModelCard.load(model_folder(tmp_path / "cn"))
     assert card.sampling == {"scheduler": "ddim", "steps": 2}

@@ -165,6 +165,8 @@ def test_train_checker_then_generate_check(toy_dataset, tmp_path):
     report = json.loads((ck / "report.json").read_text())
     assert report["images"] == 6 and 0 <= report["passed"] <= 6 and "sensitivity" in report
     assert json.loads((ck / "run.json").read_text())["command"] == "train checker"
+    from conftest import assert_stage_saves
+    assert_stage_saves("checker", ck)
     base, cn = tmp_path / "base", tmp_path / "cn"
     train(TrainConfig(data=str(toy_dataset), out=str(base), steps=2, **TINY), "base", progress=False)
     train(TrainConfig(data=str(toy_dataset), out=str(cn), steps=2, base=str(base), **TINY), "controlnet",

@@ -56,7 +56,10 @@ def sd_run(tmp_path_factory):
 
 
 def test_training_writes_a_controlnet_that_names_its_base_without_copying_it(sd_run):
+    from conftest import assert_stage_saves
+
     root, data, folder = sd_run
+    assert_stage_saves("controlnet", root / "cn")
     model_dir = root / "cn" / "model"
     assert sorted(p.name for p in model_dir.iterdir()) == ["controlnet", "maskray.json", "pretrained.json"]
     card_text = (model_dir / "maskray.json").read_text()

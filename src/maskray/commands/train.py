@@ -1,30 +1,25 @@
-"""``maskray train base|controlnet|distil``: parse, build a TrainConfig, call the trainer; ``maskray train join``:
-join separately trained ControlNets of one base into one model; ``maskray train checker``: the segmenter of
-``generate --check``."""
+"""``maskray train STAGE``: one sub-command per entry of ``training/stages.STAGES`` (autoencoder, base, controlnet,
+distil, checker): parse, build the stage's config, run it (the shared loop, or the stage's own); ``maskray train
+join``: join separately trained ControlNets of one base into one model."""
 
 from __future__ import annotations
 
 from maskray.cli import add_config_argument
-from maskray.commands.train_autoencoder import register_stage as register_autoencoder
 from maskray.config import add_arguments, from_args
 from maskray.diffusion.join import join_models, parse_sources
-from maskray.training.checker import CheckerConfig, train_checker
-from maskray.training.trainer import TrainConfig, train
+from maskray.training.stages import STAGES
+from maskray.training.trainer import train
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train stage 1 (base) or stage 2 (ControlNet)")
+    p = sub.add_parser("train", help="train a model's stages (autoencoder, base, controlnet, distil) or the checker")
     stages = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
-    for stage, help_ in (("base", "stage 1: a diffusion UNet learns the look of radiographs (masks not needed)"),
-                         ("controlnet", "stage 2: a ControlNet on the frozen base learns to follow the masks"),
-                         ("distil", "a few-step student of a trained base + ControlNet (--model RUN); "
-                                    "generate uses its own steps")):
-        sp = stages.add_parser(stage, help=help_, description=help_)
+    for stage, entry in STAGES.items():
+        sp = stages.add_parser(stage, help=entry.help, description=f"{entry.help}. Trains {entry.trains}; frozen: "
+                               f"{entry.frozen}; writes {', '.join('OUT/' + p for p in entry.saves)}.")
         add_config_argument(sp)
-        add_arguments(sp, TrainConfig)
+        add_arguments(sp, entry.config)
         sp.set_defaults(func=_run, stage=stage)
-    register_autoencoder(stages)
-    _register_checker(stages)
     _register_join(stages)
 
 
@@ -40,21 +35,6 @@ def _register_join(stages) -> None:
     sp.set_defaults(func=_join)
 
 
-def _register_checker(stages) -> None:
-    help_ = "the segmenter that generate --check scores every generated image with (trained on real pairs)"
-    sp = stages.add_parser("checker", help=help_, description=help_ + "; writes OUT/checker.json, "
-                           "OUT/checker.safetensors and OUT/report.json (the check on real held-out images)")
-    add_config_argument(sp)
-    add_arguments(sp, CheckerConfig)
-    sp.set_defaults(func=_checker, stage="checker")
-
-
-def _checker(args) -> int:
-    out = train_checker(from_args(CheckerConfig, args))
-    print(f"wrote {out}")
-    return 0
-
-
 def _join(args) -> int:
     out = join_models(parse_sources(args.controlnet), args.out, overwrite=args.overwrite)
     print(f"wrote {out}")
@@ -62,7 +42,8 @@ def _join(args) -> int:
 
 
 def _run(args) -> int:
-    cfg = from_args(TrainConfig, args)
-    out = train(cfg, args.stage)
+    entry = STAGES[args.stage]
+    cfg = from_args(entry.config, args)
+    out = entry.run(cfg) if entry.run is not None else train(cfg, args.stage)
     print(f"wrote {out}")
     return 0

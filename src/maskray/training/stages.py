@@ -1,5 +1,7 @@
-"""One setup per stage: what is trained, what stays frozen, how a batch becomes the network's condition, and the
-model card of the result. The training loop (trainer.py) is the same for every stage.
+"""Every stage of ``maskray train``, registered in ``STAGES`` (what each trains, keeps frozen and writes, and how it
+runs), and the setups of the stages the shared loop trains: what is trained, what stays frozen, how a batch becomes
+the network's condition, and the model card of the result. The training loop (trainer.py) is the same for every
+such stage.
 
 - ``base`` (stage 1): a fresh UNet learns the look of radiographs; no condition.
 - ``controlnet`` (stage 2): the base is loaded and frozen; a ControlNet copied from it (zero-initialised joins)
@@ -22,7 +24,9 @@ model folder stores the ControlNet and the card, and names the folder instead of
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from maskray.data.attributes import read_case_attributes
 from maskray.data.dataset import Dataset
@@ -36,15 +40,21 @@ from maskray.diffusion.model import MaskModel, Objective
 from maskray.diffusion.store import save_model, save_pretrained_model
 from maskray.errors import MaskrayError
 from maskray.provenance import to_jsonable
+from maskray.training.autoencoder import AutoencoderTrainConfig, train_autoencoder
 from maskray.training.batch_conditions import ConditionMaker, check_condition_names
+from maskray.training.checker import CheckerConfig, train_checker
 from maskray.training.config import Stage, TrainConfig
 from maskray.training.distil import setup_distil
 from maskray.training.mask_terms import MaskTerms, MaskTermsConfig
 from maskray.training.stage_setup import StageSetup, make_card
 
 def setup_stage(cfg: TrainConfig, stage: Stage, ds: Dataset) -> StageSetup:
-    """The setup of ``stage`` (stage 2 on a Stable Diffusion folder when ``--pretrained`` is given): ``STAGES``."""
-    return STAGES["pretrained controlnet" if stage == "controlnet" and cfg.pretrained else stage](cfg, ds)
+    """The setup of ``stage`` for the shared loop (``STAGES``)."""
+    entry = STAGES.get(stage)
+    if entry is None or entry.setup is None:
+        raise MaskrayError(f"'{stage}' is not a stage of the shared training loop (allowed: "
+                           f"{', '.join(k for k, e in STAGES.items() if e.setup)})")
+    return entry.setup(cfg, ds)
 
 
 # A latent ControlNet on the mask alone samples with mask guidance 1.5 unless asked otherwise: on cxr-lungs it raised
@@ -218,8 +228,55 @@ def _setup_pretrained_controlnet(cfg: TrainConfig, ds: Dataset) -> StageSetup:
                       saver=lambda folder, trained, c: save_pretrained_model(folder, trained, c, root))
 
 
-# Every stage `maskray train` knows, registered here: each builds a StageSetup that says what trains (``trainable``),
-# what stays frozen (``frozen``), its objective and what it saves (``saver``; none: the frozen base beside the
-# trained ControlNet). The loop (trainer.py) never asks which stage it runs.
-STAGES = {"base": _setup_base, "controlnet": _setup_controlnet, "pretrained controlnet": _setup_pretrained_controlnet,
-          "distil": setup_distil}
+def _setup_controlnet_or_pretrained(cfg: TrainConfig, ds: Dataset) -> StageSetup:
+    """Stage 2 on maskray's own base, or on a Stable Diffusion folder when ``--pretrained`` is given."""
+    return _setup_pretrained_controlnet(cfg, ds) if cfg.pretrained else _setup_controlnet(cfg, ds)
+
+
+@dataclass(frozen=True)
+class StageEntry:
+    """One stage of ``maskray train``: its help, its config class, what it trains, keeps frozen and saves (paths
+    under the run folder, checked by the tests on tiny runs), and how it runs: ``setup`` (a :class:`StageSetup`
+    for the shared loop of trainer.py) or ``run`` (a stage with a loop of its own, ``run(cfg, progress)``)."""
+
+    help: str
+    config: type
+    trains: str
+    frozen: str
+    saves: tuple[str, ...]
+    setup: Callable[[TrainConfig, Dataset], StageSetup] | None = None
+    run: Callable[..., Path] | None = None
+
+
+_MODEL = ("model/maskray.json", "model/unet", "run.json", "log.csv")
+
+# Every stage `maskray train` knows, registered here (commands/train.py makes one sub-command of each). A stage of
+# the shared loop builds a StageSetup whose ``trainable`` and ``frozen`` are the parts named below and whose saver
+# writes the folders named (none: the frozen base beside the trained ControlNet); the loop (trainer.py) never asks
+# which stage it runs. The autoencoder (a generator and a discriminator, two optimisers) and the checker (a
+# segmenter) have loops of their own.
+STAGES = {
+    "autoencoder": StageEntry(
+        "the latent path's autoencoder (AutoencoderKL; L1, KL, perceptual, feature-matching, adversarial terms)",
+        AutoencoderTrainConfig, trains="the encoder, the decoder and the patch discriminator (--decoder-only: the "
+        "decoder and the discriminator)", frozen="the feature net; --decoder-only: the encoder; --segmenter: the "
+        "checker", saves=("autoencoder", "report.json", "reconstructions.png", "run.json", "log.csv"),
+        run=train_autoencoder),
+    "base": StageEntry(
+        "stage 1: a diffusion UNet learns the look of radiographs (masks not needed)", TrainConfig,
+        trains="a fresh UNet (with --attributes, its attribute embedding too)", frozen="--autoencoder: the codec",
+        saves=_MODEL, setup=_setup_base),
+    "controlnet": StageEntry(
+        "stage 2: a ControlNet on the frozen base learns to follow the masks", TrainConfig,
+        trains="one ControlNet per condition, copied from the base through zero-initialised convolutions",
+        frozen="the base UNet and the codec (--pretrained: the Stable Diffusion UNet, VAE and text encoder)",
+        saves=("model/maskray.json", "model/controlnet", "run.json", "log.csv"), setup=_setup_controlnet_or_pretrained),
+    "distil": StageEntry(
+        "a few-step student of a trained base + ControlNet (--model RUN); generate uses its own steps", TrainConfig,
+        trains="the student: a copy of the teacher's UNet and ControlNet", frozen="the teacher (--model RUN)",
+        saves=(*_MODEL, "model/controlnet"), setup=setup_distil),
+    "checker": StageEntry(
+        "the segmenter that generate --check scores every generated image with (trained on real pairs)",
+        CheckerConfig, trains="a segmenter on the real training pairs", frozen="nothing",
+        saves=("checker.json", "checker.safetensors", "report.json", "run.json"), run=train_checker),
+}
