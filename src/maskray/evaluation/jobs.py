@@ -33,18 +33,18 @@ def _run(i: int):
 
 def run_jobs(fn: Callable[[J], R], jobs: Sequence[J], workers: int = 1, threads: int = 1,
              desc: str = "jobs") -> list[R]:
-    """``[fn(job) for job in jobs]`` in order, with a progress bar; across ``workers`` forked processes of
-    ``threads`` threads each when ``workers > 1``."""
+    """``[fn(job) for job in jobs]`` in order, with a progress bar (in a log file too: a study runs for hours);
+    across ``workers`` forked processes of ``threads`` threads each when ``workers > 1``."""
     global _WORK
     if workers < 1:
         raise MaskrayError(f"--workers {workers}: must be at least 1")
     if workers == 1 or len(jobs) <= 1:
-        return [fn(j) for j in tqdm(jobs, desc=desc, disable=None)]
+        return [fn(j) for j in tqdm(jobs, desc=desc, disable=False)]
     if "fork" not in multiprocessing.get_all_start_methods():
         raise MaskrayError(f"--workers {workers}: needs the fork start method (Linux); use --workers 1 here")
     _WORK = (fn, jobs)
     try:
         with multiprocessing.get_context("fork").Pool(min(workers, len(jobs)), _start_worker, (threads,)) as pool:
-            return list(tqdm(pool.imap(_run, range(len(jobs))), total=len(jobs), desc=desc, disable=None))
+            return list(tqdm(pool.imap(_run, range(len(jobs))), total=len(jobs), desc=desc, disable=False))
     finally:
         _WORK = None
