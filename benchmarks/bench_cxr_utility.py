@@ -2,7 +2,8 @@
 cxr-lungs test images (256 px, latent path)?
 
     python benchmarks/bench_cxr_utility.py --work /work/bench/cxr256 [--steps 200] [--seeds 3]
-        [--fractions 0.1,1] [--cxr ../shared/data/cxr-lungs] [--workers 1] [--name cxr_utility]
+        [--fractions 0.1,1] [--cxr ../shared/data/cxr-lungs] [--workers 1] [--no-synthetic-alone]
+        [--name cxr_utility]
 
 cxr-lungs is internal development data (../shared/data/cxr-lungs; skipped with a message when absent); WORK must
 lie outside the repository, since the imported images are copies of it. Steps (each reused when WORK holds it):
@@ -64,6 +65,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200, help="segmenter steps per downstream run")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--fractions", default="0.1,1")
+    p.add_argument("--synthetic-alone", action=argparse.BooleanOptionalAction, default=True,
+                   help="also train on the synthetic pairs alone, once per seed")
     p.add_argument("--workers", type=int, default=1, help="downstream --workers: single-thread segmenter processes")
     p.add_argument("--name", default="cxr_utility")
     a = p.parse_args()
@@ -80,7 +83,8 @@ def main() -> None:
     if not (out / "metrics.json").is_file():
         maskray(times, "downstream", "downstream", "--synthetic-sources", "fraction", "--real", str(work / "data"),
                 "--synthetic", str(synthetic), "--out", str(out), "--fractions", a.fractions, "--seeds",
-                str(a.seeds), "--steps", str(a.steps), "--threads", "1", "--workers", str(a.workers), "--overwrite")
+                str(a.seeds), "--steps", str(a.steps), "--threads", "1", "--workers", str(a.workers), "--overwrite",
+                *([] if a.synthetic_alone else ["--no-synthetic-alone"]))
     m = json.loads((out / "metrics.json").read_text())
     res = {"data": "cxr-lungs (704 PA radiographs, lung masks), 256 px", "n_synthetic_used": m["n_synthetic_used"],
            "n_synthetic_by_fraction": {str(r["fraction"]): r["n_synthetic"] for r in m["runs"]
