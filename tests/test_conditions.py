@@ -11,7 +11,7 @@ from PIL import Image
 from maskray.data.importers import ImportConfig, import_folder
 from maskray.diffusion.attributes import drop_attributes, encode, parse_request
 from maskray.diffusion.card import ModelCard
-from maskray.diffusion.conditioning import Conditions, parse_scales
+from maskray.diffusion.conditioning import Conditions, one_hot, parse_scales
 from maskray.diffusion.edges import EdgeConfig, edge_map
 from maskray.diffusion.model import MaskModel
 from maskray.diffusion.networks import ControlledUNet, ControlNetSet, UNetConfig, build_controlnet, build_unet
@@ -145,6 +145,45 @@ def test_guidance_changes_samples(nets):
     assert (run(guidance_scale={"edges": 3.0}) - plain).abs().max() > 1e-3
     assert (run(attribute_guidance=3.0) - plain).abs().max() > 1e-3
     assert torch.equal(run(guidance_scale={"mask": 1.0}, attribute_guidance=1.0), plain)
+
+
+def test_lesion_guidance_steers_away_from_lesions_over_the_lungs(nets):
+    lab = torch.tensor([[0, 1, 1, 2]])  # background, lung, lung, nodule
+    mask = one_hot(lab[None], [1, 2])  # channels: lung, nodule
+    neg = Conditions({"mask": mask}).with_lesion_over(lesion=1, region=0).maps["mask"]
+    assert neg[0, 0].tolist() == [[0, 0, 0, 0]] and neg[0, 1].tolist() == [[0, 1, 1, 1]]  # lungs became nodule
+    assert mask[0, 1].tolist() == [[0, 0, 0, 1]]  # the input is left as it was
+    (g, ref), = guidance_terms(Conditions({"mask": mask}), 1.0, lesion_guidance=0.5, lesion_channels=(1, 0))
+    assert g == 1.5 and torch.equal(ref.maps["mask"], neg)
+    with pytest.raises(MaskrayError, match="nodule and lung channels"):
+        guidance_terms(Conditions({"mask": mask}), 1.0, lesion_guidance=0.5)
+
+    model, _ = nets
+    _, _, m, edges, attrs = _inputs(5)
+    cond = Conditions({"mask": m, "edges": edges}, attrs)
+    sched = make_scheduler("ddim", dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+                                        prediction_type="v_prediction", clip_sample=False))
+
+    def run(**kw):
+        gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
+        return sample(model, sched, (2, 1, 32, 32), gens, cond=cond, num_steps=3, precision="no", **kw)
+
+    plain = run()
+    assert torch.equal(run(lesion_guidance=0.0, lesion_channels=(1, 0)), plain)  # off: the same pixels
+    assert (run(lesion_guidance=2.0, lesion_channels=(1, 0)) - plain).abs().max() > 1e-3
+
+
+def test_lesion_guidance_needs_nodule_and_lung_labels():
+    card = ModelCard(stage="controlnet", image_size=32, labels={"lung": 1, "nodule": 2}, unet_config={},
+                     diffusion={}, scheduler_config={}, step=0, unet_sha256="x", controlnet_sha256="y",
+                     conditions={"mask": {"channels": 2}})
+    assert MaskModel(None, card).lesion_channels == (1, 0)
+    assert MaskModel(None, card).sampler_settings("ddim", 2, "1", lesion_guidance=1.0).lesion_guidance == 1.0
+    with pytest.raises(MaskrayError, match="must be 0"):
+        MaskModel(None, card).sampler_settings("ddim", 2, "1", lesion_guidance=-1.0)
+    lungs = ModelCard(**{**card.__dict__, "labels": {"lung": 1}})
+    with pytest.raises(MaskrayError, match="'nodule' and 'lung' labels"):
+        MaskModel(None, lungs).sampler_settings("ddim", 2, "1", lesion_guidance=1.0)
 
 
 def test_conditions_and_attributes_dropped_independently():

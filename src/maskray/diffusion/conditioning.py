@@ -71,6 +71,18 @@ class Conditions:
                 for k, v in self.maps.items()}
         return Conditions(maps, self.attributes)
 
+    def with_lesion_over(self, lesion: int, region: int) -> "Conditions":
+        """The same with every pixel of mask channel ``region`` (the lung fields) relabelled as channel ``lesion``
+        (a nodule): the reference that lesion guidance steers away from, so that no nodule grows where the mask
+        holds none while the asked-for ones (lesion in both) keep their pull."""
+        mask = self.maps.get("mask")
+        if mask is None:
+            raise ValueError("lesion guidance needs the mask condition")
+        neg = mask.clone()
+        neg[:, lesion] = torch.maximum(mask[:, lesion], mask[:, region])
+        neg[:, region] = 0
+        return Conditions({**self.maps, "mask": neg}, self.attributes)
+
     @staticmethod
     def cat(items: list["Conditions"]) -> "Conditions":
         """Stack several batches along the batch dimension (the guided passes of one sampling step)."""

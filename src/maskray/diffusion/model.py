@@ -69,7 +69,10 @@ class SamplerSettings:
     guidance_scale: float | dict[str, float] = 1.0
     conditioning_scale: float | dict[str, float] = 1.0
     attribute_guidance: float = 1.0
+    lesion_guidance: float = 0.0
 
+
+LESION, REGION = "nodule", "lung"  # lesion guidance: the label it keeps out of the lung fields, and those fields
 
 Objective = Callable[..., torch.Tensor]  # (model_fn, x0, cond, noise_schedule, generator, labels) -> loss
 
@@ -139,24 +142,37 @@ class MaskModel:
                 guidance_scale if guidance_scale is not None else str(own.get("guidance_scale", "1")))
 
     def sampler_settings(self, scheduler: str | None = None, steps: int | None = None, guidance_scale=None,
-                         conditioning_scale=1.0, attribute_guidance: float = 1.0, *, attributes_given: bool = False,
-                         edges_given: bool = False) -> SamplerSettings:
+                         conditioning_scale=1.0, attribute_guidance: float = 1.0, lesion_guidance: float = 0.0, *,
+                         attributes_given: bool = False, edges_given: bool = False) -> SamplerSettings:
         """The options of a run (as the CLI takes them: ``"mask=2,edges=1"`` or a number) resolved against the
         card (:meth:`sampler_defaults`) and checked before any output: an unknown sampler or condition, and
         guidance on what the run does not give (attributes without ``attributes_given``, edges without
-        ``edges_given``), are one-line errors."""
+        ``edges_given``, lesion guidance without nodule and lung labels) are one-line errors."""
         name, steps, guidance = self.sampler_defaults(scheduler, steps, guidance_scale)
         self.scheduler(name)  # an unknown name fails here
         names = self.card.condition_names
         out = SamplerSettings(name, int(steps), parse_scales(guidance, names, "--guidance-scale"),
                               parse_scales(conditioning_scale, names, "--conditioning-scale"),
-                              float(attribute_guidance))
+                              float(attribute_guidance), float(lesion_guidance))
         if out.attribute_guidance != 1.0 and not attributes_given:
             raise MaskrayError("--attribute-guidance needs --attributes NAME=VALUE,... (what to guide towards)")
         if isinstance(out.guidance_scale, dict) and out.guidance_scale.get("edges", 1.0) != 1.0 and not edges_given:
             raise MaskrayError("--guidance-scale names edges, which this run does not give (edges need "
                                "--edges-from REAL)")
+        if out.lesion_guidance < 0:
+            raise MaskrayError(f"--lesion-guidance {lesion_guidance}: must be 0 (off) or more")
+        if out.lesion_guidance and self.lesion_channels is None:
+            raise MaskrayError(f"--lesion-guidance needs a model that follows a mask with '{LESION}' and '{REGION}' "
+                               f"labels (this one: {', '.join(self.card.labels) or 'none'})")
         return out
+
+    @property
+    def lesion_channels(self) -> tuple[int, int] | None:
+        """The mask condition's (nodule, lung) channels, or None where the model does not follow such a mask."""
+        names = list(self.card.labels)
+        if "mask" not in self.card.condition_names or LESION not in names or REGION not in names:
+            return None
+        return names.index(LESION), names.index(REGION)
 
     @property
     def default_guidance(self) -> float:
@@ -194,7 +210,8 @@ class MaskModel:
         scheduler = self.scheduler(settings.scheduler)
         kw = dict(num_steps=settings.steps, precision=precision, device=device, channels_last=channels_last,
                   guidance_scale=settings.guidance_scale, conditioning_scale=settings.conditioning_scale,
-                  attribute_guidance=settings.attribute_guidance)
+                  attribute_guidance=settings.attribute_guidance, lesion_guidance=settings.lesion_guidance,
+                  lesion_channels=self.lesion_channels if settings.lesion_guidance else None)
         shape = (len(generators), *self.card.sample_shape)
         if self.codec is None:
             return sample(net, scheduler, shape, generators, cond=cond, known=known, keep=keep, blend=blend, **kw)

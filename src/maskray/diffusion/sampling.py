@@ -52,12 +52,17 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def guidance_terms(cond: Conditions, guidance_scale: float | dict[str, float],
-                   attribute_guidance: float = 1.0) -> list[tuple[float, Conditions]]:
-    """``[(g_k, conditions without k)]`` for every guided term whose scale is not 1.
+def guidance_terms(cond: Conditions, guidance_scale: float | dict[str, float], attribute_guidance: float = 1.0,
+                   lesion_guidance: float = 0.0, lesion_channels: tuple[int, int] | None = None
+                   ) -> list[tuple[float, Conditions]]:
+    """``[(g_k, reference k)]`` for every guided term whose scale is not 1 (the reference: the conditions without
+    k).
 
     ``guidance_scale``: a number guides all condition maps together (the mask of a one-condition model); a
-    ``{condition: g}`` mapping guides each named one alone. ``attribute_guidance`` guides the attribute vector."""
+    ``{condition: g}`` mapping guides each named one alone. ``attribute_guidance`` guides the attribute vector.
+    ``lesion_guidance`` ``w > 0`` adds ``w * (out_full - out_lesions_everywhere)``: away from the mask with the
+    lung fields relabelled as nodule (``lesion_channels``: its (nodule, lung) channels), a negative prompt on
+    "nodule" wherever the mask holds none."""
     terms: list[tuple[float, Conditions]] = []
     if isinstance(guidance_scale, dict):
         unknown = sorted(set(guidance_scale) - set(cond.maps))
@@ -73,6 +78,10 @@ def guidance_terms(cond: Conditions, guidance_scale: float | dict[str, float],
         if cond.attributes is None:
             raise MaskrayError("--attribute-guidance needs --attributes (and a model trained with attributes)")
         terms.append((float(attribute_guidance), cond.without(ATTRIBUTES)))
+    if lesion_guidance:
+        if lesion_channels is None:
+            raise MaskrayError("lesion guidance needs the mask's nodule and lung channels")
+        terms.append((1.0 + float(lesion_guidance), cond.with_lesion_over(*lesion_channels)))
     return terms
 
 
@@ -94,13 +103,15 @@ def sample(model: ControlledUNet, scheduler, shape: tuple[int, ...], generators:
            guidance_scale: float | dict[str, float] = 1.0, conditioning_scale: float | dict[str, float] = 1.0,
            known: torch.Tensor | None = None, keep: torch.Tensor | None = None, blend: torch.Tensor | None = None,
            precision: str = "bf16", device: torch.device | str = "cpu", channels_last: bool = False,
-           clip: bool = True, composite: bool = True, attribute_guidance: float = 1.0) -> torch.Tensor:
+           clip: bool = True, composite: bool = True, attribute_guidance: float = 1.0, lesion_guidance: float = 0.0,
+           lesion_channels: tuple[int, int] | None = None) -> torch.Tensor:
     """Draw ``shape[0]`` samples; returns float32 ``(N, C, H, W)``, clipped to ``[-1, 1]`` when ``clip`` (images;
     latents are not clipped).
 
     ``generators``: one per sample, so each sample depends on its own seed alone. ``cond``: one-hot mask
     ``(N, K, H, W)``, a :class:`Conditions` (named maps and attribute vector) or ``None`` (base model).
-    ``guidance_scale`` / ``attribute_guidance`` / ``conditioning_scale``: see :func:`guidance_terms` and
+    ``guidance_scale`` / ``attribute_guidance`` / ``lesion_guidance`` / ``conditioning_scale``: see
+    :func:`guidance_terms` and
     :class:`ControlledUNet`. ``known``/``keep``/``blend``: region-preserving mode; ``known``
     is the real image ``(N, C, H, W)`` in ``[-1, 1]``, ``keep`` is 1 where its noised copy replaces the sample
     during sampling, and ``blend`` in ``[0, 1]`` (0 outside the region) weights the generated pixels in the
@@ -115,7 +126,7 @@ def sample(model: ControlledUNet, scheduler, shape: tuple[int, ...], generators:
     x = x * scheduler.init_noise_sigma
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     conds = as_conditions(cond).to(device, fmt)
-    terms = guidance_terms(conds, guidance_scale, attribute_guidance)
+    terms = guidance_terms(conds, guidance_scale, attribute_guidance, lesion_guidance, lesion_channels)
     if known is not None:
         known, keep = known.to(device), keep.to(device)
     timesteps = scheduler.timesteps

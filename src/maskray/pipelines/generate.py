@@ -62,6 +62,9 @@ class GenerateConfig:
                                                "trained with --conditions mask,edges); default for --masks")
     attributes: str | None = option(None, help="patient attributes to ask for, e.g. sex=F,age=60-70")
     attribute_guidance: float = option(1.0, help="classifier-free guidance on --attributes (1 = off)")
+    lesion_guidance: float = option(0.0, help="negative guidance on nodules where the mask holds none: away from the "
+                                    "mask with its lung fields relabelled as nodule (0 = off; one more network "
+                                    "pass per step; docs/nodules.md)")
     batch_size: int = option(16, help="images per batch (every batch is padded to this size, so a case's pixels "
                                       "do not depend on which cases share its batch)")
     seed: int = option(0, help="run seed; each case's seed derives from it and the case id")
@@ -173,7 +176,8 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     cfg = dataclasses.replace(cfg, scheduler=scheduler, steps=steps, guidance_scale=guidance,
                               precision=resolve_precision(cfg.precision, distributed.device()))  # recorded resolved
     settings = model.sampler_settings(cfg.scheduler, cfg.steps, cfg.guidance_scale, cfg.conditioning_scale,
-                                      cfg.attribute_guidance, attributes_given=bool((cfg.attributes or "").strip()),
+                                      cfg.attribute_guidance, cfg.lesion_guidance,
+                                      attributes_given=bool((cfg.attributes or "").strip()),
                                       edges_given=cfg.edges_from is not None)
     masks = Dataset(cfg.masks)
     job = _Job(cfg, card, masks, condition_mapping(card, masks, cfg.model),
