@@ -97,6 +97,26 @@ def cxr_utility(results: Path = RESULTS) -> str:
     return "\n".join(rows)
 
 
+def lesion_guidance(results: Path = RESULTS) -> str:
+    """docs/nodules.md's lesion-guidance table, from results/lesion_guidance_demo.json."""
+    res = read_results(results, "lesion_guidance_demo")
+    real = res["real_test_images"]
+    rows = ["| image set (test masks) | false nodules / image | asked-for nodules found | CPM | lung Dice "
+            "| FID / precision / recall (floor) | spectrum distance (floor) | s / image |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| real test images | {real['false_nodules_per_image']:.2f} | {real['found']} of {real['nodules']} "
+            f"({real['sensitivity']:.0%}) | {real['cpm']:.2f} | {real['dice'].get('lung', 0):.3f} | | | |"]
+    for w, r in res["weights"].items():
+        fl = r["floor"]
+        name = "generated, no lesion guidance" if float(w) == 0 else f"generated, --lesion-guidance {w}"
+        rows.append(f"| {name} | {r['false_nodules_per_image']:.2f} | {r['found']} of {r['nodules']} "
+                    f"({r['sensitivity']:.0%}) | {r['cpm']:.2f} | {r['dice'].get('lung', 0):.3f} "
+                    f"| {r['fid']:.3f} / {r['precision']:.2f} / {r['recall']:.2f} ({fl['fid']:.3f} / "
+                    f"{fl['precision']:.2f} / {fl['recall']:.2f}) | {r['spectrum_distance']:.3f} "
+                    f"({fl['spectrum_distance']:.3f}) | {r['seconds_per_image']:.2f} |")
+    return "\n".join(rows)
+
+
 def sources_table(res: dict) -> str:
     rows = ["| image set (test masks) | false nodules / image | asked-for nodules found | CPM | pass the check "
             "| lung Dice | heart Dice | FID / precision / recall (floor) | spectrum distance (floor) |",

@@ -57,6 +57,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "nodule_utility": nodule_tables.utility,
     "nodule_study": nodule_tables.study,
     "cxr_utility": nodule_tables.cxr_utility,
+    "lesion_guidance": nodule_tables.lesion_guidance,
     **doc_tables.TABLES,
     **latent_tables.TABLES,
 }
