@@ -130,16 +130,22 @@ def test_guidance_per_condition_and_attribute():
         guidance_terms(cond, {"depth": 2.0})
 
 
-def test_guidance_changes_samples(nets):
-    model, _ = nets
-    _, _, mask, edges, attrs = _inputs(4)
-    cond = Conditions({"mask": mask, "edges": edges}, attrs)
+def _sampler(model, cond):
+    """``run(**kw)``: 3 DDIM steps of ``model`` for ``cond`` from seeds 1 and 2, with the sampler options ``kw``."""
     sched = make_scheduler("ddim", dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
                                         prediction_type="v_prediction", clip_sample=False))
 
     def run(**kw):
         gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
         return sample(model, sched, (2, 1, 32, 32), gens, cond=cond, num_steps=3, precision="no", **kw)
+    return run
+
+
+def test_guidance_changes_samples(nets):
+    model, _ = nets
+    _, _, mask, edges, attrs = _inputs(4)
+    cond = Conditions({"mask": mask, "edges": edges}, attrs)
+    run = _sampler(model, cond)
 
     plain = run()
     assert (run(guidance_scale={"edges": 3.0}) - plain).abs().max() > 1e-3
@@ -161,12 +167,7 @@ def test_lesion_guidance_steers_away_from_lesions_over_the_lungs(nets):
     model, _ = nets
     _, _, m, edges, attrs = _inputs(5)
     cond = Conditions({"mask": m, "edges": edges}, attrs)
-    sched = make_scheduler("ddim", dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
-                                        prediction_type="v_prediction", clip_sample=False))
-
-    def run(**kw):
-        gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
-        return sample(model, sched, (2, 1, 32, 32), gens, cond=cond, num_steps=3, precision="no", **kw)
+    run = _sampler(model, cond)
 
     plain = run()
     assert torch.equal(run(lesion_guidance=0.0, lesion_channels=(1, 0)), plain)  # off: the same pixels
