@@ -143,6 +143,17 @@ def test_default_precision_is_byte_exact_per_case(two_stage, tmp_path):
     assert _images(generate(GenerateConfig(out=str(part), resume=True, **kw), progress=False)) == full
     with pytest.raises(MaskrayError, match="batch_size"):
         generate(GenerateConfig(out=str(part), resume=True, **{**kw, "batch_size": 2}), progress=False)
+    # a run recorded before a setting existed resumes as if it had the setting's default ...
+    record = part / "generate_config.json"
+    old = json.loads(record.read_text())
+    del old["lesion_guidance"]
+    record.write_text(json.dumps(old))
+    (part / "imagesTr" / "case004_0000.png").unlink()
+    assert _images(generate(GenerateConfig(out=str(part), resume=True, **kw), progress=False)) == full
+    # ... and is refused when the new run sets it otherwise
+    record.write_text(json.dumps(old))
+    with pytest.raises(MaskrayError, match="lesion_guidance"):
+        generate(GenerateConfig(out=str(part), resume=True, lesion_guidance=1.0, **kw), progress=False)
 
 
 def test_log_is_cut_back_to_the_resumed_step(two_stage, tmp_path):

@@ -37,7 +37,7 @@ from maskray.diffusion.conditioning import parse_scales
 from maskray.diffusion.fused import prepare_for_sampling
 from maskray.diffusion.networks import ControlledUNet
 from maskray.diffusion.objective import DiffusionConfig, diffusion_loss, train_scheduler
-from maskray.diffusion.sampling import composite_region, make_scheduler, sample
+from maskray.diffusion.sampling import check_scheduler_name, composite_region, make_scheduler, sample
 from maskray.diffusion.store import load_codec, load_model, model_folder, save_model
 from maskray.errors import MaskrayError
 from maskray.memory import keep_freed_memory
@@ -70,6 +70,7 @@ class SamplerSettings:
     conditioning_scale: float | dict[str, float] = 1.0
     attribute_guidance: float = 1.0
     lesion_guidance: float = 0.0
+    guidance_text: str = "1"  # the guidance as the run gave it or the card's default, for the run's record
 
 
 LESION, REGION = "nodule", "lung"  # lesion guidance: the label it keeps out of the lung fields, and those fields
@@ -149,11 +150,11 @@ class MaskModel:
         guidance on what the run does not give (attributes without ``attributes_given``, edges without
         ``edges_given``, lesion guidance without nodule and lung labels) are one-line errors."""
         name, steps, guidance = self.sampler_defaults(scheduler, steps, guidance_scale)
-        self.scheduler(name)  # an unknown name fails here
+        check_scheduler_name(name)
         names = self.card.condition_names
         out = SamplerSettings(name, int(steps), parse_scales(guidance, names, "--guidance-scale"),
                               parse_scales(conditioning_scale, names, "--conditioning-scale"),
-                              float(attribute_guidance), float(lesion_guidance))
+                              float(attribute_guidance), float(lesion_guidance), str(guidance))
         if out.attribute_guidance != 1.0 and not attributes_given:
             raise MaskrayError("--attribute-guidance needs --attributes NAME=VALUE,... (what to guide towards)")
         if isinstance(out.guidance_scale, dict) and out.guidance_scale.get("edges", 1.0) != 1.0 and not edges_given:

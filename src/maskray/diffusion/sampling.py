@@ -35,12 +35,17 @@ SCHEDULERS = {
 }
 
 
-def make_scheduler(name: str, train_scheduler_config: dict):
-    """A sampling scheduler sharing the training noise schedule and prediction type."""
+def check_scheduler_name(name: str) -> str:
+    """``name`` as :data:`SCHEDULERS` keys it; an unknown name is a one-line error."""
     key = name.lower()
     if key not in SCHEDULERS:
         raise MaskrayError(f"unknown scheduler '{name}' (allowed: {', '.join(SCHEDULERS)})")
-    cls, extra = SCHEDULERS[key]
+    return key
+
+
+def make_scheduler(name: str, train_scheduler_config: dict):
+    """A sampling scheduler sharing the training noise schedule and prediction type."""
+    cls, extra = SCHEDULERS[check_scheduler_name(name)]
     cfg = {k: v for k, v in dict(train_scheduler_config).items() if not k.startswith("_")}
     return cls.from_config({**cfg, **extra})
 

@@ -22,7 +22,7 @@ import torch
 from maskray.data.dataset import Dataset
 from maskray.diffusion.conditioning import mask_condition
 from maskray.diffusion.model import DEFAULT_SAMPLER, MaskModel
-from maskray.diffusion.sampling import SCHEDULERS
+from maskray.diffusion.sampling import SCHEDULERS, check_scheduler_name
 from maskray import distributed
 from maskray.errors import MaskrayError
 from maskray.pipelines.generate import SYNTHETIC_TEXT, GenerateConfig, condition_mapping, edit_region
@@ -81,7 +81,8 @@ class Engine:
         return self.model.default_guidance
 
     def check_scheduler(self, name: str) -> None:
-        self.model.scheduler(name)
+        """Fail a request with an unknown sampler when it is submitted, not when its turn comes."""
+        check_scheduler_name(name)
 
     def generate(self, req: Request, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """float32 ``(N, 1, H, W)`` in ``[-1, 1]``, one image per seed; ``progress(done, total)`` per step."""
