@@ -64,6 +64,48 @@ def test_check_on_known_cases():
     assert (s["failed_missed"], s["failed_false"], s["failed_dice"]) == (1, 1, 1)
 
 
+class _Faint(_Painted):
+    """As :class:`_Painted`, plus a faint nodule-like spot (probability 0.3) at a given place."""
+
+    def __init__(self, maps, spot):
+        super().__init__(maps)
+        self.spot = spot
+
+    def probabilities(self, images):
+        p = super().probabilities(images)
+        r, c = self.spot
+        p[:, 2, r - 1:r + 2, c - 1:c + 2] = 0.3
+        p[:, 1, r - 1:r + 2, c - 1:c + 2] = 0.7
+        return p
+
+
+def test_faint_spot_fails_only_below_the_false_operating_point():
+    asked = torch.stack([_mask()])
+    faint = _Faint(asked.clone(), (20, 22))  # as asked, and a 0.3 spot where the mask has none
+    assert Checker(faint, LABELS, 32, CheckRule()).check(torch.zeros(1, 1, 32, 32), asked)[0]["passed"]
+    rec = Checker(faint, LABELS, 32, CheckRule(false_operating_point=0.25)).check(torch.zeros(1, 1, 32, 32), asked)[0]
+    assert (rec["passed"], rec["found"], rec["false_lesions"]) == (False, 1, 1)
+    # the asked-for nodule itself still counts from the operating point, not the lower one
+    inside = _Faint(asked.clone(), (8, 8))
+    inside.maps[0][inside.maps[0] == 2] = 1  # only a 0.3 spot where the nodule was asked for
+    rec = Checker(inside, LABELS, 32, CheckRule(false_operating_point=0.25)).check(torch.zeros(1, 1, 32, 32), asked)[0]
+    assert (rec["found"], rec["false_lesions"]) == (0, 0)
+
+
+def test_a_panel_passes_only_what_every_checker_passes():
+    from maskray.measures.mask_check import CheckerPanel
+
+    asked = torch.stack([_mask(), _mask(), _mask()])
+    one = Checker(_Painted(torch.stack([_mask(), _mask(nodules=((8, 8), (20, 22))), _mask()])), LABELS, 32)
+    two = Checker(_Painted(torch.stack([_mask(), _mask(), _mask(nodules=())])), LABELS, 32)
+    recs = CheckerPanel([one, two]).check(torch.zeros(3, 1, 32, 32), asked)
+    assert [r["passed"] for r in recs] == [True, False, False]
+    assert recs[1]["false_lesions"] == 1 and recs[1]["failures"] == ["checker 1: 1 false nodule(s)"]
+    assert recs[2]["found"] == 0 and recs[2]["failures"] == ["checker 2: 1 of 1 nodules not found"]
+    with pytest.raises(MaskrayError, match="share their labels"):
+        CheckerPanel([one, Checker(one.segmenter, {**LABELS, "heart": 3}, 32)])
+
+
 def test_dice_known_values():
     t = torch.tensor([[[1, 1, 0, 0]]])
     p = torch.tensor([[[1, 0, 0, 0]]])
@@ -102,6 +144,11 @@ def test_checker_folder_round_trip_and_tampering(toy_dataset, tmp_path):
 
     opened = open_checker(str(tmp_path / "ck"), 0.1, None, 32, LABELS)  # --check-min-dice 0.1
     assert opened.rule == CheckRule(min_dice=0.1)
+    Checker(seg, LABELS, 32, CheckRule(min_dice=0.5)).save(tmp_path / "ck2")
+    panel = open_checker(f"{tmp_path / 'ck'},{tmp_path / 'ck2'}", 0.1, None, 32, LABELS, 0.2)  # one rule for both
+    assert [m.rule for m in panel.members] == [CheckRule(min_dice=0.1, false_operating_point=0.2)] * 2
+    with pytest.raises(MaskrayError, match="different rules"):
+        open_checker(f"{tmp_path / 'ck'},{tmp_path / 'ck2'}", None, None, 32, LABELS)
     with pytest.raises(MaskrayError, match="works at 32 px"):
         open_checker(str(tmp_path / "ck"), None, None, 64, LABELS)
     with pytest.raises(MaskrayError, match="labels \\['heart'\\]"):

@@ -9,9 +9,11 @@ for, with the same definitions ``evaluate`` uses for a whole set:
   (the centre rule of :mod:`maskray.measures.detection`);
 - no false lesion: no candidate at that probability outside every asked-for lesion.
 
-An image passes when all three hold. Summed over a set, ``found`` and ``false_lesions`` are exactly the
-``found`` and ``false_positives`` that ``evaluate``'s detection reports at the same operating point, and the mean
-of the per-image Dice is its ``dice.all`` mean (tested).
+``false_operating_point`` (when set) counts false lesions from a lower probability than found ones, so that
+a faint spot another segmenter might call a nodule fails the image too. An image passes when all three hold.
+A :class:`CheckerPanel` applies several checkers at once (an image must pass each). Summed over a set,
+``found`` and ``false_lesions`` are exactly the ``found`` and ``false_positives`` that ``evaluate``'s detection
+reports at the same operating point, and the mean of the per-image Dice is its ``dice.all`` mean (tested).
 
 Folder of a checker: ``checker.json`` (format version, label names and values, lesion label, image size, the
 rule, the segmenter's config, weight hash) and ``checker.safetensors`` (tensors only; nothing is unpickled).
@@ -57,6 +59,7 @@ class CheckRule:
     min_dice: float = 0.8
     operating_point: float = 0.5
     lesion: str = "nodule"
+    false_operating_point: float | None = None  # a spot outside every asked-for lesion counts from here (None: as found)
 
 
 @dataclass
@@ -89,8 +92,13 @@ class Checker:
             failures = [f"{n} Dice {v:.3f} < {rule.min_dice}" for n, v in rec["dice"].items() if v < rule.min_dice]
             if rule.lesion in fg:
                 value = fg[rule.lesion]
-                det = detection(probs[i:i + 1, self.segmenter.values.index(value)], labels[i:i + 1], value,
-                                operating_point=rule.operating_point)
+                prob = probs[i:i + 1, self.segmenter.values.index(value)]
+                det = detection(prob, labels[i:i + 1], value, operating_point=rule.operating_point)
+                false_point = rule.false_operating_point
+                if false_point is not None and false_point != rule.operating_point:
+                    det["false_positives"] = detection(prob, labels[i:i + 1], value,
+                                                       threshold=min(0.1, false_point),
+                                                       operating_point=false_point)["false_positives"]
                 rec.update(lesions=det["lesions"], found=det["found"], false_lesions=det["false_positives"])
                 if det["found"] < det["lesions"]:
                     failures.append(f"{det['lesions'] - det['found']} of {det['lesions']} {rule.lesion}s not found")
@@ -134,6 +142,48 @@ class Checker:
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise MaskrayError(f"{cpath}: invalid checker record ({e})") from None
         return cls(seg, labels, size, rule or stored)
+
+
+@dataclass
+class CheckerPanel:
+    """Several checkers (other seeds, or other segmenters) applied as one: an image passes only when every one
+    passes it, and each figure of its record is the strictest of theirs (least Dice and found, most false
+    lesions). Two segmenters seldom share a false spot, so a panel rejects more of them than either alone."""
+
+    members: list[Checker]
+
+    def __post_init__(self):
+        first = self.members[0]
+        for m in self.members[1:]:
+            if m.labels != first.labels or m.image_size != first.image_size:
+                raise MaskrayError("the checkers of a panel must share their labels and image size "
+                                   f"({first.labels} at {first.image_size} px against {m.labels} at {m.image_size} px)")
+
+    @property
+    def labels(self) -> dict[str, int]:
+        return self.members[0].labels
+
+    @property
+    def image_size(self) -> int:
+        return self.members[0].image_size
+
+    @property
+    def rule(self) -> CheckRule:
+        return self.members[0].rule
+
+    def check(self, images: torch.Tensor, labels: torch.Tensor) -> list[dict]:
+        """:meth:`Checker.check`'s records, one per image, merged over the members."""
+        per_member = [m.check(images, labels) for m in self.members]
+        out = []
+        for recs in zip(*per_member):
+            rec: dict = {"dice": {n: min(r["dice"][n] for r in recs) for n in recs[0]["dice"]}}
+            if "lesions" in recs[0]:
+                rec.update(lesions=recs[0]["lesions"], found=min(r["found"] for r in recs),
+                           false_lesions=max(r["false_lesions"] for r in recs))
+            failures = [f"checker {k + 1}: {f}" for k, r in enumerate(recs) for f in r["failures"]]
+            rec.update(passed=not failures, failures=failures)
+            out.append(rec)
+        return out
 
 
 def summarize_checks(records: list[dict]) -> dict:

@@ -20,28 +20,47 @@ import torch
 
 from maskray.errors import MaskrayError
 from maskray.files import atomic_write, read_json
-from maskray.measures.mask_check import CheckRule, Checker, summarize_checks
+from maskray.measures.mask_check import CheckRule, Checker, CheckerPanel, summarize_checks
 
 RECORDS = ".check"
 
 
-def open_checker(folder: str, min_dice: float | None, operating_point: float | None, image_size: int,
-                 mask_labels: dict[str, int]) -> Checker:
-    """The checker of ``--check`` with the ``--check-*`` overrides of its stored rule (None: as stored), refused
-    when it cannot score these masks at this model's size."""
-    checker = Checker.load(folder)
-    overrides = {k: v for k, v in (("min_dice", min_dice), ("operating_point", operating_point)) if v is not None}
-    checker.rule = dataclasses.replace(checker.rule, **overrides)
-    if checker.image_size != image_size:
-        raise MaskrayError(f"{folder}: the checker works at {checker.image_size} px but the model draws "
-                           f"{image_size} px images; train one with `maskray train checker --image-size {image_size}`")
-    unknown = [n for n, v in mask_labels.items() if v != 0 and n not in checker.labels]
-    if unknown:
-        raise MaskrayError(f"{folder}: the checker was not trained on labels {unknown} of the masks")
-    return checker
+def open_checker(folders: str, min_dice: float | None, operating_point: float | None, image_size: int,
+                 mask_labels: dict[str, int], false_operating_point: float | None = None) -> Checker | CheckerPanel:
+    """The checker of ``--check`` (one folder, or several separated by commas: a :class:`CheckerPanel`) with the
+    ``--check-*`` overrides of its stored rule (None: as stored), refused when it cannot score these masks at
+    this model's size."""
+    overrides = {k: v for k, v in (("min_dice", min_dice), ("operating_point", operating_point),
+                                   ("false_operating_point", false_operating_point)) if v is not None}
+    members = []
+    for folder in checker_folders(folders):
+        checker = Checker.load(folder)
+        checker.rule = dataclasses.replace(checker.rule, **overrides)
+        if checker.image_size != image_size:
+            raise MaskrayError(f"{folder}: the checker works at {checker.image_size} px but the model draws "
+                               f"{image_size} px images; train one with `maskray train checker --image-size "
+                               f"{image_size}`")
+        unknown = [n for n, v in mask_labels.items() if v != 0 and n not in checker.labels]
+        if unknown:
+            raise MaskrayError(f"{folder}: the checker was not trained on labels {unknown} of the masks")
+        members.append(checker)
+    if len(members) == 1:
+        return members[0]
+    if len({dataclasses.astuple(m.rule) for m in members}) > 1:
+        raise MaskrayError(f"--check {folders}: the checkers store different rules; give the --check-* options "
+                           "so that one rule applies to all")
+    return CheckerPanel(members)
 
 
-def label_lut(mask_labels: dict[str, int], checker: Checker) -> torch.Tensor:
+def checker_folders(folders: str) -> list[str]:
+    """The folders of a ``--check`` value (comma-separated), refused when empty."""
+    out = [f.strip() for f in folders.split(",") if f.strip()]
+    if not out:
+        raise MaskrayError(f"--check {folders!r}: names no checker folder")
+    return out
+
+
+def label_lut(mask_labels: dict[str, int], checker: Checker | CheckerPanel) -> torch.Tensor:
     """Mask label value -> checker label value, matched by name."""
     lut = torch.zeros(max(mask_labels.values()) + 1, dtype=torch.int64)
     for name, v in mask_labels.items():
@@ -65,7 +84,7 @@ class CheckedBatches:
     ``draw(items)`` samples images for ``[(plan item, attempt)]``; ``write(plan item, image, label)`` writes one
     case. Without a checker every image is written as drawn."""
 
-    def __init__(self, out: Path, checker: Checker | None, lut: torch.Tensor | None, tries: int, keep_failed: bool):
+    def __init__(self, out: Path, checker: Checker | CheckerPanel | None, lut: torch.Tensor | None, tries: int, keep_failed: bool):
         if tries < 1:
             raise MaskrayError("--check-tries must be at least 1")
         self.out, self.checker, self.lut, self.tries, self.keep_failed = out, checker, lut, tries, keep_failed
@@ -109,7 +128,7 @@ class CheckedBatches:
                           json.dumps({**rec, "attempts": attempts, "outcome": outcome, "written": written}))
 
 
-def collect(out: Path, out_ids: list[str], checker_folder: str, rule: CheckRule, tries: int) -> dict:
+def collect(out: Path, out_ids: list[str], checker_folders_text: str, rule: CheckRule, tries: int) -> dict:
     """Every case's record (``out id -> record``) and the run's counts, written to ``OUT/check.json``."""
     records = {}
     for c in out_ids:
@@ -122,9 +141,9 @@ def collect(out: Path, out_ids: list[str], checker_folder: str, rule: CheckRule,
     summary = {"cases": len(records), "passed_first_try": outcomes.count("passed"),
                "passed_after_resampling": outcomes.count("resampled"), "given_up": outcomes.count("given_up"),
                "written": len(written), "attempts": sum(r["attempts"] for r in records.values()),
-               "max_attempts": tries, "rule": rule.__dict__, "checker": str(Path(checker_folder).resolve()),
+               "max_attempts": tries, "rule": rule.__dict__, "checker": [str(Path(f).resolve()) for f in checker_folders(checker_folders_text)],
                "written_images": summarize_checks(written),
-               "note": "scores are the checker's own; judge the set with a segmenter of another seed (evaluate)"}
+               "note": "scores are the checkers' own; judge the set with a segmenter of another seed (evaluate)"}
     summary["rejected_share"] = summary["given_up"] / len(records) if records else 0.0
     atomic_write(out / "check.json", json.dumps(summary, indent=2))
     return {"records": records, "summary": summary}

@@ -79,13 +79,17 @@ class GenerateConfig:
                                 "with)")
     pretrained: str | None = option(None, help="Stable Diffusion models: the folder of its base (default: the one "
                                     "named in MODEL/pretrained.json; its parts must match the model card's hashes)")
-    check: str | None = option(None, help="checker folder (maskray train checker): score every image against its "
-                                          "mask and redraw failing ones with the case's next seed")
+    check: str | None = option(None, help="checker folder (maskray train checker), or several separated by commas "
+                                          "(an image must pass each): score every image against its mask and "
+                                          "redraw failing ones with the case's next seed")
     check_tries: int = option(4, help="--check: attempts per case before it is given up")
     check_min_dice: float | None = option(None, help="--check: least Dice of every label but the lesion (default: "
                                                      "the checker's)")
     check_operating_point: float | None = option(None, help="--check: lesion probability at which a candidate "
                                                             "counts (default: the checker's)")
+    check_false_operating_point: float | None = option(None, help="--check: lesion probability from which a spot "
+                                                                  "outside every asked-for lesion fails the image "
+                                                                  "(default: the checker's, else the operating point)")
     check_keep_failed: bool = option(False, help="--check: write a given-up case's best attempt (flagged in the "
                                                  "manifest) instead of leaving it out")
     resume: bool = resume_option()
@@ -157,7 +161,9 @@ def _open_out(cfg: GenerateConfig) -> Path:
     if cfg.resume and prev.is_file():
         old = read_json(prev, what="generate config")
         mine = to_jsonable(cfg)
-        diff = [k for k in mine if k not in _NOT_PIXELS and old.get(k) != mine[k]]
+        # a setting newer than the old run's record counts as its default (it did not exist, so it was off)
+        defaults = to_jsonable({f.name: f.default for f in dataclasses.fields(cfg)})
+        diff = [k for k in mine if k not in _NOT_PIXELS and old.get(k, defaults[k]) != mine[k]]
         if diff:
             raise MaskrayError(f"{out}: was made with other settings ({', '.join(diff)}); cannot resume")
     elif not (cfg.resume and out.is_dir()):
@@ -172,18 +178,18 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
     _check_config(cfg)
     model = MaskModel.load(cfg.model, need_controlnet=True, prompt=cfg.prompt, pretrained=cfg.pretrained)
     card = model.card
-    scheduler, steps, guidance = model.sampler_defaults(cfg.scheduler, cfg.steps, cfg.guidance_scale)
-    cfg = dataclasses.replace(cfg, scheduler=scheduler, steps=steps, guidance_scale=guidance,
-                              precision=resolve_precision(cfg.precision, distributed.device()))  # recorded resolved
     settings = model.sampler_settings(cfg.scheduler, cfg.steps, cfg.guidance_scale, cfg.conditioning_scale,
                                       cfg.attribute_guidance, cfg.lesion_guidance,
                                       attributes_given=bool((cfg.attributes or "").strip()),
                                       edges_given=cfg.edges_from is not None)
+    cfg = dataclasses.replace(cfg, scheduler=settings.scheduler, steps=settings.steps,
+                              guidance_scale=settings.guidance_text,
+                              precision=resolve_precision(cfg.precision, distributed.device()))  # recorded resolved
     masks = Dataset(cfg.masks)
     job = _Job(cfg, card, masks, condition_mapping(card, masks, cfg.model),
                Dataset(cfg.inpaint_from) if cfg.inpaint_from else None)
     checker = (open_checker(cfg.check, cfg.check_min_dice, cfg.check_operating_point, card.image_size,
-                            masks.info.labels) if cfg.check else None)
+                            masks.info.labels, cfg.check_false_operating_point) if cfg.check else None)
     shard = Shard.current()  # one process, or this process's share under accelerate launch
     on_main(lambda: _open_out(cfg))
     out = Path(cfg.out)
