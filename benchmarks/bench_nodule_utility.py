@@ -2,7 +2,7 @@
 
     python benchmarks/bench_nodule_utility.py --work bench_out/lat256 [--n 320] [--steps 300] [--seeds 3]
         [--fractions 0.1,0.25,0.5,1] [--sets checked,plain,inserted] [--model RUN --tag T] [--baseline DIR] [--no-synthetic-alone] [--synthetic-per-real R]
-        [--name nodule_utility_phantom]
+        [--checkers checker,checker2] [--false-operating-point P] [--check-tries N] [--name nodule_utility_phantom]
 
 WORK as for bench_nodule_sources.py (data/, cn/, checker/). Synthetic sets, each from the training split's masks
 only (no test mask is ever drawn for):
@@ -41,8 +41,10 @@ def maskray(times: dict, name: str, *argv: str) -> None:
                    "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)}
 
 
-def make_sets(work: Path, sets: list[str], n: int, times: dict, model: Path, tag: str) -> dict[str, Path]:
-    data, cn, ck = str(work / "data"), str(model), str(work / "checker")
+def make_sets(work: Path, sets: list[str], n: int, times: dict, model: Path, tag: str,
+              check: list[str]) -> dict[str, Path]:
+    """The synthetic folders of ``sets``, drawn where missing; ``check`` is generate's ``--check ...`` options."""
+    data, cn = str(work / "data"), str(model)
     out = {}
     if {"checked", "plain"} & set(sets) and not (work / "util_masks" / "masks.json").is_file():
         maskray(times, "masks", "masks", "--from", data, "--out", str(work / "util_masks"), "--n", str(n),
@@ -50,10 +52,10 @@ def make_sets(work: Path, sets: list[str], n: int, times: dict, model: Path, tag
     if "inserted" in sets and not (work / "util_insert_masks" / "masks.json").is_file():
         maskray(times, "insert_masks", "masks", "--from", data, "--out", str(work / "util_insert_masks"),
                 "--source-split", "train", "--min-nodules", "1", "--max-nodules", "1", "--seed", "8", "--overwrite")
-    recipes = {"checked": ["--masks", str(work / "util_masks"), "--check", ck],
+    recipes = {"checked": ["--masks", str(work / "util_masks"), *check],
                "plain": ["--masks", str(work / "util_masks")],
                "inserted": ["--masks", str(work / "util_insert_masks"), "--inpaint-from", data, "--guidance-scale",
-                            "2", "--check", ck]}
+                            "2", *check]}
     for name in sets:
         folder = work / f"util_{name}{tag}"
         if not (folder / "manifest.json").is_file():
@@ -80,12 +82,20 @@ def main() -> None:
     p.add_argument("--synthetic-per-real", type=float, default=0.0,
                    help="at most this many synthetic pairs per real case (downstream --synthetic-per-real; 0: all)")
     p.add_argument("--workers", type=int, default=1, help="segmenters trained at once (downstream --workers)")
+    p.add_argument("--checkers", default="checker", help="the check's checker folders in WORK, comma-separated (a "
+                                                          "panel: an image must pass each)")
+    p.add_argument("--false-operating-point", type=float, default=None,
+                   help="the check's --check-false-operating-point (default: the checkers')")
+    p.add_argument("--check-tries", type=int, default=4)
     p.add_argument("--name", default="nodule_utility_phantom")
     a = p.parse_args()
     work, times = Path(a.work), {}
-    sets = make_sets(work, a.sets.split(","), a.n, times, Path(a.model or work / "cn"), a.tag)
+    check = ["--check", ",".join(str(work / c) for c in a.checkers.split(",")), "--check-tries", str(a.check_tries),
+             *(["--check-false-operating-point", f"{a.false_operating_point:g}"]
+               if a.false_operating_point is not None else [])]
+    sets = make_sets(work, a.sets.split(","), a.n, times, Path(a.model or work / "cn"), a.tag, check)
     baseline = a.baseline
-    res = {"model": str(a.model or work / "cn"), "sets": {}, "times": times, "command": "python benchmarks/bench_nodule_utility.py " + " ".join(sys.argv[1:])}
+    res = {"model": str(a.model or work / "cn"), "check": check, "sets": {}, "times": times, "command": "python benchmarks/bench_nodule_utility.py " + " ".join(sys.argv[1:])}
     for name, folder in sets.items():
         cap = f"_per_real{a.synthetic_per_real:g}" if a.synthetic_per_real else ""
         out = work / f"downstream_{name}{a.tag}{cap}_{a.steps}"

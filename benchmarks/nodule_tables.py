@@ -117,6 +117,22 @@ def lesion_guidance(results: Path = RESULTS) -> str:
     return "\n".join(rows)
 
 
+def check_rules(results: Path = RESULTS) -> str:
+    """docs/nodules.md's check rules judged by an independent segmenter, from results/check_rules_phantom.json."""
+    res = read_results(results, "check_rules_phantom")
+    rows = ["| image set (test masks) | false nodules / image | asked-for nodules found | CPM | judge passes "
+            "| lung Dice | FID / precision / recall (floor) | cases given up | images drawn / written |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in res["sets"].items():
+        fl, c = r["floor"], r.get("check")
+        cost = f"{c['rejected_share']:.0%} | {c['images_drawn_per_written']:.1f}" if c else " | "
+        rows.append(f"| {name} | {r['false_nodules_per_image']:.2f} | {r['found']} of {r['nodules']} "
+                    f"({r['sensitivity']:.0%}) | {r['cpm']:.2f} | {r['pass_rate']:.0%} | {r['dice'].get('lung', 0):.3f} "
+                    f"| {r['fid']:.3f} / {r['precision']:.2f} / {r['recall']:.2f} ({fl['fid']:.3f} / "
+                    f"{fl['precision']:.2f} / {fl['recall']:.2f}) | {cost} |")
+    return "\n".join(rows)
+
+
 def sources_table(res: dict) -> str:
     rows = ["| image set (test masks) | false nodules / image | asked-for nodules found | CPM | pass the check "
             "| lung Dice | heart Dice | FID / precision / recall (floor) | spectrum distance (floor) |",

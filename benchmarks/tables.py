@@ -53,6 +53,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     # docs/nodules.md
     "nodule_sources": nodule_tables.sources,
     "nodule_decoder": nodule_tables.decoder,
+    "check_rules": nodule_tables.check_rules,
     "nodule_sources_cxr": nodule_tables.cxr_sources,
     "nodule_utility": nodule_tables.utility,
     "nodule_study": nodule_tables.study,

@@ -1,0 +1,112 @@
+"""Which `generate --check` rule keeps the false nodules out, as an independent judge sees them, and at what cost.
+
+    python benchmarks/bench_check_rules.py --work WORK [--model WORK/decoder_w1s2/model] \
+        [--rules "checker;checker,false=0.3;panel;panel,false=0.3;panel,false=0.3,tries=8"] [--name NAME]
+
+WORK is bench_nodule_sources.py's: a 256 px latent path (data/), the checker (checker/, seed 0), a second checker
+(checker2/, seed 2; trained here when missing, as the first) and the judge (judge/, seed 1), which is in no rule,
+so no rule grades its own choice. Each rule draws two samples for every real test mask with the model and keeps
+what passes (`generate --check`, failures left out):
+
+- ``checker``: the checker alone, as `generate --check WORK/checker`;
+- ``panel``: checker and checker2, an image must pass both (`--check A,B`);
+- ``false=P``: a spot outside every asked-for nodule fails the image from probability P (`--check-false-operating-
+  point P`; found nodules still count from 0.5);
+- ``tries=N``: attempts per case (default 4).
+
+Per rule the judge scores the written images (false nodules per image, asked-for nodules found, CPM, lung and
+heart Dice, realism against the real training images) and check.json gives the cost: the share of cases given
+up and the images drawn per written image. Rows for the real test images and the unchecked model come first.
+Writes results/NAME.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench_nodule_sources import generate, load_set, maskray, open_judge, print_table, score
+from results_file import write_results
+
+DEFAULT_RULES = "checker;checker,false=0.3;panel;panel,false=0.3;panel,false=0.3,tries=8"
+
+
+def rule_args(rule: str, work: Path) -> tuple[list[str], str]:
+    """generate's options for one rule (``checker`` or ``panel``, then ``false=P`` / ``tries=N``), and its folder."""
+    head, *mods = [p.strip() for p in rule.split(",")]
+    folders = {"checker": [work / "checker"], "panel": [work / "checker", work / "checker2"]}
+    if head not in folders:
+        raise SystemExit(f"rule {rule!r}: starts with checker or panel")
+    args = ["--check", ",".join(str(f) for f in folders[head])]
+    tag = head
+    for m in mods:
+        key, _, value = m.partition("=")
+        if key == "false":
+            args += ["--check-false-operating-point", value]
+        elif key == "tries":
+            args += ["--check-tries", value]
+        else:
+            raise SystemExit(f"rule {rule!r}: unknown part {m!r} (false=P or tries=N)")
+        tag += f"_{key}{value}"
+    return args, tag
+
+
+def label(rule: str) -> str:
+    head, *mods = [p.strip() for p in rule.split(",")]
+    text = "checker (seed 0)" if head == "checker" else "panel of 2 checkers (seeds 0, 2)"
+    for m in mods:
+        key, _, value = m.partition("=")
+        text += f", false spots from p {value}" if key == "false" else f", {value} tries"
+    return text
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--work", required=True)
+    p.add_argument("--model", default=None, help="default: WORK/decoder_w1s2/model")
+    p.add_argument("--rules", default=DEFAULT_RULES, help="rules separated by ';'")
+    p.add_argument("--name", default="check_rules_phantom")
+    a = p.parse_args()
+    work = Path(a.work)
+    model = Path(a.model) if a.model else work / "decoder_w1s2" / "model"
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    times: dict = {}
+    judge, fnet, xtr, xte, yte = open_judge(work, 400, times)
+    if not (work / "checker2" / "checker.json").is_file():
+        times["checker2"] = maskray("train", "checker", "--data", str(work / "data"), "--out", str(work / "checker2"),
+                                    "--image-size", "256", "--steps", "400", "--seed", "2", "--overwrite")
+    rows = {"real test images": score(judge, xte, yte, fnet.embed, xtr, xte)}
+    sets = {"no check": (work / "gen_rules_none", [])}
+    for rule in filter(None, (r.strip() for r in a.rules.split(";"))):
+        args, tag = rule_args(rule, work)
+        sets[label(rule)] = (work / f"gen_rules_{tag}", args)
+    for name, (out, args) in sets.items():
+        t0 = time.time()
+        generate(work, model, out, *args)
+        times[name] = round(time.time() - t0, 1)
+        x, y = load_set(out)
+        rows[name] = score(judge, x, y, fnet.embed, xtr, xte)
+        if (out / "check.json").is_file():
+            c = json.loads((out / "check.json").read_text())
+            rows[name]["check"] = {k: c[k] for k in ("cases", "written", "given_up", "attempts", "max_attempts",
+                                                     "rejected_share", "rule", "written_images")}
+            rows[name]["check"]["images_drawn_per_written"] = c["attempts"] / max(c["written"], 1)
+        print(name, {k: rows[name].get(k) for k in ("false_nodules_per_image", "sensitivity", "cpm", "precision")},
+              flush=True)
+    res = {"work": str(work), "model": str(model),
+           "judge": "segmenter of maskray train checker, seed 1, on the real training split; in no rule",
+           "checkers": {"checker": "seed 0, configs/phantom-256/checker.yaml", "checker2": "seed 2, the same config"},
+           "samples_per_mask": 2, "threads": torch.get_num_threads(), "wall_s": times, "sets": rows,
+           "command": "python benchmarks/bench_check_rules.py " + " ".join(sys.argv[1:])}
+    write_results(a.name, res)
+    print_table(rows, 60)
+
+
+if __name__ == "__main__":
+    main()
