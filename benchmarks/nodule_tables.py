@@ -78,6 +78,13 @@ def study(results: Path = RESULTS) -> str:
     return utility_table(study_sets(results))
 
 
+def study_panel(results: Path = RESULTS) -> str:
+    """docs/nodules.md's utility table of pairs checked by a panel of two checkers, from
+    results/nodule_study_phantom_panel.json (its own real-only runs, on the rebuilt work folder)."""
+    sets = read_results(results, "nodule_study_phantom_panel")["sets"]
+    return utility_table({f"{k} by a panel of 2": v for k, v in sets.items()})
+
+
 def cxr_utility(results: Path = RESULTS) -> str:
     """docs/nodules.md's lung-Dice study on real radiographs, from results/cxr_utility.json."""
     res = read_results(results, "cxr_utility")

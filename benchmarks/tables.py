@@ -57,6 +57,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "nodule_sources_cxr": nodule_tables.cxr_sources,
     "nodule_utility": nodule_tables.utility,
     "nodule_study": nodule_tables.study,
+    "nodule_study_panel": nodule_tables.study_panel,
     "cxr_utility": nodule_tables.cxr_utility,
     "lesion_guidance": nodule_tables.lesion_guidance,
     **doc_tables.TABLES,
