@@ -84,7 +84,8 @@ class CheckedBatches:
     ``draw(items)`` samples images for ``[(plan item, attempt)]``; ``write(plan item, image, label)`` writes one
     case. Without a checker every image is written as drawn."""
 
-    def __init__(self, out: Path, checker: Checker | CheckerPanel | None, lut: torch.Tensor | None, tries: int, keep_failed: bool):
+    def __init__(self, out: Path, checker: Checker | CheckerPanel | None, lut: torch.Tensor | None, tries: int,
+                 keep_failed: bool):
         if tries < 1:
             raise MaskrayError("--check-tries must be at least 1")
         self.out, self.checker, self.lut, self.tries, self.keep_failed = out, checker, lut, tries, keep_failed
@@ -141,7 +142,8 @@ def collect(out: Path, out_ids: list[str], checker_folders_text: str, rule: Chec
     summary = {"cases": len(records), "passed_first_try": outcomes.count("passed"),
                "passed_after_resampling": outcomes.count("resampled"), "given_up": outcomes.count("given_up"),
                "written": len(written), "attempts": sum(r["attempts"] for r in records.values()),
-               "max_attempts": tries, "rule": rule.__dict__, "checker": [str(Path(f).resolve()) for f in checker_folders(checker_folders_text)],
+               "max_attempts": tries, "rule": rule.__dict__,
+               "checker": [str(Path(f).resolve()) for f in checker_folders(checker_folders_text)],
                "written_images": summarize_checks(written),
                "note": "scores are the checkers' own; judge the set with a segmenter of another seed (evaluate)"}
     summary["rejected_share"] = summary["given_up"] / len(records) if records else 0.0
