@@ -12,7 +12,8 @@ what passes (`generate --check`, failures left out):
 - ``panel``: checker and checker2, an image must pass both (`--check A,B`);
 - ``false=P``: a spot outside every asked-for nodule fails the image from probability P (`--check-false-operating-
   point P`; found nodules still count from 0.5);
-- ``tries=N``: attempts per case (default 4).
+- ``tries=N``: attempts per case (default 4);
+- ``select=best``: every attempt drawn, the passing one with the faintest false spot written (`--check-select`).
 
 Per rule the judge scores the written images (false nodules per image, asked-for nodules found, CPM, lung and
 heart Dice, realism against the real training images) and check.json gives the cost: the share of cases given
@@ -51,8 +52,10 @@ def rule_args(rule: str, work: Path) -> tuple[list[str], str]:
             args += ["--check-false-operating-point", value]
         elif key == "tries":
             args += ["--check-tries", value]
+        elif key == "select":
+            args += ["--check-select", value]
         else:
-            raise SystemExit(f"rule {rule!r}: unknown part {m!r} (false=P or tries=N)")
+            raise SystemExit(f"rule {rule!r}: unknown part {m!r} (false=P, tries=N or select=S)")
         tag += f"_{key}{value}"
     return args, tag
 
@@ -62,7 +65,8 @@ def label(rule: str) -> str:
     text = "checker (seed 0)" if head == "checker" else "panel of 2 checkers (seeds 0, 2)"
     for m in mods:
         key, _, value = m.partition("=")
-        text += f", false spots from p {value}" if key == "false" else f", {value} tries"
+        text += {"false": f", false spots from p {value}", "tries": f", {value} tries",
+                 "select": f", {value} passing attempt written"}[key]
     return text
 
 

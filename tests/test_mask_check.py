@@ -54,8 +54,8 @@ def test_check_on_known_cases():
     checker = Checker(_Painted(shown), LABELS, 32, CheckRule(min_dice=0.8))
     recs = checker.check(torch.zeros(4, 1, 32, 32), asked)
     assert [r["passed"] for r in recs] == [True, False, False, False]
-    assert recs[0] == {"dice": {"lung": 1.0}, "lesions": 1, "found": 1, "false_lesions": 0, "passed": True,
-                       "failures": []}
+    assert recs[0] == {"dice": {"lung": 1.0}, "lesions": 1, "found": 1, "false_lesions": 0, "false_score": 0.0,
+                       "passed": True, "failures": []}
     assert recs[1]["found"] == 0 and recs[1]["failures"] == ["1 of 1 nodules not found"]
     assert recs[2]["false_lesions"] == 1 and recs[2]["failures"] == ["1 false nodule(s)"]
     assert recs[3]["dice"]["lung"] == 0.0 and "lung Dice 0.000 < 0.8" in recs[3]["failures"]
@@ -250,3 +250,52 @@ def test_train_checker_bad_input(tmp_path, toy_dataset):
     with pytest.raises(MaskrayError, match="multiple of 16"):
         train_checker(CheckerConfig(data=str(toy_dataset), out=str(tmp_path / "x"), image_size=30))
     assert not (tmp_path / "x").exists()
+
+
+def test_select_best_writes_the_faintest_passing_attempt(tmp_path):
+    """--check-select best: every attempt is drawn and the passing one with the faintest false spot is written;
+    a case stops at the first attempt with no spot at all; first keeps the first passing attempt."""
+
+    class Judge:  # image value = attempt; case "a" passes at every attempt with false scores 0.4, 0.2, 0.3, 0.25;
+        # case "z" passes with no spot from attempt 1 on
+        scores = {"a": [0.4, 0.2, 0.3, 0.25], "z": [0.5, 0.0, 0.0, 0.0]}
+
+        def check(self, imgs, labs):
+            out = []
+            for i in imgs:
+                case = "a" if i[0, 0, 1] == 0 else "z"
+                out.append({"passed": True, "failures": [], "false_score": self.scores[case][int(i[0, 0, 0])]})
+            return out
+
+    def draw(batch):
+        imgs = [torch.tensor([[[float(t), float(item[0] == "z")]]]) for item, t in batch]
+        return [torch.zeros(1, 1, dtype=torch.int64)] * len(batch), imgs
+
+    class Bar:
+        def update(self, k):
+            pass
+
+    items = [("a", "a", 0), ("z", "z", 0)]
+    for select, want_a, want_z in (("best", (1, 4), (1, 2)), ("first", (0, 1), (0, 1))):
+        out, written = tmp_path / select, {}
+        CheckedBatches(out, Judge(), torch.arange(3), tries=4, keep_failed=False, select=select).run(
+            items, 2, draw, lambda item, img, lab: written.setdefault(item[0], img), Bar())
+        for case, (attempt, attempts) in (("a", want_a), ("z", want_z)):
+            rec = json.loads((out / ".check" / f"{case}.json").read_text())
+            assert (rec["written_attempt"], rec["attempts"]) == (attempt, attempts)
+            assert written[case][0, 0, 0] == attempt
+    with pytest.raises(MaskrayError, match="--check-select 'most'"):
+        CheckedBatches(tmp_path / "bad", Judge(), torch.arange(3), tries=4, keep_failed=False, select="most")
+
+
+def test_false_score_is_the_strongest_spot_outside_the_asked_for_nodules():
+    """As asked plus a 0.3 spot where the mask has none: false_score 0.3 and the image still passes (the spot is
+    under the operating point); as asked alone: 0; a panel of both reports the larger."""
+    from maskray.measures.mask_check import CheckerPanel
+    asked = torch.stack([_mask()])
+    faint = Checker(_Faint(asked.clone(), (20, 22)), LABELS, 32)
+    clean = Checker(_Painted(asked.clone()), LABELS, 32)
+    rec = faint.check(torch.zeros(1, 1, 32, 32), asked)[0]
+    assert rec["passed"] and rec["false_score"] == pytest.approx(0.3)
+    assert clean.check(torch.zeros(1, 1, 32, 32), asked)[0]["false_score"] == 0.0
+    assert CheckerPanel([clean, faint]).check(torch.zeros(1, 1, 32, 32), asked)[0]["false_score"] == pytest.approx(0.3)

@@ -9,6 +9,9 @@ for, with the same definitions ``evaluate`` uses for a whole set:
   (the centre rule of :mod:`maskray.measures.detection`);
 - no false lesion: no candidate at that probability outside every asked-for lesion.
 
+Each record also holds ``false_score``, the probability of the strongest spot outside every asked-for lesion (0
+when there is none from p 0.1): ``generate --check-select best`` writes the passing attempt where it is least.
+
 ``false_operating_point`` (when set) counts false lesions from a lower probability than found ones, so that
 a faint spot another segmenter might call a nodule fails the image too. An image passes when all three hold.
 A :class:`CheckerPanel` applies several checkers at once (an image must pass each). Summed over a set,
@@ -99,7 +102,9 @@ class Checker:
                 lesions = cands["lesions"][0]
                 found = sum(1 for s, hit in cands["candidates"][0] if hit and s >= rule.operating_point)
                 false = sum(1 for s, hit in cands["candidates"][0] if not hit and s >= false_point)
-                rec.update(lesions=lesions, found=found, false_lesions=false)
+                # the strongest spot outside every asked-for lesion (0: none from the candidates' threshold)
+                strongest = max((s for s, hit in cands["candidates"][0] if not hit), default=0.0)
+                rec.update(lesions=lesions, found=found, false_lesions=false, false_score=round(float(strongest), 4))
                 if found < lesions:
                     failures.append(f"{lesions - found} of {lesions} {rule.lesion}s not found")
                 if false:
@@ -179,7 +184,8 @@ class CheckerPanel:
             rec: dict = {"dice": {n: min(r["dice"][n] for r in recs) for n in recs[0]["dice"]}}
             if "lesions" in recs[0]:
                 rec.update(lesions=recs[0]["lesions"], found=min(r["found"] for r in recs),
-                           false_lesions=max(r["false_lesions"] for r in recs))
+                           false_lesions=max(r["false_lesions"] for r in recs),
+                           false_score=max(r["false_score"] for r in recs))
             failures = [f"checker {k + 1}: {f}" for k, r in enumerate(recs) for f in r["failures"]]
             rec.update(passed=not failures, failures=failures)
             out.append(rec)

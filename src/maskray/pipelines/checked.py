@@ -3,7 +3,9 @@
 An image that fails the check (:mod:`maskray.measures.mask_check`: a label's Dice under the floor, an asked-for
 nodule not found, or a nodule where the mask has none) is drawn again with the case's next seed, up to
 ``--check-tries`` attempts. A case that passes is written with the attempt that passed; one that never passes
-is given up: not written (the default), or written as its best attempt with ``--check-keep-failed``. Each case's
+is given up: not written (the default), or written as its best attempt with ``--check-keep-failed``.
+``--check-select best`` draws every attempt and writes the passing one with the faintest spot outside the
+asked-for nodules (a case stops early at an attempt with none). Each case's
 scores, attempts and outcome are kept in ``OUT/.check/CASE.json`` as it finishes (so ``--resume`` continues with
 them) and go into ``manifest.json`` (``check``) and ``check.json`` (the run's counts) at the end.
 
@@ -78,21 +80,30 @@ def given_up(out: Path, out_id: str) -> bool:
     return p.is_file() and not read_json(p, what="check record").get("written", True)
 
 
+SELECTIONS = ("first", "best")
+
+
 class CheckedBatches:
     """Draw the cases of ``todo`` in padded batches; with a checker, redraw failing cases with their next seed.
 
     ``draw(items)`` samples images for ``[(plan item, attempt)]``; ``write(plan item, image, label)`` writes one
-    case. Without a checker every image is written as drawn."""
+    case. Without a checker every image is written as drawn. ``select`` says which passing attempt is written:
+    ``first``, the first that passes; ``best``, of all ``tries`` attempts the passing one whose strongest spot
+    outside the asked-for lesions is faintest (``false_score``; a case stops early at an attempt with none)."""
 
     def __init__(self, out: Path, checker: Checker | CheckerPanel | None, lut: torch.Tensor | None, tries: int,
-                 keep_failed: bool):
+                 keep_failed: bool, select: str = "first"):
         if tries < 1:
             raise MaskrayError("--check-tries must be at least 1")
-        self.out, self.checker, self.lut, self.tries, self.keep_failed = out, checker, lut, tries, keep_failed
+        if select not in SELECTIONS:
+            raise MaskrayError(f"--check-select {select!r}: must be one of {', '.join(SELECTIONS)}")
+        self.out, self.checker, self.lut, self.tries = out, checker, lut, tries
+        self.keep_failed, self.select = keep_failed, select
 
     def run(self, todo: list, batch_size: int, draw, write, bar) -> None:
         queue = [(item, 0) for item in todo]
-        best: dict[str, tuple] = {}  # out id -> (failures, attempt, image, label, record) of its best failed attempt
+        passing: dict[str, tuple] = {}  # out id -> (false score, attempt, image, label, record): best passing attempt
+        failing: dict[str, tuple] = {}  # out id -> (failures, attempt, image, label, record): best failed attempt
         while queue:
             batch, queue = queue[:batch_size], queue[batch_size:]
             labs, imgs = draw(batch)
@@ -105,31 +116,34 @@ class CheckedBatches:
             for (item, attempt), img, lab, rec in zip(batch, imgs, labs, records):
                 out_id = item[0]
                 if rec["passed"]:
-                    self._finish(item, attempt + 1, {**rec, "written_attempt": attempt},
-                                 "passed" if attempt == 0 else "resampled", True)
-                    write(item, img, lab)
-                    best.pop(out_id, None)
-                    bar.update(1)
-                    continue
-                if out_id not in best or len(rec["failures"]) < best[out_id][0]:
-                    best[out_id] = (len(rec["failures"]), attempt, img, lab, rec)
-                if attempt + 1 < self.tries:
+                    score = rec.get("false_score", 0.0)
+                    if out_id not in passing or score < passing[out_id][0]:  # ties keep the earlier attempt
+                        passing[out_id] = (score, attempt, img, lab, rec)
+                elif out_id not in failing or len(rec["failures"]) < failing[out_id][0]:
+                    failing[out_id] = (len(rec["failures"]), attempt, img, lab, rec)
+                settled = out_id in passing and (self.select == "first" or passing[out_id][0] == 0.0)
+                if not settled and attempt + 1 < self.tries:
                     queue.append((item, attempt + 1))
                     continue
-                _, kept_attempt, kept_img, kept_lab, kept_rec = best.pop(out_id)
-                self._finish(item, attempt + 1, {**kept_rec, "written_attempt": kept_attempt}, "given_up",
-                             self.keep_failed)
-                if self.keep_failed:
-                    write(item, kept_img, kept_lab)
+                self._settle(item, attempt + 1, passing.pop(out_id, None), failing.pop(out_id, None), write)
                 bar.update(1)
 
-    def _finish(self, item, attempts: int, rec: dict, outcome: str, written: bool) -> None:
+    def _settle(self, item, attempts: int, passed: tuple | None, failed: tuple | None, write) -> None:
+        """Write a finished case's chosen attempt (the best passing one, else the best failed one when failures
+        are kept) after its record."""
+        _, attempt, img, lab, rec = passed or failed
+        outcome = "given_up" if passed is None else "passed" if attempt == 0 else "resampled"
+        written = passed is not None or self.keep_failed
         # the record goes first: a case whose image is missing is drawn again on --resume, to the same bytes
         atomic_write(record_path(self.out, item[0]),
-                          json.dumps({**rec, "attempts": attempts, "outcome": outcome, "written": written}))
+                     json.dumps({**rec, "written_attempt": attempt, "attempts": attempts, "outcome": outcome,
+                                 "written": written}))
+        if written:
+            write(item, img, lab)
 
 
-def collect(out: Path, out_ids: list[str], checker_folders_text: str, rule: CheckRule, tries: int) -> dict:
+def collect(out: Path, out_ids: list[str], checker_folders_text: str, rule: CheckRule, tries: int,
+            select: str = "first") -> dict:
     """Every case's record (``out id -> record``) and the run's counts, written to ``OUT/check.json``."""
     records = {}
     for c in out_ids:
@@ -142,7 +156,7 @@ def collect(out: Path, out_ids: list[str], checker_folders_text: str, rule: Chec
     summary = {"cases": len(records), "passed_first_try": outcomes.count("passed"),
                "passed_after_resampling": outcomes.count("resampled"), "given_up": outcomes.count("given_up"),
                "written": len(written), "attempts": sum(r["attempts"] for r in records.values()),
-               "max_attempts": tries, "rule": rule.__dict__,
+               "max_attempts": tries, "select": select, "rule": rule.__dict__,
                "checker": [str(Path(f).resolve()) for f in checker_folders(checker_folders_text)],
                "written_images": summarize_checks(written),
                "note": "scores are the checkers' own; judge the set with a segmenter of another seed (evaluate)"}

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Literal
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,9 @@ class GenerateConfig:
                                           "(an image must pass each): score every image against its mask and "
                                           "redraw failing ones with the case's next seed")
     check_tries: int = option(4, help="--check: attempts per case before it is given up")
+    check_select: Literal["first", "best"] = option(
+        "first", help="--check: which passing attempt is written: first, or best (all attempts drawn; the one whose "
+                      "strongest spot outside the asked-for lesions is faintest)")
     check_min_dice: float | None = option(None, help="--check: least Dice of every label but the lesion (default: "
                                                      "the checker's)")
     check_operating_point: float | None = option(None, help="--check: lesion probability at which a candidate "
@@ -212,14 +216,15 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> Path:
         write_image_file(image_path(out, item[0]), (img[0].numpy() + 1) / 2, cfg.bit_depth, text=SYNTHETIC_TEXT)
 
     lut = label_lut(masks.info.labels, checker) if checker else None
-    CheckedBatches(out, checker, lut, cfg.check_tries, cfg.check_keep_failed).run(todo, cfg.batch_size, draw_batch,
-                                                                                   write, bar)
+    CheckedBatches(out, checker, lut, cfg.check_tries, cfg.check_keep_failed, cfg.check_select).run(
+        todo, cfg.batch_size, draw_batch, write, bar)
     bar.close()
     if checker:  # every process's given-up cases are recorded before the main process lists what was written
         distributed.barrier()
     kept = [p[0] for p in job.plan if not (checker and given_up(out, p[0]))]
     if shard.finish(out, kept):
-        check = collect(out, [p[0] for p in job.plan], cfg.check, checker.rule, cfg.check_tries) if checker else None
+        check = collect(out, [p[0] for p in job.plan], cfg.check, checker.rule, cfg.check_tries,
+                        cfg.check_select) if checker else None
         if check and not kept:
             raise MaskrayError(f"{out}: no image passed the check ({len(job.plan)} cases given up after "
                                f"{cfg.check_tries} tries each; {out / 'check.json'} has the counts)")
