@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 
@@ -80,7 +81,8 @@ def given_up(out: Path, out_id: str) -> bool:
     return p.is_file() and not read_json(p, what="check record").get("written", True)
 
 
-SELECTIONS = ("first", "best")
+Selection = Literal["first", "best"]  # --check-select: which passing attempt is written
+SELECTIONS = get_args(Selection)
 
 
 class CheckedBatches:

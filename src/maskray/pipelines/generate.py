@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Literal
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ from maskray import distributed
 from maskray.distributed import on_main, resolve_precision
 from maskray.errors import MaskrayError
 from maskray.files import atomic_write, read_json
-from maskray.pipelines.checked import CheckedBatches, collect, given_up, label_lut, open_checker
+from maskray.pipelines.checked import CheckedBatches, Selection, collect, given_up, label_lut, open_checker
 from maskray.pipelines.generation_conditions import GenerationConditions
 from maskray.pipelines.sharding import Shard
 from maskray.provenance import to_jsonable, write_run_info
@@ -84,7 +83,7 @@ class GenerateConfig:
                                           "(an image must pass each): score every image against its mask and "
                                           "redraw failing ones with the case's next seed")
     check_tries: int = option(4, help="--check: attempts per case before it is given up")
-    check_select: Literal["first", "best"] = option(
+    check_select: Selection = option(
         "first", help="--check: which passing attempt is written: first, or best (all attempts drawn; the one whose "
                       "strongest spot outside the asked-for lesions is faintest)")
     check_min_dice: float | None = option(None, help="--check: least Dice of every label but the lesion (default: "
