@@ -4,7 +4,7 @@
         [--rules "checker;checker,false=0.3;panel;panel,false=0.3;panel,false=0.3,tries=8"] [--name NAME]
 
 WORK is bench_nodule_sources.py's: a 256 px latent path (data/), the checker (checker/, seed 0), a second checker
-(checker2/, seed 2; trained here when missing, as the first) and the judge (judge/, seed 1), which is in no rule,
+(checker2/, seed 2; benchmarks/build_phantom256_work.sh builds them all) and the judge (judge/, seed 1), which is in no rule,
 so no rule grades its own choice. Each rule draws two samples for every real test mask with the model and keeps
 what passes (`generate --check`, failures left out):
 
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from bench_nodule_sources import generate, load_set, maskray, open_judge, print_table, score
+from bench_nodule_sources import generate, load_set, open_judge, print_table, score
 from results_file import write_results
 
 DEFAULT_RULES = "checker;checker,false=0.3;panel;panel,false=0.3;panel,false=0.3,tries=8"
@@ -83,8 +83,8 @@ def main() -> None:
     times: dict = {}
     judge, fnet, xtr, xte, yte = open_judge(work, 400, times)
     if not (work / "checker2" / "checker.json").is_file():
-        times["checker2"] = maskray("train", "checker", "--data", str(work / "data"), "--out", str(work / "checker2"),
-                                    "--image-size", "256", "--steps", "400", "--seed", "2", "--overwrite")
+        sys.exit(f"{work / 'checker2'}: no checker here; build the folder with "
+                 f"bash benchmarks/build_phantom256_work.sh {work}")
     rows = {"real test images": score(judge, xte, yte, fnet.embed, xtr, xte)}
     sets = {"no check": (work / "gen_rules_none", [])}
     for rule in filter(None, (r.strip() for r in a.rules.split(";"))):
