@@ -75,13 +75,15 @@ def main() -> None:
     p.add_argument("--work", required=True)
     p.add_argument("--model", default=None, help="default: WORK/decoder_w1s2/model")
     p.add_argument("--rules", default=DEFAULT_RULES, help="rules separated by ';'")
+    p.add_argument("--judge", default="judge", help="the judge's checker folder in WORK (judge: seed 1, the "
+                                                    "checkers' class; judge_segresnet: another class)")
     p.add_argument("--name", default="check_rules_phantom")
     a = p.parse_args()
     work = Path(a.work)
     model = Path(a.model) if a.model else work / "decoder_w1s2" / "model"
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     times: dict = {}
-    judge, fnet, xtr, xte, yte = open_judge(work, 400, times)
+    judge, fnet, xtr, xte, yte = open_judge(work, 400, times, a.judge)
     if not (work / "checker2" / "checker.json").is_file():
         sys.exit(f"{work / 'checker2'}: no checker here; build the folder with "
                  f"bash benchmarks/build_phantom256_work.sh {work}")
@@ -104,7 +106,8 @@ def main() -> None:
         print(name, {k: rows[name].get(k) for k in ("false_nodules_per_image", "sensitivity", "cpm", "precision")},
               flush=True)
     res = {"work": str(work), "model": str(model),
-           "judge": "segmenter of maskray train checker, seed 1, on the real training split; in no rule",
+           "judge": {"folder": a.judge, "what": "segmenter of maskray train checker on the real training split, in no "
+                     "rule", "segmenter": json.loads((work / a.judge / "checker.json").read_text()).get("segmenter")},
            "checkers": {"checker": "seed 0, configs/phantom-256/checker.yaml", "checker2": "seed 2, the same config"},
            "samples_per_mask": 2, "threads": torch.get_num_threads(), "wall_s": times, "sets": rows,
            "command": "python benchmarks/bench_check_rules.py " + " ".join(sys.argv[1:])}

@@ -101,18 +101,21 @@ def score(judge, x: torch.Tensor, y: torch.Tensor, embed, xtr, xte) -> dict:
                       "spectrum_distance": real["power_spectrum"]["floor_real_test"]}}
 
 
-def open_judge(work: Path, judge_steps: int, times: dict) -> tuple:
-    """``(judge, feature net, real train images, real test images, test masks)`` of WORK; the judge (a checker of
-    seed 1) and the feature net are trained once and kept in WORK."""
+def open_judge(work: Path, judge_steps: int, times: dict, name: str = "judge") -> tuple:
+    """``(judge, feature net, real train images, real test images, test masks)`` of WORK; the judge (WORK/judge, a
+    checker of seed 1) and the feature net are trained once and kept in WORK. Another ``name`` is a checker folder
+    in WORK that must exist (benchmarks/build_phantom256_work.sh builds judge_segresnet)."""
     from maskray.data.dataset import Dataset
     from maskray.measures.features import FeatureNet, train_feature_net
     from maskray.measures.mask_check import Checker
     from maskray.training.checker import load_pairs
 
+    if name != "judge" and not (work / name / "checker.json").is_file():
+        sys.exit(f"{work / name}: no judge (checker folder) here")
     if not (work / "judge" / "checker.json").is_file():
         times["judge"] = maskray("train", "checker", "--data", str(work / "data"), "--out", str(work / "judge"),
                                  "--image-size", "256", "--steps", str(judge_steps), "--seed", "1", "--overwrite")
-    judge = Checker.load(work / "judge")
+    judge = Checker.load(work / name)
     ds = Dataset(work / "data")
     xtr, _ = load_pairs(ds, ds.case_ids("train", labelled=True), 256)
     xte, yte = load_pairs(ds, ds.case_ids("test", labelled=True), 256)

@@ -162,6 +162,22 @@ def test_checker_folder_round_trip_and_tampering(toy_dataset, tmp_path):
         Checker.load(tmp_path)
 
 
+def test_a_segresnet_checker_round_trips_as_its_own_class(toy_dataset, tmp_path):
+    """`--network segresnet` trains MONAI's SegResNet (a judge of another class); its folder rebuilds that class."""
+    from monai.networks.nets import SegResNet
+
+    xs, ys = load_pairs(Dataset(toy_dataset), Dataset(toy_dataset).case_ids(), 32)
+    cfg = SegmenterConfig(features=(4, 4, 8, 8, 8, 4), steps=3, batch_size=4, bf16=False, channels_last=False,
+                          network="segresnet")
+    seg = Segmenter.train(xs, ys, [0, 1, 2], cfg)
+    Checker(seg, LABELS, 32).save(tmp_path / "ck")
+    back = Checker.load(tmp_path / "ck")
+    assert back.segmenter.cfg.network == "segresnet" and isinstance(back.segmenter.net.unet, SegResNet)
+    assert torch.allclose(back.segmenter.probabilities(xs), seg.probabilities(xs), atol=1e-6)
+    with pytest.raises(ValueError, match="unknown segmenter network"):
+        Segmenter.train(xs, ys, [0, 1, 2], SegmenterConfig(steps=1, network="vnet"))
+
+
 def test_redrawn_until_it_passes_then_given_up(tmp_path):
     """The loop: a case is redrawn with its next attempt until it passes; after the last attempt it is given up
     (not written, or written as its best attempt)."""

@@ -22,21 +22,28 @@ import dataclasses
 import io
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
-from monai.networks.nets import BasicUNet
+from monai.networks.nets import BasicUNet, SegResNet
 
 from maskray import distributed
 from maskray.config import option
+
+
+Network = Literal["basicunet", "segresnet"]
 
 
 @dataclass(frozen=True)
 class SegmenterConfig:
     """Network size and training budget. Every run with the same config, data and seed gives the same model."""
 
-    features: tuple[int, ...] = option((8, 16, 32, 64, 64, 8), help="BasicUNet feature widths (6 values)")
+    features: tuple[int, ...] = option((8, 16, 32, 64, 64, 8), help="BasicUNet feature widths (6 values; "
+                                                                     "segresnet takes the first as its width)")
+    network: Network = option("basicunet", help="MONAI network: basicunet, or segresnet (another class, e.g. for a "
+                                                "judge whose errors are not a checker's)")
     steps: int = option(300, help="training steps (fixed budget)")
     batch_size: int = option(16, help="images per step")
     lr: float = option(3e-3, help="AdamW learning rate (cosine decay to 0)")
@@ -75,10 +82,17 @@ def _device() -> torch.device:
 
 
 class _Net(torch.nn.Module):
-    """MONAI's ``BasicUNet`` with quiet construction."""
+    """MONAI's ``BasicUNet`` (quietly built) or ``SegResNet`` (Myronenko 2018; 4 levels, residual blocks)."""
 
-    def __init__(self, in_channels: int, out_channels: int, features: tuple[int, ...]):
+    def __init__(self, in_channels: int, out_channels: int, features: tuple[int, ...],
+                 network: Network = "basicunet"):
         super().__init__()
+        if network == "segresnet":
+            self.unet = SegResNet(spatial_dims=2, init_filters=features[0], in_channels=in_channels,
+                                  out_channels=out_channels, norm=("instance", {"affine": True}))
+            return
+        if network != "basicunet":
+            raise ValueError(f"unknown segmenter network {network!r} (basicunet or segresnet)")
         with contextlib.redirect_stdout(io.StringIO()):  # BasicUNet prints its widths
             self.unet = BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels,
                                   features=tuple(features),
@@ -172,7 +186,7 @@ class Segmenter:
         lut[torch.as_tensor(values)] = torch.arange(len(values))
         idx_labels = lut[labels.clamp(0, len(lut) - 1)].unsqueeze(1)  # (N, 1, H, W) class indices
         torch.manual_seed(cfg.seed)
-        net = _Net(1, len(values), cfg.features)
+        net = _Net(1, len(values), cfg.features, cfg.network)
         weight = None
         if cfg.class_weights:  # rare labels (nodules: ~0.1% of pixels) are otherwise never predicted
             freq = torch.bincount(idx_labels.flatten(), minlength=len(values)).float().clamp_min(1)
@@ -198,7 +212,7 @@ class Segmenter:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        net = _Net(1, len(values), cfg.features)
+        net = _Net(1, len(values), cfg.features, cfg.network)
         try:
             net.load_state_dict(load_file(str(path)))
         except (SafetensorError, RuntimeError, OSError) as e:
@@ -237,7 +251,7 @@ class Regressor:
               cfg: SegmenterConfig = SegmenterConfig()) -> "Regressor":
         _check_size(*images.shape[-2:])
         torch.manual_seed(cfg.seed)
-        net = _Net(len(values), 1, cfg.features)
+        net = _Net(len(values), 1, cfg.features, cfg.network)
         self = cls(net, values, cfg, [])
         self.losses = _fit(net, self._onehot(labels), images.float(), F.mse_loss, cfg, desc="regression")
         return self

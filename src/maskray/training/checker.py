@@ -20,7 +20,7 @@ from maskray.data.resize import resize_image, resize_label
 from maskray.errors import MaskrayError
 from maskray.files import atomic_write, staged_output
 from maskray.measures.mask_check import Checker, CheckRule, summarize_checks
-from maskray.measures.segmenter import Segmenter, SegmenterConfig, torch_threads
+from maskray.measures.segmenter import Network, Segmenter, SegmenterConfig, torch_threads
 from maskray.provenance import to_jsonable, write_run_info
 
 
@@ -32,6 +32,7 @@ class CheckerConfig:
     steps: int = option(600, help="segmenter training steps")
     batch_size: int = option_like(SegmenterConfig, "batch_size")
     seed: int = option_like(SegmenterConfig, "seed")
+    network: Network = option_like(SegmenterConfig, "network")
     flip: bool = option(True, help="random left-right flips while training")
     eval_split: str = option("val", help="held-out split scored in report.json (falls back to test)")
     min_dice: float = option(0.8, help="the check: least Dice of every label but the lesion")
@@ -61,7 +62,8 @@ def train_checker(cfg: CheckerConfig, progress: bool = True) -> Path:
     if len(train_ids) < 2:
         raise MaskrayError(f"{cfg.data}: the train split needs at least 2 labelled cases")
     rule = CheckRule(min_dice=cfg.min_dice, operating_point=cfg.operating_point, lesion=cfg.lesion_label)
-    seg_cfg = SegmenterConfig(steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed, flip=cfg.flip)
+    seg_cfg = SegmenterConfig(steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed, flip=cfg.flip,
+                              network=cfg.network)
     with staged_output(cfg.out, overwrite=cfg.overwrite) as out, torch_threads(cfg.threads):
         xtr, ytr = load_pairs(ds, train_ids, cfg.image_size)
         values = sorted(ds.labels.values())
