@@ -10,7 +10,7 @@ from maskray.cli import main
 from maskray.data.dataset import Dataset
 from maskray.errors import MaskrayError
 from maskray.measures.detection import detection
-from maskray.measures.mask_check import Checker, CheckRule, dice, summarize_checks
+from maskray.measures.mask_check import Checker, CheckerPanel, CheckRule, dice, summarize_checks
 from maskray.measures.segmenter import Segmenter, SegmenterConfig
 from maskray.pipelines.checked import CheckedBatches
 from maskray.pipelines.generate import GenerateConfig, generate
@@ -149,6 +149,8 @@ def test_checker_folder_round_trip_and_tampering(toy_dataset, tmp_path):
     assert [m.rule for m in panel.members] == [CheckRule(min_dice=0.1, false_operating_point=0.2)] * 2
     with pytest.raises(MaskrayError, match="different rules"):
         open_checker(f"{tmp_path / 'ck'},{tmp_path / 'ck2'}", None, None, 32, LABELS)
+    with pytest.raises(MaskrayError, match="different rules"):  # built directly, too
+        CheckerPanel([Checker.load(tmp_path / "ck"), Checker.load(tmp_path / "ck2")])
     with pytest.raises(MaskrayError, match="works at 32 px"):
         open_checker(str(tmp_path / "ck"), None, None, 64, LABELS)
     with pytest.raises(MaskrayError, match="labels \\['heart'\\]"):

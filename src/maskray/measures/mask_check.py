@@ -163,6 +163,9 @@ class CheckerPanel:
             if m.labels != first.labels or m.image_size != first.image_size:
                 raise MaskrayError("the checkers of a panel must share their labels and image size "
                                    f"({first.labels} at {first.image_size} px against {m.labels} at {m.image_size} px)")
+            if m.rule != first.rule:  # the panel's record states one rule (``rule``)
+                raise MaskrayError("the checkers of a panel store different rules; give the --check-* options so "
+                                   "that one rule applies to all")
 
     @property
     def labels(self) -> dict[str, int]:

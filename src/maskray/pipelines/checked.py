@@ -49,10 +49,10 @@ def open_checker(folders: str, min_dice: float | None, operating_point: float | 
         members.append(checker)
     if len(members) == 1:
         return members[0]
-    if len({dataclasses.astuple(m.rule) for m in members}) > 1:
-        raise MaskrayError(f"--check {folders}: the checkers store different rules; give the --check-* options "
-                           "so that one rule applies to all")
-    return CheckerPanel(members)
+    try:
+        return CheckerPanel(members)
+    except MaskrayError as e:
+        raise MaskrayError(f"--check {folders}: {e}") from None
 
 
 def checker_folders(folders: str) -> list[str]:
