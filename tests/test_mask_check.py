@@ -90,6 +90,13 @@ def test_faint_spot_fails_only_below_the_false_operating_point():
     inside.maps[0][inside.maps[0] == 2] = 1  # only a 0.3 spot where the nodule was asked for
     rec = Checker(inside, LABELS, 32, CheckRule(false_operating_point=0.25)).check(torch.zeros(1, 1, 32, 32), asked)[0]
     assert (rec["found"], rec["false_lesions"]) == (0, 0)
+    # below evaluate's candidate threshold (0.1) the false spots get a pass of their own; found ones keep 0.1's
+    fainter = _Faint(asked.clone(), (20, 22))
+    fainter.probabilities = lambda images, f=fainter: _Faint.probabilities(f, images).mul_(
+        torch.where(torch.arange(32).view(1, 1, 1, 32) > 16, 0.25, 1.0))  # the spot at 0.075
+    rec = Checker(fainter, LABELS, 32, CheckRule(false_operating_point=0.05)).check(torch.zeros(1, 1, 32, 32), asked)[0]
+    assert (rec["found"], rec["false_lesions"], rec["false_score"]) == (1, 1, pytest.approx(0.075, abs=1e-4))
+    assert Checker(fainter, LABELS, 32, CheckRule()).check(torch.zeros(1, 1, 32, 32), asked)[0]["false_score"] == 0
 
 
 def test_a_panel_passes_only_what_every_checker_passes():

@@ -10,7 +10,8 @@ for, with the same definitions ``evaluate`` uses for a whole set:
 - no false lesion: no candidate at that probability outside every asked-for lesion.
 
 Each record also holds ``false_score``, the probability of the strongest spot outside every asked-for lesion (0
-when there is none from p 0.1): ``generate --check-select best`` writes the passing attempt where it is least.
+when there is none from p 0.1, or from the false operating point when lower): ``generate --check-select best``
+writes the passing attempt where it is least.
 
 ``false_operating_point`` (when set) counts false lesions from a lower probability than found ones, so that
 a faint spot another segmenter might call a nodule fails the image too. An image passes when all three hold.
@@ -96,14 +97,17 @@ class Checker:
             if rule.lesion in fg:
                 value = fg[rule.lesion]
                 false_point = rule.operating_point if rule.false_operating_point is None else rule.false_operating_point
-                # one candidate pass serves both counts (evaluate's candidates start at p 0.1)
-                cands = image_candidates(probs[i:i + 1, self.segmenter.values.index(value)], labels[i:i + 1], value,
-                                         threshold=min(0.1, false_point))
+                # found lesions are evaluate's candidates (from p 0.1); false spots from the false point when lower
+                # (a second pass: lower-threshold components can merge, which would change the found count)
+                lesion_probs = probs[i:i + 1, self.segmenter.values.index(value)]
+                cands = image_candidates(lesion_probs, labels[i:i + 1], value, threshold=0.1)
+                spots = cands if false_point >= 0.1 else image_candidates(lesion_probs, labels[i:i + 1], value,
+                                                                          threshold=false_point)
                 lesions = cands["lesions"][0]
                 found = sum(1 for s, hit in cands["candidates"][0] if hit and s >= rule.operating_point)
-                false = sum(1 for s, hit in cands["candidates"][0] if not hit and s >= false_point)
+                false = sum(1 for s, hit in spots["candidates"][0] if not hit and s >= false_point)
                 # the strongest spot outside every asked-for lesion (0: none from the candidates' threshold)
-                strongest = max((s for s, hit in cands["candidates"][0] if not hit), default=0.0)
+                strongest = max((s for s, hit in spots["candidates"][0] if not hit), default=0.0)
                 rec.update(lesions=lesions, found=found, false_lesions=false, false_score=round(float(strongest), 4))
                 if found < lesions:
                     failures.append(f"{lesions - found} of {lesions} {rule.lesion}s not found")
