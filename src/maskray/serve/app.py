@@ -135,7 +135,11 @@ def _job_routes(app: FastAPI, service: Service) -> None:
         return {"job": j.id, "state": j.state, "position": service.jobs.position(j), "done": j.done,
                 "total": j.total, "error": j.error, "seconds": j.seconds,
                 "images": len(j.result.images) if j.state == "done" else 0,
-                "seeds": list(j.params.seeds)}
+                "seeds": list(j.params.seeds),
+                # with --check: each image's verdict and reasons (None: no checker)
+                "checks": ([{"passed": c["passed"], "failures": c["failures"]} if c else None
+                            for c in map(j.result.check_of, range(len(j.result.images)))]
+                           if j.state == "done" else [])}
 
     @app.get("/api/jobs/{job_id}/{k}/view/{what}.png")
     def view(job_id: str, k: Annotated[int, PathParam(ge=0, lt=MAX_SEEDS)], what: str):

@@ -32,8 +32,12 @@ class ServeConfig:
                                      help="least distance from a nodule's edge to the lung border")
     min_gap_mm: float = option(MaskSynthConfig.min_gap_mm, help="least distance between the edges of two nodules")
     spacing_mm: float | None = option(None, help="pixel spacing when the data set's dataset.json has none")
+    check: str | None = option(None, help="checker folder (maskray train checker), or several separated by commas "
+                                          "(a panel): score every image against its mask, show the verdict and "
+                                          "refuse to add a failing image to the output data set")
 
-    def check(self) -> None:
+    def validate(self) -> None:
+        """Refuse missing folders and out-of-range numbers before anything is opened."""
         for name in ("model", "data"):
             if not getattr(self, name):
                 raise MaskrayError(f"--{name} is required")
@@ -54,7 +58,7 @@ def is_loopback(host: str) -> bool:
 
 def open_service(cfg: ServeConfig) -> Service:
     """Open the data set, the model and the output data set named in ``cfg``; nothing else is ever read."""
-    cfg.check()
+    cfg.validate()
     rules = MaskSynthConfig(border_margin_mm=cfg.border_margin_mm, min_gap_mm=cfg.min_gap_mm,
                             spacing_mm=cfg.spacing_mm)
     workspace = Workspace(cfg.data, rules)
@@ -62,6 +66,11 @@ def open_service(cfg: ServeConfig) -> Service:
     if rules.nodule_label not in engine.labels:
         raise MaskrayError(f"{cfg.model}: the model was not trained with a '{rules.nodule_label}' label "
                            f"(its labels: {', '.join(engine.labels)}), so it cannot draw nodules")
+    checker = None
+    if cfg.check:
+        from maskray.pipelines.checked import open_checker
+
+        checker = open_checker(cfg.check, None, None, engine.image_size, workspace.dataset.info.labels)
     output = None
     if cfg.out:
         first = workspace.dataset.cases[workspace.ids[0]].label_path
@@ -70,7 +79,7 @@ def open_service(cfg: ServeConfig) -> Service:
         height = read_label_file(first).shape[0]
         output = OutputDataset(cfg.out, workspace.dataset.info.labels,
                                workspace.spacing_at(engine.image_size, height), engine.record, cfg)
-    return Service(workspace, engine, output, max_waiting=cfg.max_queue)
+    return Service(workspace, engine, output, max_waiting=cfg.max_queue, checker=checker)
 
 
 def serve(cfg: ServeConfig) -> None:
@@ -79,7 +88,7 @@ def serve(cfg: ServeConfig) -> None:
 
     from maskray.serve.app import create_app
 
-    cfg.check()
+    cfg.validate()
     if not is_loopback(cfg.host):
         print(f"maskray serve: WARNING: binding to {cfg.host}: the page has no authentication; anyone who can "
               f"reach this address can read the served data set and run the model", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import numpy as np
 import torch
 
 from maskray.errors import MaskrayError
+from maskray.measures.mask_check import Checker, CheckerPanel
+from maskray.pipelines.checked import label_lut
 from maskray.serve.downloads import FILES, OutputDataset, render_file
 from maskray.serve.engine import DEFAULTS, SCHEDULER_NAMES, Engine, Request
 from maskray.serve.jobs import Job, JobQueue
@@ -46,16 +49,23 @@ class Result:
     saved: dict[int, str] = field(default_factory=dict)
 
     def record_of(self, k: int) -> dict:
-        rec = {key: v for key, v in self.record.items() if key != "seeds"}
-        return {**rec, "seed": self.record["seeds"][k]}
+        """How image ``k`` was made: the shared record with its own seed and, with a checker, its check."""
+        rec = {key: v for key, v in self.record.items() if key not in ("seeds", "checks")}
+        return {**rec, "seed": self.record["seeds"][k],
+                **({"check": self.record["checks"][k]} if "checks" in self.record else {})}
+
+    def check_of(self, k: int) -> dict | None:
+        """Image ``k``'s check record (``passed``, ``failures``, Dice, found and false lesions), None unchecked."""
+        return self.record["checks"][k] if "checks" in self.record else None
 
 
 class Service:
     """The served data set and model, the generation queue and the optional output data set."""
 
     def __init__(self, workspace: Workspace, engine: Engine, output: OutputDataset | None = None,
-                 max_waiting: int = 2):
-        self.workspace, self.engine, self.output = workspace, engine, output
+                 max_waiting: int = 2, checker: Checker | CheckerPanel | None = None):
+        self.workspace, self.engine, self.output, self.checker = workspace, engine, output, checker
+        self.lut = label_lut(workspace.dataset.info.labels, checker) if checker is not None else None
         self.jobs = JobQueue(self._work, max_waiting=max_waiting)
 
     def info(self) -> dict:
@@ -64,6 +74,8 @@ class Service:
                 "spacing_mm": list(ws.spacing), "schedulers": list(SCHEDULER_NAMES), "modes": list(MODES),
                 "diameter_mm": {"min": r.diameter_min_mm, "max": r.diameter_max_mm, "default": r.diameter_median_mm},
                 "border_margin_mm": r.border_margin_mm, "min_gap_mm": r.min_gap_mm, "can_save": self.output is not None,
+                "check": None if self.checker is None else {"rule": dataclasses.asdict(self.checker.rule),
+                                                            "checkers": len(getattr(self.checker, "members", [0]))},
                 "model": self.engine.record, "downloads": list(FILES),
                 "defaults": {"scheduler": DEFAULTS.scheduler, "steps": DEFAULTS.steps,
                              "guidance_scale": self.engine.default_guidance}}
@@ -134,6 +146,8 @@ class Service:
         imgs = self.engine.generate(req, progress)
         record = {"mode": p.mode, "scheduler": p.scheduler, "steps": p.steps, "guidance_scale": guidance,
                   "seeds": list(p.seeds), "nodules": records, "model": self.engine.record}
+        if self.checker is not None:  # each image against the mask it was drawn for (generate --check's record)
+            record["checks"] = self.checker.check(imgs, self.lut[lab].expand(len(imgs), -1, -1))
         return Result(((imgs[:, 0] + 1) / 2).clamp(0, 1).numpy(), lab.numpy(), real,
                       ws.spacing_at(size, label.shape[0]), record)
 
@@ -174,6 +188,10 @@ class Service:
         job, res = self.result(job_id, k)
         if k in res.saved:
             return res.saved[k]
+        check = res.check_of(k)
+        if check is not None and not check["passed"]:
+            raise MaskrayError(f"image {k} fails the check ({'; '.join(check['failures'])}): its pixels do not show "
+                               "what its mask says; draw another seed")
         rec = {**res.record_of(k), "source_case": job.params.case_id, "checkpoint": str(Path(self.engine.run).resolve())}
         res.saved[k] = self.output.add(res.images[k], res.label, rec)
         return res.saved[k]

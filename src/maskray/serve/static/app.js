@@ -177,7 +177,7 @@ function showResult(jobId, s) {
     const img = document.createElement("img");
     img.src = `/api/jobs/${jobId}/${k}/view/image.png`; img.alt = `seed ${seed}`;
     b.append(img, `seed ${seed}`);
-    b.onclick = () => showImage(jobId, k, s.seeds);
+    b.onclick = () => showImage(jobId, k, s.seeds, s.checks);
     strip.append(b);
   });
   $("res-image").onload = () => {
@@ -186,17 +186,21 @@ function showResult(jobId, s) {
     $("status").textContent = `done: ${s.seeds.length} image(s), click to image ${secs.toFixed(2)} s`;
     $("status").dataset.seconds = secs.toFixed(3);
   };
-  showImage(jobId, 0, s.seeds);
+  showImage(jobId, 0, s.seeds, s.checks);
   $("results").hidden = false;
   finish(null);
 }
 
-function showImage(jobId, k, seedList) {
+function showImage(jobId, k, seedList, checks) {
   state.k = k;
   const base = `/api/jobs/${jobId}/${k}`;
   const hasReal = state.meta.has_image;
+  const check = checks && checks[k];  // serve --check: does the image show what its mask says?
   $("res-image").src = `${base}/view/image.png`;
-  $("res-caption").textContent = `generated, seed ${seedList[k]}`;
+  $("res-caption").textContent = `generated, seed ${seedList[k]}` +
+    (check ? (check.passed ? " · passes the check" : ` · fails the check: ${check.failures.join("; ")}`) : "");
+  $("res-caption").dataset.check = check ? (check.passed ? "passed" : "failed") : "";
+  $("save").disabled = Boolean(check && !check.passed);
   $("res-mask").src = `${base}/view/mask.png`;
   $("fig-real").hidden = $("fig-diff").hidden = !hasReal;
   if (hasReal) { $("res-real").src = `${base}/view/real.png`; $("res-diff").src = `${base}/view/diff.png`; }
@@ -225,7 +229,8 @@ async function save() {
 // ------------------------------------------------------------------------------------- start
 async function start() {
   const info = state.info = await (await api("/api/info")).json();
-  $("model-info").textContent = `${info.cases} cases · model ${info.image_size} px · labels ${Object.keys(info.labels).join(", ")}`;
+  $("model-info").textContent = `${info.cases} cases · model ${info.image_size} px · labels ${Object.keys(info.labels).join(", ")}` +
+    (info.check ? ` · every image checked by ${info.check.checkers} checker(s)` : "");
   const d = $("diameter");
   d.min = info.diameter_mm.min; d.max = info.diameter_mm.max; d.value = info.diameter_mm.default;
   $("diameter-value").value = d.value;
