@@ -1,15 +1,18 @@
 """Which `generate --check` rule keeps the false nodules out, as an independent judge sees them, and at what cost.
 
     python benchmarks/bench_check_rules.py --work WORK [--model WORK/decoder_w1s2/model] \
-        [--rules "checker;checker,false=0.3;panel;panel,false=0.3;panel,false=0.3,tries=8"] [--name NAME]
+        [--rules "checker;checker,false=0.3;panel;panel,false=0.3;panel,false=0.3,tries=8"] [--judge judge]
+        [--name NAME]
 
 WORK is bench_nodule_sources.py's: a 256 px latent path (data/), the checker (checker/, seed 0), a second checker
-(checker2/, seed 2; benchmarks/build_phantom256_work.sh builds them all) and the judge (judge/, seed 1), which is in no rule,
+(checker2/, seed 2), a third of another class (checker3/, MONAI's SegResNet, seed 3) and the judge (judge/, seed 1;
+``--judge judge_segresnet``: a SegResNet of seed 1), which is in no rule (build_phantom256_work.sh builds them all),
 so no rule grades its own choice. Each rule draws two samples for every real test mask with the model and keeps
 what passes (`generate --check`, failures left out):
 
 - ``checker``: the checker alone, as `generate --check WORK/checker`;
 - ``panel``: checker and checker2, an image must pass both (`--check A,B`);
+- ``panel3``: those two and checker3 (seed 3, MONAI's SegResNet: another class), an image must pass all three;
 - ``false=P``: a spot outside every asked-for nodule fails the image from probability P (`--check-false-operating-
   point P`; found nodules still count from 0.5);
 - ``tries=N``: attempts per case (default 4);
@@ -41,9 +44,10 @@ DEFAULT_RULES = "checker;checker,false=0.3;panel;panel,false=0.3;panel,false=0.3
 def rule_args(rule: str, work: Path) -> tuple[list[str], str]:
     """generate's options for one rule (``checker`` or ``panel``, then ``false=P`` / ``tries=N``), and its folder."""
     head, *mods = [p.strip() for p in rule.split(",")]
-    folders = {"checker": [work / "checker"], "panel": [work / "checker", work / "checker2"]}
+    folders = {"checker": [work / "checker"], "panel": [work / "checker", work / "checker2"],
+               "panel3": [work / "checker", work / "checker2", work / "checker3"]}
     if head not in folders:
-        raise SystemExit(f"rule {rule!r}: starts with checker or panel")
+        raise SystemExit(f"rule {rule!r}: starts with checker, panel or panel3")
     args = ["--check", ",".join(str(f) for f in folders[head])]
     tag = head
     for m in mods:
@@ -62,7 +66,8 @@ def rule_args(rule: str, work: Path) -> tuple[list[str], str]:
 
 def label(rule: str) -> str:
     head, *mods = [p.strip() for p in rule.split(",")]
-    text = "checker (seed 0)" if head == "checker" else "panel of 2 checkers (seeds 0, 2)"
+    text = {"checker": "checker (seed 0)", "panel": "panel of 2 checkers (seeds 0, 2)",
+            "panel3": "panel of 3 checkers (seeds 0, 2; SegResNet seed 3)"}[head]
     for m in mods:
         key, _, value = m.partition("=")
         text += {"false": f", false spots from p {value}", "tries": f", {value} tries",
@@ -108,7 +113,8 @@ def main() -> None:
     res = {"work": str(work), "model": str(model),
            "judge": {"folder": a.judge, "what": "segmenter of maskray train checker on the real training split, in no "
                      "rule", "segmenter": json.loads((work / a.judge / "checker.json").read_text()).get("segmenter")},
-           "checkers": {"checker": "seed 0, configs/phantom-256/checker.yaml", "checker2": "seed 2, the same config"},
+           "checkers": {"checker": "seed 0, configs/phantom-256/checker.yaml", "checker2": "seed 2, the same config",
+                        "checker3": "seed 3, the same config with --network segresnet"},
            "samples_per_mask": 2, "threads": torch.get_num_threads(), "wall_s": times, "sets": rows,
            "command": "python benchmarks/bench_check_rules.py " + " ".join(sys.argv[1:])}
     write_results(a.name, res)

@@ -2,7 +2,8 @@
 
     python benchmarks/bench_nodule_utility.py --work bench_out/lat256 [--n 320] [--steps 300] [--seeds 3]
         [--fractions 0.1,0.25,0.5,1] [--sets checked,plain,inserted] [--model RUN --tag T] [--baseline DIR] [--no-synthetic-alone] [--synthetic-per-real R]
-        [--checkers checker,checker2] [--false-operating-point P] [--check-tries N] [--name nodule_utility_phantom]
+        [--checkers checker,checker2] [--false-operating-point P] [--check-tries N] [--check-select first|best]
+        [--name nodule_utility_phantom]
 
 WORK as for bench_nodule_sources.py (data/, cn/, checker/). Synthetic sets, each from the training split's masks
 only (no test mask is ever drawn for):
@@ -87,10 +88,12 @@ def main() -> None:
     p.add_argument("--false-operating-point", type=float, default=None,
                    help="the check's --check-false-operating-point (default: the checkers')")
     p.add_argument("--check-tries", type=int, default=4)
+    p.add_argument("--check-select", default="first", help="the check's --check-select (first or best)")
     p.add_argument("--name", default="nodule_utility_phantom")
     a = p.parse_args()
     work, times = Path(a.work), {}
     check = ["--check", ",".join(str(work / c) for c in a.checkers.split(",")), "--check-tries", str(a.check_tries),
+             "--check-select", a.check_select,
              *(["--check-false-operating-point", f"{a.false_operating_point:g}"]
                if a.false_operating_point is not None else [])]
     sets = make_sets(work, a.sets.split(","), a.n, times, Path(a.model or work / "cn"), a.tag, check)
