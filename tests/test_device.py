@@ -59,7 +59,14 @@ def test_cpu_choice_is_the_cpu(fresh_choice):
 
 
 def test_precision_auto_per_device(monkeypatch):
+    monkeypatch.setattr(distributed, "cpu_has_fast_bf16", lambda: True)  # AVX-512 / AMX, Arm BF16
     assert distributed.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    assert distributed.bf16_autocast_pays(torch.device("cpu"))
+    monkeypatch.setattr(distributed, "cpu_has_fast_bf16", lambda: False)  # AVX2 only: bf16 emulated, ~40x slower
+    assert distributed.resolve_precision("auto", torch.device("cpu")) == "no"
+    assert not distributed.bf16_autocast_pays(torch.device("cpu")) and distributed.bf16_autocast_pays(
+        torch.device("cuda"))
+    assert distributed.resolve_precision("bf16", torch.device("cpu")) == "bf16"  # an explicit choice is kept
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert distributed.resolve_precision("auto", torch.device("cuda")) == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a T4 or V100
@@ -99,4 +106,26 @@ def test_auto_precision_is_recorded_resolved(tmp_path):
                  "--crop-size", "16", "--block-out-channels", "8,16", "--batch-size", "2", "--steps", "1", "--perceptual-weight", "0",
                  "--adversarial-weight", "0", "--feature-matching-weight", "0", "--eval-cases", "2",
                  "--scale-cases", "4"]) == 0
-    assert json.loads((run / "run.json").read_text())["config"]["precision"] == "bf16"  # auto on the CPU
+    # auto on the CPU: bf16 where it computes bf16 natively, else fp32
+    expected = "bf16" if distributed.cpu_has_fast_bf16() else "no"
+    assert json.loads((run / "run.json").read_text())["config"]["precision"] == expected
+
+
+def test_segmenter_bf16_runs_in_fp32_where_the_cpu_emulates_bf16(monkeypatch):
+    """SegmenterConfig.bf16 asks for bf16 autocast only where it pays: on a CPU without native bf16 the network
+    trains and predicts exactly as in fp32; where it pays, autocast is on and the numbers differ."""
+    from maskray.measures.segmenter import Segmenter, SegmenterConfig
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 1, 32, 32, generator=g) * 2 - 1
+    y = (x[:, 0] > 0.3).long()
+    cfg = SegmenterConfig(features=(4, 4, 8, 8, 8, 4), steps=2, batch_size=2, channels_last=False)
+
+    def probs(bf16: bool) -> torch.Tensor:
+        import dataclasses
+        return Segmenter.train(x, y, [0, 1], dataclasses.replace(cfg, bf16=bf16)).probabilities(x)
+
+    monkeypatch.setattr(distributed, "cpu_has_fast_bf16", lambda: False)
+    assert torch.equal(probs(True), probs(False))
+    monkeypatch.setattr(distributed, "cpu_has_fast_bf16", lambda: True)
+    assert not torch.equal(probs(True), probs(False))

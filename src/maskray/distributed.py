@@ -51,13 +51,32 @@ def choose_device(name: str) -> None:
     _chosen["device"] = kind
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (oneDNN's own test: AVX-512 or AMX on x86, BF16 on Arm).
+
+    Without it torch emulates bf16 and autocast is slower, not faster: measured on a 2-core AMD EPYC with AVX2
+    only, one thread, a 512 x 512 matmul took 204 ms in bf16 against 5.4 ms in fp32 and a 3 x 3 convolution 559 ms
+    against 19 ms (a machine with AVX-512 BF16 ran the same segmenter 1.2x faster in bf16 than in fp32)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> the precision this device trains and samples in; any other value is kept."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no" if device.type == "mps" else "bf16"
+    if device.type == "mps":
+        return "no"
+    return "bf16" if cpu_has_fast_bf16() else "no"
+
+
+def bf16_autocast_pays(device: torch.device) -> bool:
+    """Whether bf16 autocast is faster than fp32 on ``device`` (any CUDA GPU; a CPU with native bf16)."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
