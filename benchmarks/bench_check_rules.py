@@ -82,13 +82,15 @@ def main() -> None:
     p.add_argument("--rules", default=DEFAULT_RULES, help="rules separated by ';'")
     p.add_argument("--judge", default="judge", help="the judge's checker folder in WORK (judge: seed 1, the "
                                                     "checkers' class; judge_segresnet: another class)")
+    p.add_argument("--size", type=int, default=256, help="the model's image size (64: the demo's pixel model, "
+                                                          "benchmarks/build_demo64_work.sh)")
     p.add_argument("--name", default="check_rules_phantom")
     a = p.parse_args()
     work = Path(a.work)
     model = Path(a.model) if a.model else work / "decoder_w1s2" / "model"
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     times: dict = {}
-    judge, fnet, xtr, xte, yte = open_judge(work, 400, times, a.judge)
+    judge, fnet, xtr, xte, yte = open_judge(work, 400, times, a.judge, a.size)
     if not (work / "checker2" / "checker.json").is_file():
         sys.exit(f"{work / 'checker2'}: no checker here; build the folder with "
                  f"bash benchmarks/build_phantom256_work.sh {work}")
@@ -101,7 +103,7 @@ def main() -> None:
         t0 = time.time()
         generate(work, model, out, *args)
         times[name] = round(time.time() - t0, 1)
-        x, y = load_set(out)
+        x, y = load_set(out, a.size)
         rows[name] = score(judge, x, y, fnet.embed, xtr, xte)
         if (out / "check.json").is_file():
             c = json.loads((out / "check.json").read_text())
@@ -113,8 +115,9 @@ def main() -> None:
     res = {"work": str(work), "model": str(model),
            "judge": {"folder": a.judge, "what": "segmenter of maskray train checker on the real training split, in no "
                      "rule", "segmenter": json.loads((work / a.judge / "checker.json").read_text()).get("segmenter")},
-           "checkers": {"checker": "seed 0, configs/phantom-256/checker.yaml", "checker2": "seed 2, the same config",
-                        "checker3": "seed 3, the same config with --network segresnet"},
+           "checkers": {n: json.loads((work / n / "checker.json").read_text())["segmenter"]
+                        for n in ("checker", "checker2", "checker3") if (work / n / "checker.json").is_file()},
+           "size": a.size,
            "samples_per_mask": 2, "threads": torch.get_num_threads(), "wall_s": times, "sets": rows,
            "command": "python benchmarks/bench_check_rules.py " + " ".join(sys.argv[1:])}
     write_results(a.name, res)

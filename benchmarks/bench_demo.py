@@ -4,6 +4,7 @@
     python benchmarks/bench_demo.py --quick --out bench_out/demo-q  # --quick (about 3 min)
     python benchmarks/bench_demo.py --latent --out bench_out/demo-l # --latent: the 256 px path
     python benchmarks/bench_demo.py --from-folder maskray-demo      # only tabulate a finished demo
+    python benchmarks/bench_demo.py --quick --out D --name demo_quick_avx2   # another machine: its own file
 
 Writes ``benchmarks/results/demo.json`` (or ``demo_quick.json``, ``demo_latent.json``): the demo's metrics.json
 (headline, times, measured matmul peak, config, versions) plus the Markdown table the README shows, and prints the
@@ -74,6 +75,8 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="maskray demo --quick")
     p.add_argument("--latent", action="store_true", help="maskray demo --latent (the 256 px latent path)")
     p.add_argument("--from-folder", default=None, help="tabulate a finished demo folder instead of running one")
+    p.add_argument("--name", default=None, help="results file name (default demo, demo_quick or demo_latent; "
+                                                "another machine's run gets its own, e.g. demo_quick_avx2)")
     a = p.parse_args()
     if a.from_folder:
         folder = Path(a.from_folder)
@@ -91,7 +94,7 @@ def main() -> int:
     md = table(m)
     print(md)
     res = {"command": " ".join(["python benchmarks/bench_demo.py", *sys.argv[1:]]), "markdown": md, "metrics": m}
-    write_results("demo" + ("_latent" if latent else "") + ("_quick" if quick else ""), res)
+    write_results(a.name or "demo" + ("_latent" if latent else "") + ("_quick" if quick else ""), res)
     return 0
 
 

@@ -67,12 +67,12 @@ def reconstructions(work: Path, codec_folder: Path | None = None) -> tuple[torch
     return rec, y
 
 
-def load_set(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def load_set(folder: Path, size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     from maskray.data.dataset import Dataset
     from maskray.training.checker import load_pairs
 
     ds = Dataset(folder)
-    return load_pairs(ds, ds.case_ids(), 256)
+    return load_pairs(ds, ds.case_ids(), size)
 
 
 def score(judge, x: torch.Tensor, y: torch.Tensor, embed, xtr, xte) -> dict:
@@ -101,7 +101,7 @@ def score(judge, x: torch.Tensor, y: torch.Tensor, embed, xtr, xte) -> dict:
                       "spectrum_distance": real["power_spectrum"]["floor_real_test"]}}
 
 
-def open_judge(work: Path, judge_steps: int, times: dict, name: str = "judge") -> tuple:
+def open_judge(work: Path, judge_steps: int, times: dict, name: str = "judge", size: int = 256) -> tuple:
     """``(judge, feature net, real train images, real test images, test masks)`` of WORK; the judge (WORK/judge, a
     checker of seed 1) and the feature net are trained once and kept in WORK. Another ``name`` is a checker folder
     in WORK that must exist (benchmarks/build_phantom256_work.sh builds judge_segresnet)."""
@@ -114,11 +114,11 @@ def open_judge(work: Path, judge_steps: int, times: dict, name: str = "judge") -
         sys.exit(f"{work / name}: no judge (checker folder) here")
     if not (work / "judge" / "checker.json").is_file():
         times["judge"] = maskray("train", "checker", "--data", str(work / "data"), "--out", str(work / "judge"),
-                                 "--image-size", "256", "--steps", str(judge_steps), "--seed", "1", "--overwrite")
+                                 "--image-size", str(size), "--steps", str(judge_steps), "--seed", "1", "--overwrite")
     judge = Checker.load(work / name)
     ds = Dataset(work / "data")
-    xtr, _ = load_pairs(ds, ds.case_ids("train", labelled=True), 256)
-    xte, yte = load_pairs(ds, ds.case_ids("test", labelled=True), 256)
+    xtr, _ = load_pairs(ds, ds.case_ids("train", labelled=True), size)
+    xte, yte = load_pairs(ds, ds.case_ids("test", labelled=True), size)
     if (work / "feature_net" / "feature_net.json").is_file():
         fnet = FeatureNet.load(work / "feature_net")
     else:

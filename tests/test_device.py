@@ -129,3 +129,19 @@ def test_segmenter_bf16_runs_in_fp32_where_the_cpu_emulates_bf16(monkeypatch):
     assert torch.equal(probs(True), probs(False))
     monkeypatch.setattr(distributed, "cpu_has_fast_bf16", lambda: True)
     assert not torch.equal(probs(True), probs(False))
+
+
+def test_the_bf16_peak_is_taken_small_where_bf16_is_emulated(monkeypatch):
+    """maskray.hardware.measure_peaks: a 2048 bf16 product takes ~19 s on an AVX2-only CPU, so there the bf16
+    peak is measured on a 512 side, and the record says which side and whether bf16 is native."""
+    from maskray import hardware
+
+    sides = []
+    monkeypatch.setattr(hardware, "matmul_peak_gflops", lambda dtype, n, repeats: sides.append((dtype, n)) or 1.0)
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: False)
+    rec = hardware.measure_peaks()
+    assert sides == [(torch.float32, 2048), (torch.bfloat16, 512)]
+    assert (rec["matrix_side"], rec["bf16_matrix_side"], rec["native_bf16"]) == (2048, 512, False)
+    sides.clear()
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: True)
+    assert hardware.measure_peaks()["bf16_matrix_side"] == 2048 and sides[1] == (torch.bfloat16, 2048)
