@@ -4,9 +4,10 @@
 
 On a CPU that computes bf16 natively (AVX-512 BF16, AMX; Arm BF16) autocast is faster; on one that emulates it
 (AVX2 only) it is many times slower, so `--precision auto` picks bf16 only where oneDNN reports native bf16
-(maskray.distributed.cpu_has_fast_bf16). Measured, each in its own subprocess (bench_speed.py's worker): a 2048
-matmul, a stage-2 training step and a denoising step of the default UNet + ControlNet (batch 16), and a
-training step of the segmenter behind `train checker` and `downstream` (batch 16), in fp32 and in bf16 autocast.
+(maskray.distributed.cpu_has_fast_bf16). Measured: the matmul peaks (maskray.hardware.measure_peaks), then, each
+in its own subprocess (bench_speed.py's worker), a stage-2 training step and a denoising step of the default
+UNet + ControlNet (batch 16) and a training step of the segmenter behind `train checker` and `downstream`
+(batch 16), in fp32 and in bf16 autocast.
 Writes results/NAME.json with the processor's name and flags. Run it alone (on 2 cores a second busy process
 slows the timings).
 """
@@ -71,19 +72,22 @@ def main() -> int:
 
     from maskray import distributed
 
+    from maskray.hardware import measure_peaks
+
+    torch.set_num_threads(a.threads)
+    peaks = measure_peaks(2048, 3)  # bf16 on a 512 side where it is emulated (a 2048 product takes ~19 s there)
     base = dict(size=a.size, threads=a.threads, channels_last=False)
-    flops = run({**base, "precision": "fp32", "mode": "flops", "batch": 1, "iters": 0})
     rows = {}
     for prec in ("fp32", "bf16"):
         tr = run({**base, "precision": prec, "mode": "train", "batch": 16, "iters": 2})
         sm = run({**base, "precision": prec, "mode": "sample", "batch": 16, "iters": 2})
-        rows[prec] = {"matmul_gflops": flops[f"matmul_peak_gflops_{prec}"],
+        rows[prec] = {"matmul_gflops": peaks[f"{prec}_gflops"],
                       "stage2_train_s_per_step": 16 / tr["images_per_s"],
                       "denoise_s_per_step": 16 / sm["image_steps_per_s"],
                       "segmenter_train_s_per_step": segmenter_step(a.size, a.threads, prec == "bf16", 3)}
         print(prec, rows[prec], flush=True)
     ratio = {k: rows["bf16"][k] / rows["fp32"][k] for k in rows["fp32"] if k.endswith("per_step")}
-    res = {"processor": processor(), "torch": torch.__version__, "threads": a.threads, "size": a.size, "batch": 16,
+    res = {"processor": processor(), "matmul_peaks": peaks, "torch": torch.__version__, "threads": a.threads, "size": a.size, "batch": 16,
            "cpu_has_fast_bf16": distributed.cpu_has_fast_bf16(),
            "precision_auto_resolves_to": distributed.resolve_precision("auto", torch.device("cpu")),
            "rows": rows, "bf16_time_over_fp32": ratio,

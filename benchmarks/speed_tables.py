@@ -334,6 +334,21 @@ def precision_table(results: Path = RESULTS) -> str:
     return _text(out)
 
 
+def cpu_precision_table(results: Path = RESULTS) -> str:
+    """docs/speed.md's bf16 against fp32 on this CPU, results/cpu_precision.json (``bench_cpu_precision.py``)."""
+    d = read_results(results, "cpu_precision")
+    r, ratio = d["rows"], d["bf16_time_over_fp32"]
+    out = [f"| {d['processor']['model_name']}, {d['threads']} thread(s), {d['size']} px, batch {d['batch']} | fp32 | "
+           "bf16 autocast | bf16 time / fp32 time |", "|---|---|---|---|",
+           f"| matmul peak (GFLOP/s) | {r['fp32']['matmul_gflops']:.1f} | {r['bf16']['matmul_gflops']:.1f} | "
+           f"{r['fp32']['matmul_gflops'] / r['bf16']['matmul_gflops']:.0f}x |"]
+    for key, what in (("stage2_train_s_per_step", "stage-2 training step (s)"),
+                      ("denoise_s_per_step", "denoising step, UNet + ControlNet (s)"),
+                      ("segmenter_train_s_per_step", "segmenter training step (s)")):
+        out.append(f"| {what} | {r['fp32'][key]:.2f} | {r['bf16'][key]:.2f} | {ratio[key]:.0f}x |")
+    return _text(out)
+
+
 def main(argv: list[str]) -> int:
     tables = {"steps": steps_table, "peer": peer_table, "peer_128": peer_128_table, "levers": levers_table,
               "profile": profile_table, "kernels": kernels_table, "generate": fused_generate_table}

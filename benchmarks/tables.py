@@ -50,6 +50,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "peer_128_summary": speed_tables.peer_summary_128,
     "levers_best": speed_tables.levers_best_table,
     "precision": speed_tables.precision_table,
+    "cpu_precision": speed_tables.cpu_precision_table,
     # docs/nodules.md
     "nodule_sources": nodule_tables.sources,
     "nodule_decoder": nodule_tables.decoder,
