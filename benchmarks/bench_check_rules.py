@@ -82,8 +82,7 @@ def main() -> None:
     p.add_argument("--rules", default=DEFAULT_RULES, help="rules separated by ';'")
     p.add_argument("--judge", default="judge", help="the judge's checker folder in WORK (judge: seed 1, the "
                                                     "checkers' class; judge_segresnet: another class)")
-    p.add_argument("--size", type=int, default=256, help="the model's image size (64: the demo's pixel model, "
-                                                          "benchmarks/build_demo64_work.sh)")
+    p.add_argument("--size", type=int, default=256, help="the model's image size (the checkers' and judge's)")
     p.add_argument("--name", default="check_rules_phantom")
     a = p.parse_args()
     work = Path(a.work)

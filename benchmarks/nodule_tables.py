@@ -140,22 +140,6 @@ def check_rules(results: Path = RESULTS) -> str:
     return "\n".join(rows)
 
 
-def check_rules_two_judges(results: Path, name: str, other: str) -> str:
-    """docs/nodules.md's check rules as two judges of different classes see them: results/NAME.json (the BasicUNet
-    judge) and results/OTHER.json (the same image sets scored by the SegResNet judge)."""
-    res, alt = read_results(results, name), read_results(results, other)
-    rows = ["| image set (test masks) | false nodules / image: BasicUNet judge | SegResNet judge | asked-for nodules "
-            "found (BasicUNet / SegResNet) | CPM (BasicUNet / SegResNet) | realism precision (floor) | cases given up "
-            "| images drawn / written |", "|---|---|---|---|---|---|---|---|"]
-    for set_name, r in res["sets"].items():
-        o, c = alt["sets"][set_name], r.get("check")
-        cost = f"{c['rejected_share']:.0%} | {c['images_drawn_per_written']:.1f}" if c else " | "
-        rows.append(f"| {set_name} | {r['false_nodules_per_image']:.2f} | {o['false_nodules_per_image']:.2f} | "
-                    f"{r['sensitivity']:.0%} / {o['sensitivity']:.0%} of {r['nodules']} | {r['cpm']:.2f} / "
-                    f"{o['cpm']:.2f} | {r['precision']:.2f} ({r['floor']['precision']:.2f}) | {cost} |")
-    return "\n".join(rows)
-
-
 def sources_table(res: dict) -> str:
     rows = ["| image set (test masks) | false nodules / image | asked-for nodules found | CPM | pass the check "
             "| lung Dice | heart Dice | FID / precision / recall (floor) | spectrum distance (floor) |",

@@ -55,8 +55,6 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "nodule_sources": nodule_tables.sources,
     "nodule_decoder": nodule_tables.decoder,
     "check_rules": nodule_tables.check_rules,
-    "check_rules_demo64": lambda r: nodule_tables.check_rules_two_judges(r, "check_rules_demo64",
-                                                                         "check_rules_demo64_segresnet"),
     "nodule_sources_cxr": nodule_tables.cxr_sources,
     "nodule_utility": nodule_tables.utility,
     "nodule_study": nodule_tables.study,
