@@ -64,8 +64,11 @@ def test_precision_auto_per_device(monkeypatch):
     assert distributed.bf16_autocast_pays(torch.device("cpu"))
     monkeypatch.setattr(distributed, "cpu_has_fast_bf16", lambda: False)  # AVX2 only: bf16 emulated, ~40x slower
     assert distributed.resolve_precision("auto", torch.device("cpu")) == "no"
-    assert not distributed.bf16_autocast_pays(torch.device("cpu")) and distributed.bf16_autocast_pays(
-        torch.device("cuda"))
+    assert not distributed.bf16_autocast_pays(torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert distributed.bf16_autocast_pays(torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # a T4: the segmenter runs fp32
+    assert not distributed.bf16_autocast_pays(torch.device("cuda"))
     assert distributed.resolve_precision("bf16", torch.device("cpu")) == "bf16"  # an explicit choice is kept
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert distributed.resolve_precision("auto", torch.device("cuda")) == "bf16"

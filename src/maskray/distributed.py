@@ -56,7 +56,8 @@ def cpu_has_fast_bf16() -> bool:
 
     Without it torch emulates bf16 and autocast is slower, not faster: measured on a 2-core AMD EPYC with AVX2
     only, one thread, a 512 x 512 matmul took 204 ms in bf16 against 5.4 ms in fp32 and a 3 x 3 convolution 559 ms
-    against 19 ms (a machine with AVX-512 BF16 ran the same segmenter 1.2x faster in bf16 than in fp32)."""
+    against 19 ms (results/cpu_precision.json has whole steps); on the machine with native bf16 behind the
+    project's other figures the segmenter ran 1.2x faster in bf16 than in fp32."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without oneDNN
@@ -75,8 +76,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def bf16_autocast_pays(device: torch.device) -> bool:
-    """Whether bf16 autocast is faster than fp32 on ``device`` (any CUDA GPU; a CPU with native bf16)."""
-    return device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
+    """Whether bf16 autocast is faster than fp32 on ``device`` (a CUDA GPU with bf16, Ampere and later; a CPU
+    with native bf16)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_fast_bf16()
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
