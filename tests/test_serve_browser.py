@@ -187,3 +187,48 @@ def _record_timing(path: Path, seconds: float, sampling: float, size: int, steps
                  "steps": int(steps), "scheduler": scheduler, "model": os.environ.get("MASKRAY_SERVE_MODEL"),
                  "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"), "load_average": os.getloadavg()})
     path.write_text(json.dumps({"rows": rows}, indent=2))
+
+
+class _Verdicts:
+    """A checker stand-in for the page: every image gets the verdict given (the real check: tests/test_serve_check)."""
+
+    def __init__(self, labels: dict, failures: list[str]):
+        self.labels, self.failures = labels, failures
+
+    def check(self, images, labels):
+        return [{"passed": not self.failures, "failures": list(self.failures)} for _ in range(images.shape[0])]
+
+
+def test_the_page_shows_the_check_and_holds_back_a_failing_image(page_url):
+    """With serve --check the caption gives each image's verdict and why, and *add* is disabled for a failure."""
+    pw = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
+    from maskray.pipelines.checked import label_lut
+
+    chromium = _chromium()
+    url, service = page_url
+    labels = service.workspace.dataset.info.labels
+    first = service.workspace.ids[0]
+    shape = service.workspace.label(first).shape
+    try:
+        with pw.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(url)
+            page.wait_for_selector(".case.active")
+            y, x = _inner_lung_point(service, first, float(page.input_value("#diameter")))
+            page.locator("#overlay").click(position=_at(page, y, x, shape))
+            page.wait_for_function("document.getElementById('message').textContent.includes('1 nodule(s) placed')")
+            page.fill("#steps", "2")
+            for failures, verdict in ((["1 false nodule(s)"], "fails the check: 1 false nodule(s)"),
+                                      ([], "passes the check")):
+                service.checker = _Verdicts(labels, failures)
+                service.lut = label_lut(labels, service.checker)
+                page.evaluate("document.getElementById('status').removeAttribute('data-seconds')")
+                page.click("#generate")
+                page.wait_for_selector("#status[data-seconds]", timeout=300_000)
+                assert verdict in page.inner_text("#res-caption")
+                assert page.is_disabled("#save") == bool(failures)
+            browser.close()
+    finally:
+        service.checker = service.lut = None
