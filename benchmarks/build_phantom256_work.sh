@@ -4,7 +4,10 @@
 #   bash benchmarks/build_phantom256_work.sh WORK
 # Two chains run side by side, one per core (one thread each, niced): phantom -> autoencoder -> base ->
 # ControlNet -> lesion-aware decoder (decoder_w1s2), and the checkers: checker (seed 0), judge (seed 1), checker2
-# (seed 2). About 50 minutes wall on a 2-core CPU (configs/phantom-256/README.md has each step's time).
+# (seed 2), then two of MONAI's SegResNet class: checker3 (seed 3, bench_check_rules' panel3) and
+# judge_segresnet (seed 1, --judge judge_segresnet). About 50 minutes wall before the SegResNets (not yet timed)
+# on a 2-core CPU with native bf16 (configs/phantom-256/README.md has each step's time); longer where bf16 is
+# emulated (results/cpu_precision.json).
 set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: $0 WORK" >&2; exit 2; }
 C=$(cd "$(dirname "$0")/../configs/phantom-256" && pwd)
@@ -12,12 +15,13 @@ W=$1
 mkdir -p "$W" && cd "$W"
 export OMP_NUM_THREADS=1
 [ -f data/dataset.json ] || nice maskray phantom --out data --n 400 --image-size 256 --seed 0 > log_phantom.txt 2>&1
-checkers() {
-  local seed name
-  for seed in 0 1 2; do
-    name=$([ $seed = 0 ] && echo checker || { [ $seed = 1 ] && echo judge || echo checker2; })
+checkers() {  # name seed network
+  local name seed net
+  for spec in "checker 0 basicunet" "judge 1 basicunet" "checker2 2 basicunet" "checker3 3 segresnet" \
+              "judge_segresnet 1 segresnet"; do
+    read -r name seed net <<< "$spec"
     [ -f $name/checker.json ] || nice maskray train checker --config "$C/checker.yaml" --data data --out $name \
-      --seed $seed --overwrite > log_$name.txt 2>&1
+      --seed $seed --network $net --overwrite > log_$name.txt 2>&1
   done
 }
 checkers & B=$!
