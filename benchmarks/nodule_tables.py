@@ -131,8 +131,12 @@ def check_rules(results: Path = RESULTS) -> str:
             "| lung Dice | FID / precision / recall (floor) | cases given up | images drawn / written |",
             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in res["sets"].items():
-        fl, c = r["floor"], r.get("check")
+        c = r.get("check")
         cost = f"{c['rejected_share']:.0%} | {c['images_drawn_per_written']:.1f}" if c else " | "
+        if not r["images"]:  # the rule passed no case
+            rows.append(f"| {name} | no case passed | | | | | | {cost} |")
+            continue
+        fl = r["floor"]
         rows.append(f"| {name} | {r['false_nodules_per_image']:.2f} | {r['found']} of {r['nodules']} "
                     f"({r['sensitivity']:.0%}) | {r['cpm']:.2f} | {r['pass_rate']:.0%} | {r['dice'].get('lung', 0):.3f} "
                     f"| {r['fid']:.3f} / {r['precision']:.2f} / {r['recall']:.2f} ({fl['fid']:.3f} / "
