@@ -202,8 +202,6 @@ class _Verdicts:
 def test_the_page_shows_the_check_and_holds_back_a_failing_image(page_url):
     """With serve --check the caption gives each image's verdict and why, and *add* is disabled for a failure."""
     pw = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
-    from maskray.pipelines.checked import label_lut
-
     chromium = _chromium()
     url, service = page_url
     labels = service.workspace.dataset.info.labels
@@ -223,7 +221,6 @@ def test_the_page_shows_the_check_and_holds_back_a_failing_image(page_url):
             for failures, verdict in ((["1 false nodule(s)"], "fails the check: 1 false nodule(s)"),
                                       ([], "passes the check")):
                 service.checker = _Verdicts(labels, failures)
-                service.lut = label_lut(labels, service.checker)
                 page.evaluate("document.getElementById('status').removeAttribute('data-seconds')")
                 page.click("#generate")
                 page.wait_for_selector("#status[data-seconds]", timeout=300_000)
@@ -231,4 +228,4 @@ def test_the_page_shows_the_check_and_holds_back_a_failing_image(page_url):
                 assert page.is_disabled("#save") == bool(failures)
             browser.close()
     finally:
-        service.checker = service.lut = None
+        service.checker = None

@@ -15,6 +15,7 @@ its error reaching every process instead of leaving the others waiting at a barr
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, TypeVar
 
@@ -51,6 +52,7 @@ def choose_device(name: str) -> None:
     _chosen["device"] = kind
 
 
+@functools.cache
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU computes in bf16 natively (oneDNN's own test: AVX-512 or AMX on x86, BF16 on Arm).
 

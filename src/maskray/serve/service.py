@@ -51,8 +51,8 @@ class Result:
     def record_of(self, k: int) -> dict:
         """How image ``k`` was made: the shared record with its own seed and, with a checker, its check."""
         rec = {key: v for key, v in self.record.items() if key not in ("seeds", "checks")}
-        return {**rec, "seed": self.record["seeds"][k],
-                **({"check": self.record["checks"][k]} if "checks" in self.record else {})}
+        check = self.check_of(k)
+        return {**rec, "seed": self.record["seeds"][k], **({"check": check} if check is not None else {})}
 
     def check_of(self, k: int) -> dict | None:
         """Image ``k``'s check record (``passed``, ``failures``, Dice, found and false lesions), None unchecked."""
@@ -65,7 +65,6 @@ class Service:
     def __init__(self, workspace: Workspace, engine: Engine, output: OutputDataset | None = None,
                  max_waiting: int = 2, checker: Checker | CheckerPanel | None = None):
         self.workspace, self.engine, self.output, self.checker = workspace, engine, output, checker
-        self.lut = label_lut(workspace.dataset.info.labels, checker) if checker is not None else None
         self.jobs = JobQueue(self._work, max_waiting=max_waiting)
 
     def info(self) -> dict:
@@ -75,7 +74,8 @@ class Service:
                 "diameter_mm": {"min": r.diameter_min_mm, "max": r.diameter_max_mm, "default": r.diameter_median_mm},
                 "border_margin_mm": r.border_margin_mm, "min_gap_mm": r.min_gap_mm, "can_save": self.output is not None,
                 "check": None if self.checker is None else {"rule": dataclasses.asdict(self.checker.rule),
-                                                            "checkers": len(getattr(self.checker, "members", [0]))},
+                                                            "checkers": len(self.checker.members)
+                                                            if isinstance(self.checker, CheckerPanel) else 1},
                 "model": self.engine.record, "downloads": list(FILES),
                 "defaults": {"scheduler": DEFAULTS.scheduler, "steps": DEFAULTS.steps,
                              "guidance_scale": self.engine.default_guidance}}
@@ -147,7 +147,8 @@ class Service:
         record = {"mode": p.mode, "scheduler": p.scheduler, "steps": p.steps, "guidance_scale": guidance,
                   "seeds": list(p.seeds), "nodules": records, "model": self.engine.record}
         if self.checker is not None:  # each image against the mask it was drawn for (generate --check's record)
-            record["checks"] = self.checker.check(imgs, self.lut[lab].expand(len(imgs), -1, -1))
+            lut = label_lut(ws.dataset.info.labels, self.checker)  # mask values -> the checker's, by name
+            record["checks"] = self.checker.check(imgs, lut[lab].expand(len(imgs), -1, -1))
         return Result(((imgs[:, 0] + 1) / 2).clamp(0, 1).numpy(), lab.numpy(), real,
                       ws.spacing_at(size, label.shape[0]), record)
 

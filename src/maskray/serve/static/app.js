@@ -199,7 +199,6 @@ function showImage(jobId, k, seedList, checks) {
   $("res-image").src = `${base}/view/image.png`;
   $("res-caption").textContent = `generated, seed ${seedList[k]}` +
     (check ? (check.passed ? " · passes the check" : ` · fails the check: ${check.failures.join("; ")}`) : "");
-  $("res-caption").dataset.check = check ? (check.passed ? "passed" : "failed") : "";
   $("save").disabled = Boolean(check && !check.passed);
   $("res-mask").src = `${base}/view/mask.png`;
   $("fig-real").hidden = $("fig-diff").hidden = !hasReal;
